@@ -1,0 +1,1 @@
+//! The firebuild bootstrap protocol (gRPC over mutual TLS). Under construction.
