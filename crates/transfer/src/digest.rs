@@ -1,0 +1,164 @@
+//! The resource digest and its canonical encoding.
+//!
+//! The digest in [`Eof`](crate::Eof) is SHA-256 over this byte string (integers little-endian):
+//!
+//! ```text
+//! "firebuild-transfer/1\n"
+//! for each entry, in stream order:
+//!     u8   kind            1 = file, 2 = dir, 3 = symlink
+//!     u32  index
+//!     u32  len(path)       followed by the path bytes (UTF-8, "/"-separated, "" for the root)
+//!     u32  mode            permission bits (mode & 0o7777)
+//!     u32  uid
+//!     u32  gid
+//!     u64  size
+//!     i64  mtime seconds
+//!     u32  mtime nanoseconds
+//!     u32  len(link target) followed by the target bytes (empty unless symlink)
+//!     [32] SHA-256 of the file content (files only, also for empty files)
+//! u64  number of entries
+//! ```
+//!
+//! Hashing each file's content separately costs nothing extra (content is hashed once) and makes
+//! the plain content SHA-256 of a single-file resource available for `ADD --checksum`.
+
+use sha2::{Digest, Sha256};
+
+use crate::frame::{EntryKind, Header};
+
+const DOMAIN: &[u8] = b"firebuild-transfer/1\n";
+
+/// Incremental computation of the resource digest, shared by the encoder and the reassembler.
+#[derive(Clone)]
+pub struct ResourceDigest {
+    outer: Sha256,
+    content: Sha256,
+    entries: u64,
+    in_file: bool,
+}
+
+impl std::fmt::Debug for ResourceDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResourceDigest")
+            .field("entries", &self.entries)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for ResourceDigest {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ResourceDigest {
+    /// Starts a digest.
+    pub fn new() -> Self {
+        let mut outer = Sha256::new();
+        outer.update(DOMAIN);
+        ResourceDigest {
+            outer,
+            content: Sha256::new(),
+            entries: 0,
+            in_file: false,
+        }
+    }
+
+    /// Adds an entry's metadata. For a file, follow with [`content`](Self::content) calls and
+    /// [`end_file`](Self::end_file).
+    pub fn header(&mut self, h: &Header) {
+        let o = &mut self.outer;
+        o.update([h.kind.code()]);
+        o.update(h.index.to_le_bytes());
+        o.update(len32(h.path.len()).to_le_bytes());
+        o.update(h.path.as_bytes());
+        o.update(h.mode.to_le_bytes());
+        o.update(h.uid.to_le_bytes());
+        o.update(h.gid.to_le_bytes());
+        o.update(h.size.to_le_bytes());
+        o.update(h.mtime_secs.to_le_bytes());
+        o.update(h.mtime_nanos.to_le_bytes());
+        o.update(len32(h.link_target.len()).to_le_bytes());
+        o.update(h.link_target.as_bytes());
+        self.entries += 1;
+        self.in_file = h.kind == EntryKind::File;
+        self.content = Sha256::new();
+    }
+
+    /// Adds file content of the current file.
+    pub fn content(&mut self, data: &[u8]) {
+        self.content.update(data);
+    }
+
+    /// Closes the current file and returns its plain content SHA-256.
+    pub fn end_file(&mut self) -> [u8; 32] {
+        let sum: [u8; 32] = std::mem::take(&mut self.content).finalize().into();
+        self.outer.update(sum);
+        self.in_file = false;
+        sum
+    }
+
+    /// Finishes the digest.
+    pub fn finish(self) -> [u8; 32] {
+        let mut o = self.outer;
+        o.update(self.entries.to_le_bytes());
+        o.finalize().into()
+    }
+}
+
+fn len32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// Plain SHA-256 of a byte slice, handy to compare with [`crate::Outcome::file_sha256`].
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    Sha256::digest(data).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(index: u32, path: &str, size: u64) -> Header {
+        Header {
+            index,
+            path: path.into(),
+            kind: EntryKind::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            size,
+            mtime_secs: 1,
+            mtime_nanos: 2,
+            link_target: String::new(),
+        }
+    }
+
+    #[test]
+    fn content_split_does_not_matter_but_metadata_does() {
+        let mut a = ResourceDigest::new();
+        a.header(&file(0, "", 6));
+        a.content(b"abc");
+        a.content(b"def");
+        let sum_a = a.end_file();
+        let mut b = ResourceDigest::new();
+        b.header(&file(0, "", 6));
+        b.content(b"abcdef");
+        let sum_b = b.end_file();
+        assert_eq!(sum_a, sum_b);
+        assert_eq!(sum_a, sha256(b"abcdef"));
+        assert_eq!(a.finish(), b.finish());
+
+        let mut c = ResourceDigest::new();
+        let mut h = file(0, "", 6);
+        h.mode = 0o600;
+        c.header(&h);
+        c.content(b"abcdef");
+        c.end_file();
+        let mut d = ResourceDigest::new();
+        d.header(&file(0, "", 6));
+        d.content(b"abcdef");
+        d.end_file();
+        assert_ne!(c.finish(), d.finish());
+    }
+}

@@ -1,0 +1,482 @@
+//! Strict validation of a frame stream and placement through a [`Sink`].
+
+use std::collections::HashSet;
+
+use crate::digest::ResourceDigest;
+use crate::error::Error;
+use crate::frame::{Chunk, EntryKind, Eof, Frame, Header, ResumePoint};
+use crate::path;
+use crate::sink::Sink;
+
+/// Bounds on what a [`Reassembler`] accepts from the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Maximum number of entries in a resource.
+    pub max_entries: u32,
+    /// Maximum length in bytes of an entry path or a symlink target.
+    pub max_path_len: usize,
+    /// Maximum number of components of an entry path.
+    pub max_depth: usize,
+    /// Maximum declared size of a single file.
+    pub max_file_size: u64,
+    /// Maximum sum of declared file sizes.
+    pub max_total_size: u64,
+    /// Maximum data bytes in one chunk (the sender's [`ChunkPlanner`](crate::ChunkPlanner)
+    /// chunk size, or the transport's message limit).
+    pub max_chunk_size: usize,
+}
+
+impl Default for Limits {
+    /// 1 Mi entries, 4096-byte paths, depth 256, 64 GiB per file and 256 GiB in total, 4 MiB
+    /// chunks.
+    fn default() -> Self {
+        Limits {
+            max_entries: 1 << 20,
+            max_path_len: 4096,
+            max_depth: 256,
+            max_file_size: 64 << 30,
+            max_total_size: 256 << 30,
+            max_chunk_size: 4 << 20,
+        }
+    }
+}
+
+/// What a completed transfer produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    /// The verified resource digest.
+    pub digest: [u8; 32],
+    /// Plain content SHA-256 when the resource is a single regular file (for `ADD --checksum`).
+    pub file_sha256: Option<[u8; 32]>,
+    /// Number of entries placed.
+    pub entries: u32,
+    /// Number of content bytes placed.
+    pub bytes: u64,
+}
+
+#[derive(Debug)]
+struct Current {
+    header: Header,
+    received: u64,
+    chunks: u64,
+}
+
+/// Validates frames strictly, in order, and writes them through a [`Sink`].
+///
+/// Feed frames with [`push`](Self::push), then call [`finish`](Self::finish). Every frame is
+/// checked before anything reaches the sink: entry order, path safety and limits, chunk order,
+/// size and CRC-32C; `Eof` checks the resource digest. A rejected frame leaves the reassembler
+/// unchanged, so after a disconnect or a corrupted chunk the transfer can continue from
+/// [`resume_point`](Self::resume_point) with a resumed stream. A sink failure poisons it.
+#[derive(Debug)]
+pub struct Reassembler<S: Sink> {
+    sink: S,
+    limits: Limits,
+    digest: ResourceDigest,
+    next_entry: u32,
+    current: Option<Current>,
+    paths: HashSet<String>,
+    dirs: HashSet<String>,
+    total_declared: u64,
+    bytes: u64,
+    eof: Option<[u8; 32]>,
+    file_sha256: Option<[u8; 32]>,
+    poisoned: bool,
+    finished: bool,
+}
+
+impl<S: Sink> Reassembler<S> {
+    /// A reassembler with default [`Limits`].
+    pub fn new(sink: S) -> Self {
+        Self::with_limits(sink, Limits::default())
+    }
+
+    /// A reassembler with the given limits.
+    pub fn with_limits(sink: S, limits: Limits) -> Self {
+        Reassembler {
+            sink,
+            limits,
+            digest: ResourceDigest::new(),
+            next_entry: 0,
+            current: None,
+            paths: HashSet::new(),
+            dirs: HashSet::new(),
+            total_declared: 0,
+            bytes: 0,
+            eof: None,
+            file_sha256: None,
+            poisoned: false,
+            finished: false,
+        }
+    }
+
+    /// The last verified position: resume the sender from here after a disconnect.
+    pub fn resume_point(&self) -> ResumePoint {
+        match &self.current {
+            Some(c) => ResumePoint {
+                entry: c.header.index,
+                offset: c.received,
+            },
+            None => ResumePoint {
+                entry: self.next_entry,
+                offset: 0,
+            },
+        }
+    }
+
+    /// Whether the `Eof` frame has been received and verified.
+    pub fn is_complete(&self) -> bool {
+        self.eof.is_some()
+    }
+
+    /// The sink.
+    pub fn sink(&self) -> &S {
+        &self.sink
+    }
+
+    /// Gives the sink back.
+    pub fn into_sink(self) -> S {
+        self.sink
+    }
+
+    /// Validates one frame and passes it on to the sink.
+    pub fn push(&mut self, frame: Frame) -> Result<(), Error> {
+        self.push_ref(&frame)
+    }
+
+    /// Like [`push`](Self::push), borrowing the frame.
+    pub fn push_ref(&mut self, frame: &Frame) -> Result<(), Error> {
+        if self.poisoned {
+            return Err(Error::Poisoned);
+        }
+        if self.eof.is_some() {
+            return Err(Error::AfterEof);
+        }
+        match frame {
+            Frame::Header(h) => self.header(h),
+            Frame::Chunk(c) => self.chunk(c),
+            Frame::Eof(e) => self.end(e),
+        }
+    }
+
+    /// Ends the transfer: fails with [`Error::Truncated`] unless `Eof` was received, then lets the
+    /// sink finish (for [`DirSink`](crate::DirSink): directory modes and times).
+    pub fn finish(&mut self) -> Result<Outcome, Error> {
+        if self.poisoned {
+            return Err(Error::Poisoned);
+        }
+        let Some(digest) = self.eof else {
+            let detail = match &self.current {
+                Some(c) => format!(
+                    "entry {:?} has {} of {} bytes and no end of stream",
+                    c.header.path, c.received, c.header.size
+                ),
+                None => format!("no end of stream after {} entries", self.next_entry),
+            };
+            return Err(Error::Truncated { detail });
+        };
+        if !self.finished {
+            self.sink.finish().map_err(|source| {
+                self.poisoned = true;
+                Error::Sink {
+                    path: String::new(),
+                    source,
+                }
+            })?;
+            self.finished = true;
+        }
+        Ok(Outcome {
+            digest,
+            file_sha256: self.file_sha256,
+            entries: self.next_entry,
+            bytes: self.bytes,
+        })
+    }
+
+    /// Tells the sink to drop partial output (temporary files).
+    pub fn abort(&mut self) {
+        self.sink.abort();
+    }
+
+    fn sink_err(&mut self, path: &str, source: std::io::Error) -> Error {
+        self.poisoned = true;
+        Error::Sink {
+            path: path.to_owned(),
+            source,
+        }
+    }
+
+    fn limit(path: &str, what: &'static str, value: u64, max: u64) -> Result<(), Error> {
+        if value > max {
+            return Err(Error::LimitExceeded {
+                path: path.to_owned(),
+                what,
+                value,
+                max,
+            });
+        }
+        Ok(())
+    }
+
+    fn header(&mut self, h: &Header) -> Result<(), Error> {
+        if let Some(c) = &self.current {
+            if h.index == c.header.index {
+                // A resumed stream repeats the header of the entry in progress.
+                if *h == c.header {
+                    return Ok(());
+                }
+                return Err(Error::HeaderChanged {
+                    path: c.header.path.clone(),
+                });
+            }
+            return Err(Error::IncompleteEntry {
+                path: c.header.path.clone(),
+                received: c.received,
+                size: c.header.size,
+            });
+        }
+        if h.index != self.next_entry {
+            return Err(Error::UnexpectedEntry {
+                expected: self.next_entry,
+                got: h.index,
+                path: h.path.clone(),
+            });
+        }
+        let lim = self.limits;
+        let p = h.path.as_str();
+        Self::limit(
+            p,
+            "entries",
+            u64::from(h.index) + 1,
+            u64::from(lim.max_entries),
+        )?;
+        Self::limit(
+            p,
+            "path length",
+            h.path.len() as u64,
+            lim.max_path_len as u64,
+        )?;
+        let Some(depth) = path::check_relative(p) else {
+            return Err(Error::UnsafePath {
+                index: h.index,
+                path: h.path.clone(),
+            });
+        };
+        Self::limit(p, "path depth", depth as u64, lim.max_depth as u64)?;
+        let invalid = |reason| Error::InvalidHeader {
+            index: h.index,
+            path: h.path.clone(),
+            reason,
+        };
+        if (h.index == 0) != p.is_empty() {
+            return Err(invalid("only the first entry has the empty root path"));
+        }
+        if h.mode > 0o7777 {
+            return Err(invalid("mode has bits beyond 0o7777"));
+        }
+        if h.mtime_nanos >= 1_000_000_000 {
+            return Err(invalid("mtime nanoseconds out of range"));
+        }
+        match h.kind {
+            EntryKind::File => {
+                if !h.link_target.is_empty() {
+                    return Err(invalid("link target on a regular file"));
+                }
+                Self::limit(p, "file size", h.size, lim.max_file_size)?;
+                Self::limit(
+                    p,
+                    "total size",
+                    self.total_declared.saturating_add(h.size),
+                    lim.max_total_size,
+                )?;
+            }
+            EntryKind::Dir => {
+                if h.size != 0 || !h.link_target.is_empty() {
+                    return Err(invalid("directory with a size or link target"));
+                }
+            }
+            EntryKind::Symlink => {
+                if h.size != 0 {
+                    return Err(invalid("symlink with a size"));
+                }
+                if h.link_target.is_empty() || h.link_target.contains('\0') {
+                    return Err(invalid("symlink target empty or contains NUL"));
+                }
+                Self::limit(
+                    p,
+                    "link target length",
+                    h.link_target.len() as u64,
+                    lim.max_path_len as u64,
+                )?;
+            }
+        }
+        if let Some(parent) = path::parent(p)
+            && !self.dirs.contains(parent)
+        {
+            return Err(Error::MissingParent {
+                path: h.path.clone(),
+            });
+        }
+        if self.paths.contains(p) {
+            return Err(Error::DuplicatePath {
+                path: h.path.clone(),
+            });
+        }
+        // Accepted.
+        self.sink.begin_entry(h).map_err(|e| self.sink_err(p, e))?;
+        self.paths.insert(h.path.clone());
+        if h.kind == EntryKind::Dir {
+            self.dirs.insert(h.path.clone());
+        }
+        self.total_declared = self.total_declared.saturating_add(h.size);
+        self.next_entry += 1;
+        self.digest.header(h);
+        if h.kind == EntryKind::File && h.size > 0 {
+            self.current = Some(Current {
+                header: h.clone(),
+                received: 0,
+                chunks: 0,
+            });
+            return Ok(());
+        }
+        if h.kind == EntryKind::File {
+            let sum = self.digest.end_file();
+            if h.index == 0 {
+                self.file_sha256 = Some(sum);
+            }
+        }
+        self.sink.end_entry().map_err(|e| self.sink_err(p, e))
+    }
+
+    fn chunk(&mut self, c: &Chunk) -> Result<(), Error> {
+        let Some(cur) = &mut self.current else {
+            if c.entry < self.next_entry {
+                return Err(Error::DuplicateChunk {
+                    entry: c.entry,
+                    path: String::new(),
+                    chunk: 0,
+                    offset: c.offset,
+                    expected: 0,
+                });
+            }
+            return Err(Error::ChunkBeforeHeader {
+                entry: c.entry,
+                offset: c.offset,
+            });
+        };
+        let h = &cur.header;
+        if c.entry < h.index {
+            return Err(Error::DuplicateChunk {
+                entry: c.entry,
+                path: String::new(),
+                chunk: 0,
+                offset: c.offset,
+                expected: 0,
+            });
+        }
+        if c.entry > h.index {
+            return Err(Error::ChunkBeforeHeader {
+                entry: c.entry,
+                offset: c.offset,
+            });
+        }
+        let path = || h.path.clone();
+        let len = c.data.len();
+        if len == 0 {
+            return Err(Error::EmptyChunk {
+                path: path(),
+                chunk: cur.chunks,
+                offset: c.offset,
+            });
+        }
+        if len > self.limits.max_chunk_size {
+            return Err(Error::OversizeChunk {
+                path: path(),
+                chunk: cur.chunks,
+                offset: c.offset,
+                len,
+                max: self.limits.max_chunk_size,
+            });
+        }
+        let end = c.offset.saturating_add(len as u64);
+        if c.offset < cur.received && end <= cur.received {
+            return Err(Error::DuplicateChunk {
+                entry: c.entry,
+                path: path(),
+                chunk: cur.chunks,
+                offset: c.offset,
+                expected: cur.received,
+            });
+        }
+        if c.offset != cur.received {
+            return Err(Error::OutOfOrder {
+                path: path(),
+                chunk: cur.chunks,
+                offset: c.offset,
+                expected: cur.received,
+            });
+        }
+        if end > h.size {
+            return Err(Error::PastDeclaredSize {
+                path: path(),
+                chunk: cur.chunks,
+                offset: c.offset,
+                size: h.size,
+            });
+        }
+        let computed = crc32c::crc32c(&c.data);
+        if computed != c.crc32c {
+            return Err(Error::BadChecksum {
+                path: path(),
+                chunk: cur.chunks,
+                offset: c.offset,
+                expected: c.crc32c,
+                computed,
+            });
+        }
+        if let Err(e) = self.sink.write(&c.data) {
+            let p = h.path.clone();
+            return Err(self.sink_err(&p, e));
+        }
+        self.digest.content(&c.data);
+        cur.received = end;
+        cur.chunks += 1;
+        self.bytes += len as u64;
+        if end < cur.header.size {
+            return Ok(());
+        }
+        let index = cur.header.index;
+        let p = cur.header.path.clone();
+        self.current = None;
+        let sum = self.digest.end_file();
+        if index == 0 {
+            self.file_sha256 = Some(sum);
+        }
+        self.sink.end_entry().map_err(|e| self.sink_err(&p, e))
+    }
+
+    fn end(&mut self, e: &Eof) -> Result<(), Error> {
+        if let Some(c) = &self.current {
+            return Err(Error::Truncated {
+                detail: format!(
+                    "end of stream with entry {:?} at {} of {} bytes",
+                    c.header.path, c.received, c.header.size
+                ),
+            });
+        }
+        if self.next_entry == 0 {
+            return Err(Error::Truncated {
+                detail: "end of stream before any entry".into(),
+            });
+        }
+        let computed = self.digest.clone().finish();
+        if computed != e.digest {
+            return Err(Error::DigestMismatch {
+                expected: hex::encode(e.digest),
+                computed: hex::encode(computed),
+            });
+        }
+        self.eof = Some(computed);
+        Ok(())
+    }
+}

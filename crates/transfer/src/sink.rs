@@ -1,0 +1,291 @@
+//! Where reassembled entries go: the [`Sink`] trait and the ready [`DirSink`].
+
+use std::collections::HashSet;
+use std::fs::{self, File, FileTimes, OpenOptions, Permissions};
+use std::io::{self, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, UNIX_EPOCH};
+
+use crate::frame::{EntryKind, Header};
+use crate::path;
+
+/// Receives validated entries from a [`Reassembler`](crate::Reassembler), in stream order.
+///
+/// For every entry: `begin_entry`, then (files only) `write` calls with consecutive content, then
+/// `end_entry`. After the verified `Eof`, [`Reassembler::finish`](crate::Reassembler::finish)
+/// calls `finish`. The header path is already checked (relative, no `..`, parent is a directory
+/// of the same stream) but a sink placing files should confine it again.
+pub trait Sink {
+    /// A new entry starts.
+    fn begin_entry(&mut self, header: &Header) -> io::Result<()>;
+    /// The next bytes of the current file.
+    fn write(&mut self, data: &[u8]) -> io::Result<()>;
+    /// The current entry is complete.
+    fn end_entry(&mut self) -> io::Result<()>;
+    /// The whole resource is complete and verified.
+    fn finish(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+    /// The transfer is abandoned: drop partial output.
+    fn abort(&mut self) {}
+}
+
+impl<S: Sink + ?Sized> Sink for &mut S {
+    fn begin_entry(&mut self, header: &Header) -> io::Result<()> {
+        (**self).begin_entry(header)
+    }
+    fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        (**self).write(data)
+    }
+    fn end_entry(&mut self) -> io::Result<()> {
+        (**self).end_entry()
+    }
+    fn finish(&mut self) -> io::Result<()> {
+        (**self).finish()
+    }
+    fn abort(&mut self) {
+        (**self).abort()
+    }
+}
+
+/// When [`DirSink`] applies the sender's uid/gid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Ownership {
+    /// Only when the process runs as root (the default).
+    #[default]
+    IfRoot,
+    /// Always (fails unless permitted).
+    Always,
+    /// Never: entries belong to the current user.
+    Never,
+}
+
+#[derive(Debug)]
+struct OpenFile {
+    tmp: PathBuf,
+    target: PathBuf,
+    file: File,
+    header: Header,
+}
+
+/// Places a resource on the local file system.
+///
+/// The root entry (path `""`) lands at `root` itself: a directory resource is merged into the
+/// directory `root` (created if missing), a file or symlink resource becomes the file `root`.
+/// Files are written to a temporary name in the target directory and renamed into place when
+/// complete; modes, mtimes and (see [`Ownership`]) owners are applied; directory modes and times
+/// are applied in [`Sink::finish`], deepest first. Symlinks are created as links (their own mtime is
+/// not set) and never traversed: an entry must sit under a directory placed by this same stream,
+/// and a directory entry replaces an existing symlink or file of the same name.
+#[derive(Debug)]
+pub struct DirSink {
+    root: PathBuf,
+    chown: bool,
+    set_mtime: bool,
+    placed_dirs: HashSet<String>,
+    open: Option<OpenFile>,
+    dirs: Vec<(PathBuf, Header)>,
+    counter: u64,
+}
+
+impl DirSink {
+    /// A sink placing the resource at `root`, owners applied only when running as root.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        DirSink {
+            root: root.into(),
+            chown: Self::ownership_active(Ownership::IfRoot),
+            set_mtime: true,
+            placed_dirs: HashSet::new(),
+            open: None,
+            dirs: Vec::new(),
+            counter: 0,
+        }
+    }
+
+    /// Chooses when owners are applied.
+    pub fn ownership(mut self, ownership: Ownership) -> Self {
+        self.chown = Self::ownership_active(ownership);
+        self
+    }
+
+    /// Whether to apply the sender's modification times (default: yes).
+    pub fn preserve_mtime(mut self, yes: bool) -> Self {
+        self.set_mtime = yes;
+        self
+    }
+
+    /// The destination root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn ownership_active(o: Ownership) -> bool {
+        match o {
+            Ownership::Always => true,
+            Ownership::Never => false,
+            // /proc/self belongs to the process's effective uid.
+            Ownership::IfRoot => fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0),
+        }
+    }
+
+    fn target(&self, h: &Header) -> io::Result<PathBuf> {
+        if path::check_relative(&h.path).is_none() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "unsafe entry path",
+            ));
+        }
+        let Some(parent) = path::parent(&h.path) else {
+            return Ok(self.root.clone());
+        };
+        if !self.placed_dirs.contains(parent) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "parent is not a directory placed by this stream",
+            ));
+        }
+        Ok(self.root.join(&h.path))
+    }
+
+    fn tmp_name(&mut self, target: &Path) -> io::Result<PathBuf> {
+        let (Some(dir), Some(name)) = (target.parent(), target.file_name()) else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "destination has no parent directory",
+            ));
+        };
+        self.counter += 1;
+        let mut tmp = std::ffi::OsString::from(".");
+        tmp.push(name);
+        tmp.push(format!(".fbtmp.{}.{}", std::process::id(), self.counter));
+        Ok(dir.join(tmp))
+    }
+
+    fn times(h: &Header) -> FileTimes {
+        let t = if h.mtime_secs >= 0 {
+            UNIX_EPOCH + Duration::new(h.mtime_secs.unsigned_abs(), h.mtime_nanos)
+        } else {
+            UNIX_EPOCH - Duration::from_secs(h.mtime_secs.unsigned_abs())
+                + Duration::from_nanos(u64::from(h.mtime_nanos))
+        };
+        FileTimes::new().set_modified(t)
+    }
+
+    fn begin(&mut self, h: &Header) -> io::Result<()> {
+        let target = self.target(h)?;
+        if h.path.is_empty()
+            && let Some(parent) = target.parent()
+            && !parent.as_os_str().is_empty()
+        {
+            fs::create_dir_all(parent)?;
+        }
+        match h.kind {
+            EntryKind::Dir => {
+                match fs::symlink_metadata(&target) {
+                    Ok(m) if m.is_dir() => {}
+                    Ok(_) => {
+                        fs::remove_file(&target)?;
+                        fs::create_dir(&target)?;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => fs::create_dir(&target)?,
+                    Err(e) => return Err(e),
+                }
+                // Keep it writable until `finish` applies the real mode.
+                fs::set_permissions(&target, Permissions::from_mode(0o700 | (h.mode & 0o777)))?;
+                self.placed_dirs.insert(h.path.clone());
+                self.dirs.push((target, h.clone()));
+            }
+            EntryKind::File => {
+                let tmp = self.tmp_name(&target)?;
+                let file = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&tmp)?;
+                self.open = Some(OpenFile {
+                    tmp,
+                    target,
+                    file,
+                    header: h.clone(),
+                });
+            }
+            EntryKind::Symlink => {
+                let tmp = self.tmp_name(&target)?;
+                std::os::unix::fs::symlink(&h.link_target, &tmp)?;
+                if self.chown
+                    && let Err(e) = std::os::unix::fs::lchown(&tmp, Some(h.uid), Some(h.gid))
+                {
+                    let _ = fs::remove_file(&tmp);
+                    return Err(e);
+                }
+                if let Err(e) = fs::rename(&tmp, &target) {
+                    let _ = fs::remove_file(&tmp);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn close(&mut self, f: OpenFile) -> io::Result<()> {
+        let h = &f.header;
+        let r = (|| {
+            if self.chown {
+                std::os::unix::fs::fchown(&f.file, Some(h.uid), Some(h.gid))?;
+            }
+            f.file.set_permissions(Permissions::from_mode(h.mode))?;
+            if self.set_mtime {
+                f.file.set_times(Self::times(h))?;
+            }
+            fs::rename(&f.tmp, &f.target)
+        })();
+        if r.is_err() {
+            let _ = fs::remove_file(&f.tmp);
+        }
+        r
+    }
+}
+
+impl Sink for DirSink {
+    fn begin_entry(&mut self, header: &Header) -> io::Result<()> {
+        if self.open.is_some() {
+            return Err(io::Error::other("previous file not ended"));
+        }
+        self.begin(header)
+    }
+
+    fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        match &mut self.open {
+            Some(f) => f.file.write_all(data),
+            None => Err(io::Error::other("write outside a file entry")),
+        }
+    }
+
+    fn end_entry(&mut self) -> io::Result<()> {
+        match self.open.take() {
+            Some(f) => self.close(f),
+            None => Ok(()),
+        }
+    }
+
+    fn finish(&mut self) -> io::Result<()> {
+        for (dir, h) in std::mem::take(&mut self.dirs).into_iter().rev() {
+            if self.chown {
+                std::os::unix::fs::chown(&dir, Some(h.uid), Some(h.gid))?;
+            }
+            if self.set_mtime {
+                File::open(&dir)?.set_times(Self::times(&h))?;
+            }
+            fs::set_permissions(&dir, Permissions::from_mode(h.mode))?;
+        }
+        Ok(())
+    }
+
+    fn abort(&mut self) {
+        if let Some(f) = self.open.take() {
+            drop(f.file);
+            let _ = fs::remove_file(&f.tmp);
+        }
+    }
+}
