@@ -285,7 +285,8 @@ pub enum Network {
 pub struct Heredoc {
     /// The delimiter word (`EOF`).
     pub name: String,
-    /// The body, after `<<-` tab stripping and, unless the delimiter was quoted, expansion.
+    /// The body, after `<<-` tab stripping. For a COPY/ADD source it is also expanded when
+    /// `expand` is set; for RUN it is kept as written (the shell expands it at run time).
     pub content: String,
     /// Whether the body is subject to variable expansion (delimiter unquoted).
     pub expand: bool,
@@ -341,7 +342,9 @@ pub enum Origin {
 pub enum ResourceKind {
     /// A regular file.
     File,
-    /// A directory: its contents are copied (not the directory itself, unless `--parents`).
+    /// A directory: created at `target`. What it contains (after `.dockerignore` and
+    /// `--exclude`) follows as resources of its own, each with its own `target`, so a consumer
+    /// never walks a directory itself.
     Dir,
     /// A symbolic link (copied as a link).
     Symlink,
@@ -369,6 +372,10 @@ pub enum Source {
         checksum: Option<String>,
         /// Resource id the guest pulls.
         id: String,
+        /// Absolute path in the guest where the downloaded file lands (the URL's file name
+        /// under a directory destination, else the destination itself).
+        #[serde(default)]
+        target: String,
     },
     /// An inline here-document source (`COPY <<EOF /dest`).
     Heredoc {
