@@ -485,3 +485,123 @@ fn entry(
         source: path.to_path_buf(),
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(enc: &ResourceEncoder) -> Vec<(String, EntryKind)> {
+        enc.headers().map(|h| (h.path.clone(), h.kind)).collect()
+    }
+
+    #[test]
+    fn walk_is_sorted_filtered_and_skips_special_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        fs::create_dir(p.join("b")).unwrap();
+        fs::write(p.join("b/z"), b"z").unwrap();
+        fs::write(p.join("a"), b"a").unwrap();
+        fs::write(p.join("B"), b"B").unwrap();
+        fs::create_dir(p.join("skip")).unwrap();
+        fs::write(p.join("skip/x"), b"x").unwrap();
+        std::os::unix::fs::symlink("/nonexistent", p.join("link")).unwrap();
+        let fifo = std::process::Command::new("mkfifo")
+            .arg(p.join("fifo"))
+            .status();
+        let filter = |path: &Path, is_dir: bool| !(is_dir && path == Path::new("skip"));
+        let enc = ResourceEncoder::builder(p).filter(&filter).build().unwrap();
+        assert_eq!(
+            headers(&enc),
+            [
+                ("".into(), EntryKind::Dir),
+                ("B".into(), EntryKind::File),
+                ("a".into(), EntryKind::File),
+                ("b".into(), EntryKind::Dir),
+                ("b/z".into(), EntryKind::File),
+                ("link".into(), EntryKind::Symlink),
+            ]
+        );
+        if fifo.is_ok_and(|s| s.success()) {
+            assert!(enc.headers().all(|h| h.path != "fifo"));
+        }
+        let link = enc.headers().find(|h| h.path == "link").unwrap();
+        assert_eq!(link.link_target, "/nonexistent");
+        assert_eq!(enc.total_size(), 3);
+    }
+
+    #[test]
+    fn frames_are_header_chunks_eof() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("f");
+        fs::write(&f, vec![7u8; 25]).unwrap();
+        let enc = ResourceEncoder::new(&f, ChunkPlanner::fixed(10).unwrap()).unwrap();
+        let frames: Vec<Frame> = enc.map(|f| f.unwrap()).collect();
+        assert_eq!(frames.len(), 5);
+        assert!(matches!(&frames[0], Frame::Header(h) if h.size == 25 && h.path.is_empty()));
+        let offsets: Vec<(u64, usize)> = frames
+            .iter()
+            .filter_map(|f| match f {
+                Frame::Chunk(c) => Some((c.offset, c.data.len())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(offsets, [(0, 10), (10, 10), (20, 5)]);
+        assert!(matches!(frames[4], Frame::Eof(_)));
+    }
+
+    #[test]
+    fn bad_resume_points() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("f"), b"12345").unwrap();
+        for (entry, offset) in [(3, 0), (2, 1), (0, 1), (1, 6)] {
+            let err = ResourceEncoder::builder(dir.path())
+                .resume_from(ResumePoint { entry, offset })
+                .build()
+                .unwrap_err();
+            assert!(
+                matches!(err, Error::BadResumePoint { entries: 2, .. }),
+                "{entry}/{offset}"
+            );
+        }
+        let enc = ResourceEncoder::builder(dir.path())
+            .resume_from(ResumePoint {
+                entry: 2,
+                offset: 0,
+            })
+            .build()
+            .unwrap();
+        let frames: Vec<_> = enc.collect();
+        assert_eq!(frames.len(), 1);
+        assert!(matches!(frames[0], Ok(Frame::Eof(_))));
+    }
+
+    #[test]
+    fn shrinking_source_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("f");
+        fs::write(&f, vec![1u8; 100]).unwrap();
+        let mut enc = ResourceEncoder::new(&f, ChunkPlanner::fixed(10).unwrap()).unwrap();
+        assert!(matches!(enc.next_frame().unwrap(), Some(Frame::Header(_))));
+        fs::write(&f, vec![1u8; 15]).unwrap();
+        assert!(matches!(enc.next_frame().unwrap(), Some(Frame::Chunk(_))));
+        let err = enc.next_frame().unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::SourceChanged {
+                    expected: 100,
+                    found: 15,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(enc.next().is_none());
+    }
+
+    #[test]
+    fn missing_source_is_an_error_with_path() {
+        let err = ResourceEncoder::new("/nonexistent/x", ChunkPlanner::default()).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/x"));
+    }
+}

@@ -480,3 +480,571 @@ impl<S: Sink> Reassembler<S> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records what reaches the sink.
+    #[derive(Default, Debug)]
+    struct Rec {
+        events: Vec<String>,
+        fail_write: bool,
+    }
+
+    impl Sink for Rec {
+        fn begin_entry(&mut self, h: &Header) -> std::io::Result<()> {
+            self.events.push(format!("begin {}", h.path));
+            Ok(())
+        }
+        fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
+            if self.fail_write {
+                return Err(std::io::Error::other("disk full"));
+            }
+            self.events.push(format!("write {}", data.len()));
+            Ok(())
+        }
+        fn end_entry(&mut self) -> std::io::Result<()> {
+            self.events.push("end".into());
+            Ok(())
+        }
+        fn finish(&mut self) -> std::io::Result<()> {
+            self.events.push("finish".into());
+            Ok(())
+        }
+    }
+
+    fn hdr(index: u32, path: &str, kind: EntryKind, size: u64) -> Header {
+        Header {
+            index,
+            path: path.into(),
+            kind,
+            mode: 0o755,
+            uid: 1,
+            gid: 2,
+            size,
+            mtime_secs: 1_700_000_000,
+            mtime_nanos: 5,
+            link_target: if kind == EntryKind::Symlink {
+                "t".into()
+            } else {
+                String::new()
+            },
+        }
+    }
+
+    /// A valid stream for (header, content) pairs with the given chunk size.
+    fn stream(entries: &[(Header, Vec<u8>)], chunk: usize) -> Vec<Frame> {
+        let mut d = ResourceDigest::new();
+        let mut out = Vec::new();
+        for (h, data) in entries {
+            d.header(h);
+            out.push(Frame::Header(h.clone()));
+            if h.kind == EntryKind::File {
+                for (i, part) in data.chunks(chunk).enumerate() {
+                    d.content(part);
+                    out.push(Frame::Chunk(Chunk::new(
+                        h.index,
+                        (i * chunk) as u64,
+                        part.to_vec(),
+                    )));
+                }
+                d.end_file();
+            }
+        }
+        out.push(Frame::Eof(Eof { digest: d.finish() }));
+        out
+    }
+
+    fn tree() -> Vec<(Header, Vec<u8>)> {
+        vec![
+            (hdr(0, "", EntryKind::Dir, 0), vec![]),
+            (hdr(1, "a", EntryKind::File, 10), b"0123456789".to_vec()),
+            (hdr(2, "d", EntryKind::Dir, 0), vec![]),
+            (hdr(3, "d/l", EntryKind::Symlink, 0), vec![]),
+            (hdr(4, "e", EntryKind::File, 0), vec![]),
+        ]
+    }
+
+    fn feed(frames: &[Frame], limits: Limits) -> (Reassembler<Rec>, Result<(), Error>) {
+        let mut r = Reassembler::with_limits(Rec::default(), limits);
+        for f in frames {
+            if let Err(e) = r.push_ref(f) {
+                return (r, Err(e));
+            }
+        }
+        (r, Ok(()))
+    }
+
+    fn run(frames: &[Frame]) -> Result<(), Error> {
+        feed(frames, Limits::default()).1
+    }
+
+    fn chunk_mut(frames: &mut [Frame], n: usize) -> &mut Chunk {
+        frames
+            .iter_mut()
+            .filter_map(|f| match f {
+                Frame::Chunk(c) => Some(c),
+                _ => None,
+            })
+            .nth(n)
+            .unwrap()
+    }
+
+    #[test]
+    fn valid_stream_reaches_sink_in_order() {
+        let frames = stream(&tree(), 4);
+        let (mut r, res) = feed(&frames, Limits::default());
+        res.unwrap();
+        let out = r.finish().unwrap();
+        assert_eq!(out.entries, 5);
+        assert_eq!(out.bytes, 10);
+        assert_eq!(out.file_sha256, None);
+        assert_eq!(
+            r.sink().events,
+            [
+                "begin ",
+                "end",
+                "begin a",
+                "write 4",
+                "write 4",
+                "write 2",
+                "end",
+                "begin d",
+                "end",
+                "begin d/l",
+                "end",
+                "begin e",
+                "end",
+                "finish"
+            ]
+        );
+    }
+
+    #[test]
+    fn single_file_exposes_plain_sha256() {
+        let data = b"hello world".to_vec();
+        let frames = stream(&[(hdr(0, "", EntryKind::File, 11), data.clone())], 3);
+        let (mut r, res) = feed(&frames, Limits::default());
+        res.unwrap();
+        let out = r.finish().unwrap();
+        assert_eq!(out.file_sha256, Some(crate::digest::sha256(&data)));
+    }
+
+    #[test]
+    fn chunk_before_header() {
+        let mut frames = stream(&tree(), 4);
+        frames.remove(1); // header of "a"
+        frames.remove(1); // so the first chunk follows the root
+        let err = run(&frames).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::ChunkBeforeHeader {
+                    entry: 1,
+                    offset: 4
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn oversize_chunk() {
+        let frames = stream(&tree(), 10);
+        let limits = Limits {
+            max_chunk_size: 4,
+            ..Limits::default()
+        };
+        let err = feed(&frames, limits).1.unwrap_err();
+        assert!(
+            matches!(&err, Error::OversizeChunk { path, chunk: 0, offset: 0, len: 10, max: 4 } if path == "a"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("\"a\""));
+    }
+
+    #[test]
+    fn gap_is_out_of_order() {
+        let mut frames = stream(&tree(), 4);
+        frames.remove(2); // first chunk of "a"
+        let err = run(&frames).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::OutOfOrder {
+                    chunk: 0,
+                    offset: 4,
+                    expected: 0,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn repeated_chunk_is_duplicate() {
+        let mut frames = stream(&tree(), 4);
+        let dup = frames[2].clone();
+        frames.insert(3, dup);
+        let err = run(&frames).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::DuplicateChunk {
+                    entry: 1,
+                    chunk: 1,
+                    offset: 0,
+                    expected: 4,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_checksum_is_rejected_and_stream_can_continue() {
+        let frames = stream(&tree(), 4);
+        let mut bad = frames.clone();
+        chunk_mut(&mut bad, 1).data[0] ^= 1;
+        let mut r = Reassembler::new(Rec::default());
+        for f in &frames[..3] {
+            r.push_ref(f).unwrap();
+        }
+        let err = r.push_ref(&bad[3]).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::BadChecksum {
+                    chunk: 1,
+                    offset: 4,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(
+            r.resume_point(),
+            ResumePoint {
+                entry: 1,
+                offset: 4
+            }
+        );
+        // The rejected chunk left no trace: the good one is accepted.
+        for f in &frames[3..] {
+            r.push_ref(f).unwrap();
+        }
+        r.finish().unwrap();
+    }
+
+    #[test]
+    fn finish_without_eof_is_truncated() {
+        let frames = stream(&tree(), 4);
+        let (mut r, res) = feed(&frames[..frames.len() - 1], Limits::default());
+        res.unwrap();
+        let err = r.finish().unwrap_err();
+        assert!(matches!(err, Error::Truncated { .. }), "{err}");
+        assert!(!r.sink().events.contains(&"finish".to_string()));
+    }
+
+    #[test]
+    fn eof_with_short_file_is_truncated() {
+        let mut frames = stream(&tree(), 4);
+        frames.drain(3..frames.len() - 1);
+        let err = run(&frames).unwrap_err();
+        assert!(
+            matches!(&err, Error::Truncated { detail } if detail.contains("4 of 10")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn header_before_file_is_complete_is_incomplete_entry() {
+        let mut frames = stream(&tree(), 4);
+        frames.remove(4); // last chunk of "a"
+        let err = run(&frames).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::IncompleteEntry {
+                    received: 8,
+                    size: 10,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn digest_mismatch() {
+        let mut frames = stream(&tree(), 4);
+        if let Some(Frame::Eof(e)) = frames.last_mut() {
+            e.digest[0] ^= 1;
+        }
+        let err = run(&frames).unwrap_err();
+        assert!(matches!(err, Error::DigestMismatch { .. }), "{err}");
+    }
+
+    #[test]
+    fn metadata_change_is_a_digest_mismatch() {
+        // The sender's digest covers metadata: a header altered in flight is detected.
+        let mut frames = stream(&tree(), 4);
+        if let Frame::Header(h) = &mut frames[1] {
+            h.mode = 0o777;
+        }
+        assert!(matches!(
+            run(&frames).unwrap_err(),
+            Error::DigestMismatch { .. }
+        ));
+    }
+
+    #[test]
+    fn limits() {
+        let frames = stream(&tree(), 4);
+        let cases: [(Limits, &str); 5] = [
+            (
+                Limits {
+                    max_entries: 3,
+                    ..Limits::default()
+                },
+                "entries",
+            ),
+            (
+                Limits {
+                    max_path_len: 2,
+                    ..Limits::default()
+                },
+                "path length",
+            ),
+            (
+                Limits {
+                    max_depth: 1,
+                    ..Limits::default()
+                },
+                "path depth",
+            ),
+            (
+                Limits {
+                    max_file_size: 9,
+                    ..Limits::default()
+                },
+                "file size",
+            ),
+            (
+                Limits {
+                    max_total_size: 9,
+                    ..Limits::default()
+                },
+                "total size",
+            ),
+        ];
+        let mut deep = tree();
+        deep[3].0.path = "d/lll".into();
+        let deep = stream(&deep, 4);
+        for (limits, what) in cases {
+            let input = if what == "path length" {
+                &deep
+            } else {
+                &frames
+            };
+            let err = feed(input, limits).1.unwrap_err();
+            assert!(
+                matches!(&err, Error::LimitExceeded { what: w, .. } if *w == what),
+                "{what}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn unsafe_paths_are_rejected() {
+        for bad in ["../x", "/etc/passwd", "a/../../x", "a//b", "."] {
+            let mut t = tree();
+            t[4].0.path = bad.into();
+            let err = run(&stream(&t, 4)).unwrap_err();
+            assert!(
+                matches!(err, Error::UnsafePath { index: 4, .. }),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn entry_under_symlink_or_file_has_no_parent() {
+        for parent in ["d/l", "a", "missing"] {
+            let mut t = tree();
+            t[4].0.path = format!("{parent}/x");
+            let err = run(&stream(&t, 4)).unwrap_err();
+            assert!(
+                matches!(err, Error::MissingParent { .. }),
+                "{parent}: {err}"
+            );
+        }
+        // Nothing may follow a non-directory root.
+        let t = vec![
+            (hdr(0, "", EntryKind::File, 1), b"x".to_vec()),
+            (hdr(1, "y", EntryKind::File, 1), b"y".to_vec()),
+        ];
+        assert!(matches!(
+            run(&stream(&t, 4)).unwrap_err(),
+            Error::MissingParent { .. }
+        ));
+    }
+
+    #[test]
+    fn duplicate_path_and_bad_headers() {
+        let mut t = tree();
+        t[4].0.path = "a".into();
+        assert!(matches!(
+            run(&stream(&t, 4)).unwrap_err(),
+            Error::DuplicatePath { .. }
+        ));
+
+        let mut t = tree();
+        t[2].0.size = 3;
+        assert!(matches!(
+            run(&stream(&t, 4)).unwrap_err(),
+            Error::InvalidHeader { index: 2, .. }
+        ));
+
+        let mut t = tree();
+        t[3].0.link_target.clear();
+        assert!(matches!(
+            run(&stream(&t, 4)).unwrap_err(),
+            Error::InvalidHeader { index: 3, .. }
+        ));
+
+        let mut t = tree();
+        t[1].0.mode = 0o10644;
+        assert!(matches!(
+            run(&stream(&t, 4)).unwrap_err(),
+            Error::InvalidHeader { index: 1, .. }
+        ));
+
+        let mut t = tree();
+        t[0].0.path = "root".into();
+        assert!(matches!(
+            run(&stream(&t, 4)).unwrap_err(),
+            Error::InvalidHeader { index: 0, .. }
+        ));
+    }
+
+    #[test]
+    fn wrong_entry_index_and_frames_after_eof() {
+        let mut frames = stream(&tree(), 4);
+        if let Frame::Header(h) = &mut frames[5] {
+            h.index = 7;
+        }
+        assert!(matches!(
+            run(&frames).unwrap_err(),
+            Error::UnexpectedEntry {
+                expected: 2,
+                got: 7,
+                ..
+            }
+        ));
+
+        let mut frames = stream(&tree(), 4);
+        frames.push(frames[0].clone());
+        assert!(matches!(run(&frames).unwrap_err(), Error::AfterEof));
+    }
+
+    #[test]
+    fn empty_and_past_end_chunks() {
+        let mut frames = stream(&tree(), 4);
+        chunk_mut(&mut frames, 0).data.clear();
+        chunk_mut(&mut frames, 0).crc32c = 0;
+        assert!(matches!(
+            run(&frames).unwrap_err(),
+            Error::EmptyChunk { .. }
+        ));
+
+        let mut frames = stream(&tree(), 4);
+        *chunk_mut(&mut frames, 2) = Chunk::new(1, 8, b"xyz".to_vec());
+        assert!(matches!(
+            run(&frames).unwrap_err(),
+            Error::PastDeclaredSize {
+                chunk: 2,
+                offset: 8,
+                size: 10,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn resume_repeats_header_of_entry_in_progress() {
+        let frames = stream(&tree(), 4);
+        let mut r = Reassembler::new(Rec::default());
+        for f in &frames[..3] {
+            r.push_ref(f).unwrap();
+        }
+        assert_eq!(
+            r.resume_point(),
+            ResumePoint {
+                entry: 1,
+                offset: 4
+            }
+        );
+        // Resumed stream: header again, then the rest.
+        r.push_ref(&frames[1]).unwrap();
+        let mut changed = frames[1].clone();
+        if let Frame::Header(h) = &mut changed {
+            h.size = 11;
+        }
+        assert!(matches!(
+            r.push_ref(&changed).unwrap_err(),
+            Error::HeaderChanged { .. }
+        ));
+        for f in &frames[3..] {
+            r.push_ref(f).unwrap();
+        }
+        r.finish().unwrap();
+        assert_eq!(
+            r.sink().events.iter().filter(|e| *e == "begin a").count(),
+            1
+        );
+        // A completed entry's header is not accepted again.
+        let mut r = Reassembler::new(Rec::default());
+        for f in &frames[..5] {
+            r.push_ref(f).unwrap();
+        }
+        assert_eq!(
+            r.resume_point(),
+            ResumePoint {
+                entry: 2,
+                offset: 0
+            }
+        );
+        assert!(matches!(
+            r.push_ref(&frames[1]).unwrap_err(),
+            Error::UnexpectedEntry {
+                expected: 2,
+                got: 1,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn sink_failure_poisons() {
+        let frames = stream(&tree(), 4);
+        let mut r = Reassembler::new(Rec {
+            fail_write: true,
+            ..Rec::default()
+        });
+        r.push_ref(&frames[0]).unwrap();
+        r.push_ref(&frames[1]).unwrap();
+        let err = r.push_ref(&frames[2]).unwrap_err();
+        assert!(
+            matches!(&err, Error::Sink { path, .. } if path == "a"),
+            "{err}"
+        );
+        assert!(matches!(
+            r.push_ref(&frames[2]).unwrap_err(),
+            Error::Poisoned
+        ));
+    }
+}

@@ -289,3 +289,123 @@ impl Sink for DirSink {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn hdr(index: u32, path: &str, kind: EntryKind, mode: u32, size: u64) -> Header {
+        Header {
+            index,
+            path: path.into(),
+            kind,
+            mode,
+            uid: 0,
+            gid: 0,
+            size,
+            mtime_secs: 1_000_000_000,
+            mtime_nanos: 123_456_789,
+            link_target: if kind == EntryKind::Symlink {
+                "../target".into()
+            } else {
+                String::new()
+            },
+        }
+    }
+
+    #[test]
+    fn places_file_root_with_mode_and_mtime_via_temp_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("sub/file.txt");
+        let mut s = DirSink::new(&dest).ownership(Ownership::Never);
+        s.begin_entry(&hdr(0, "", EntryKind::File, 0o640, 3))
+            .unwrap();
+        s.write(b"abc").unwrap();
+        // Not visible under its final name until complete.
+        assert!(!dest.exists());
+        s.end_entry().unwrap();
+        s.finish().unwrap();
+        assert_eq!(fs::read(&dest).unwrap(), b"abc");
+        let m = fs::metadata(&dest).unwrap();
+        assert_eq!(m.mode() & 0o7777, 0o640);
+        assert_eq!((m.mtime(), m.mtime_nsec()), (1_000_000_000, 123_456_789));
+        assert_eq!(fs::read_dir(dest.parent().unwrap()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn directory_modes_and_times_applied_at_finish() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("r");
+        let mut s = DirSink::new(&root).ownership(Ownership::Never);
+        s.begin_entry(&hdr(0, "", EntryKind::Dir, 0o755, 0))
+            .unwrap();
+        s.end_entry().unwrap();
+        s.begin_entry(&hdr(1, "ro", EntryKind::Dir, 0o555, 0))
+            .unwrap();
+        s.end_entry().unwrap();
+        s.begin_entry(&hdr(2, "ro/f", EntryKind::File, 0o444, 1))
+            .unwrap();
+        s.write(b"x").unwrap();
+        s.end_entry().unwrap();
+        s.begin_entry(&hdr(3, "ro/link", EntryKind::Symlink, 0o777, 0))
+            .unwrap();
+        s.end_entry().unwrap();
+        s.finish().unwrap();
+        let m = fs::metadata(root.join("ro")).unwrap();
+        assert_eq!(m.mode() & 0o7777, 0o555);
+        assert_eq!(m.mtime(), 1_000_000_000);
+        assert_eq!(
+            fs::read_link(root.join("ro/link")).unwrap(),
+            Path::new("../target")
+        );
+        fs::set_permissions(root.join("ro"), Permissions::from_mode(0o755)).unwrap();
+    }
+
+    #[test]
+    fn directory_entry_replaces_an_existing_symlink_instead_of_following_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("r");
+        let outside = dir.path().join("outside");
+        fs::create_dir_all(&root).unwrap();
+        fs::create_dir(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("d")).unwrap();
+        let mut s = DirSink::new(&root).ownership(Ownership::Never);
+        s.begin_entry(&hdr(0, "", EntryKind::Dir, 0o755, 0))
+            .unwrap();
+        s.begin_entry(&hdr(1, "d", EntryKind::Dir, 0o755, 0))
+            .unwrap();
+        s.begin_entry(&hdr(2, "d/f", EntryKind::File, 0o644, 1))
+            .unwrap();
+        s.write(b"x").unwrap();
+        s.end_entry().unwrap();
+        s.finish().unwrap();
+        assert!(fs::symlink_metadata(root.join("d")).unwrap().is_dir());
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn refuses_paths_outside_placed_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = DirSink::new(dir.path()).ownership(Ownership::Never);
+        s.begin_entry(&hdr(0, "", EntryKind::Dir, 0o755, 0))
+            .unwrap();
+        for bad in ["../x", "/x", "nodir/x", "a/../b"] {
+            let err = s
+                .begin_entry(&hdr(1, bad, EntryKind::File, 0o644, 0))
+                .unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{bad}");
+        }
+    }
+
+    #[test]
+    fn abort_removes_partial_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = DirSink::new(dir.path().join("f")).ownership(Ownership::Never);
+        s.begin_entry(&hdr(0, "", EntryKind::File, 0o644, 10))
+            .unwrap();
+        s.write(b"abc").unwrap();
+        s.abort();
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+}
