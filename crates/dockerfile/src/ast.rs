@@ -28,6 +28,8 @@ pub struct Ast {
     pub warnings: Vec<Warning>,
     /// The escape character in force (`\` unless `# escape=` changed it to a backtick).
     pub escape: char,
+    /// The source text (BOM included), kept to render error snippets.
+    pub source: String,
 }
 
 impl Ast {

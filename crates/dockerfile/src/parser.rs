@@ -344,6 +344,7 @@ impl<'a> Parser<'a> {
             nodes,
             warnings,
             escape: self.escape,
+            source: self.src.to_owned(),
         })
     }
 
