@@ -15,7 +15,7 @@ use crate::bundle::{ClientBundle, ServerBundle};
 use crate::error::{Error, Result};
 use crate::{BuildId, SecretPem, Validity, pem};
 
-/// The common name of a generated per-build CA.
+/// The common name prefix of a generated per-build CA.
 pub const DEFAULT_CA_NAME: &str = "firebuild build CA";
 
 /// Key algorithm for generated keys.
@@ -76,7 +76,8 @@ impl CertificateAuthority {
         Self::generate_with(DEFAULT_CA_NAME, KeyAlgorithm::default(), validity)
     }
 
-    /// A fresh CA with the given common name and key algorithm. Leaf keys use the same algorithm
+    /// A fresh CA with the given common name (followed by 16 hex digits of its key id, so every
+    /// CA has a distinct subject) and key algorithm. Leaf keys use the same algorithm
     /// unless changed with [`CertificateAuthority::with_leaf_algorithm`].
     ///
     /// The CA has `pathLenConstraint = 0`: it can sign leaves, not other CAs.
@@ -87,7 +88,11 @@ impl CertificateAuthority {
     ) -> Result<Self> {
         let key = algorithm.generate("ca")?;
         let mut params = CertificateParams::default();
-        params.distinguished_name = dn(common_name);
+        // Distinct subjects per CA: verifiers pick issuers by name, so two per-build CAs with the
+        // same name would turn "unknown issuer" into a confusing "bad signature".
+        let key_id = params.key_identifier(&key);
+        let suffix: String = key_id.iter().take(8).map(|b| format!("{b:02x}")).collect();
+        params.distinguished_name = dn(&format!("{common_name} {suffix}"));
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
@@ -219,8 +224,9 @@ impl CertificateAuthority {
     }
 
     fn leaf_params(&self, common_name: &str, validity: &Validity) -> Result<CertificateParams> {
-        // A leaf never outlives its issuer.
-        let not_before = validity.not_before.max(self.not_before);
+        // A leaf never outlives its issuer. (It may start before the issuer does: a window
+        // entirely in the past is how callers test expiry handling.)
+        let not_before = validity.not_before;
         let not_after = validity.not_after.min(self.not_after);
         if not_before >= not_after {
             return Err(Error::CaExpired);

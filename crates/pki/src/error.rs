@@ -85,7 +85,7 @@ pub enum Error {
         input: &'static str,
     },
     /// The issuing CA expires before the requested certificate would start.
-    #[error("the issuing ca is not valid during the requested validity window")]
+    #[error("the issuing ca expires before the requested validity window starts")]
     CaExpired,
     /// A build id was empty, too long or contained characters outside `[A-Za-z0-9._-]`.
     #[error("invalid build id {id:?}: {reason}")]
