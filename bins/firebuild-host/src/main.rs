@@ -1,1 +1,47 @@
-fn main() {}
+//! `firebuild-host`: builds Firecracker root filesystems from Dockerfiles.
+//!
+//! This binary only parses arguments, sets up logging (`RUST_LOG`), prints and picks exit
+//! codes; the work is done by the `firebuild-*` crates. Each subcommand lives in its own
+//! module (`parse_cmd`, ...).
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+mod parse_cmd;
+
+/// Build Firecracker root filesystems from Dockerfiles.
+#[derive(Debug, Parser)]
+#[command(name = "firebuild-host", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Parse a Dockerfile and print its parse tree in buildkit's dump format.
+    Parse(parse_cmd::ParseArgs),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Cmd::Parse(args) => parse_cmd::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            for cause in err.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
