@@ -7,6 +7,7 @@ use rustls_pki_types::CertificateDer;
 
 use crate::error::{Error, Result};
 use crate::{SecretPem, pem, tls};
+use rustls::InconsistentKeys;
 
 /// Parsed, checked material shared by both bundle kinds.
 #[derive(Clone)]
@@ -29,15 +30,27 @@ impl Material {
         let ca_certs = pem::certificates(ca_input, ca_cert_pem)?;
         let chain = pem::certificates(cert_input, cert_pem)?;
         let key = pem::private_key(key_input, key_pem)?;
-        let provider = tls::provider();
-        let certified_key =
-            CertifiedKey::from_der(chain, key.clone_key(), &provider).map_err(|e| match e {
-                rustls::Error::InconsistentKeys(_) => Error::KeyMismatch { input: key_input },
-                other => Error::Key {
+        // Borrow the DER (no unwiped copy handed to rustls); aws-lc-rs holds the loaded key.
+        let signing_key =
+            rustls::crypto::aws_lc_rs::sign::any_supported_type(&key).map_err(|source| {
+                Error::Key {
                     input: key_input,
-                    source: Box::new(other),
-                },
+                    source: Box::new(source),
+                }
             })?;
+        let certified_key = CertifiedKey::new(chain, signing_key);
+        match certified_key.keys_match() {
+            Ok(()) | Err(rustls::Error::InconsistentKeys(InconsistentKeys::Unknown)) => {}
+            Err(rustls::Error::InconsistentKeys(_)) => {
+                return Err(Error::KeyMismatch { input: key_input });
+            }
+            Err(source) => {
+                return Err(Error::CertificateRejected {
+                    input: cert_input,
+                    source,
+                });
+            }
+        }
         Ok(Self {
             ca_cert_pem: ca_cert_pem.to_owned(),
             cert_pem: cert_pem.to_owned(),

@@ -54,6 +54,15 @@ pub enum Error {
         #[source]
         source: x509_parser::nom::Err<x509_parser::error::X509Error>,
     },
+    /// A certificate parsed as X.509 but rustls/webpki cannot use it.
+    #[error("{input}: certificate not usable for tls")]
+    CertificateRejected {
+        /// Which input.
+        input: &'static str,
+        /// rustls' error.
+        #[source]
+        source: rustls::Error,
+    },
     /// A private key was not usable (unsupported algorithm or malformed).
     #[error("{input}: unsupported or malformed private key")]
     Key {

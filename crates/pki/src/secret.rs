@@ -9,7 +9,7 @@ use zeroize::Zeroizing;
 /// The buffer is wiped when the value is dropped, and `Debug` prints `SecretPem([redacted])`.
 /// There is deliberately no `Display`: read the text with [`SecretPem::expose_secret`] where it
 /// must leave the process (MMDS, a 0600 file, tonic's `Identity::from_pem`).
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct SecretPem(Zeroizing<String>);
 
 impl SecretPem {
