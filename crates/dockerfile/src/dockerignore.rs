@@ -26,6 +26,7 @@
 //! here (in Go a regexp escape), a `^` outside brackets is a literal character, and `*` or `?`
 //! inside brackets are members of the class.
 
+use std::borrow::Cow;
 use std::fmt;
 
 /// A malformed pattern, in a `.dockerignore` or given to [`glob_match`].
@@ -73,8 +74,16 @@ impl fmt::Display for Location<'_> {
 /// Go's `filepath.Clean` for `/`-separated paths: collapses `//`, removes `.` elements and
 /// resolves `..` lexically; an empty result is `.`.
 pub fn clean_path(path: &str) -> String {
+    clean(path).into_owned()
+}
+
+/// [`clean_path`] without allocating when `path` is already clean.
+fn clean(path: &str) -> Cow<'_, str> {
+    if is_clean(path) {
+        return Cow::Borrowed(path);
+    }
     if path.is_empty() {
-        return ".".to_owned();
+        return Cow::Borrowed(".");
     }
     let rooted = path.starts_with('/');
     let mut parts: Vec<&str> = Vec::new();
@@ -92,18 +101,28 @@ pub fn clean_path(path: &str) -> String {
         }
     }
     let joined = parts.join("/");
-    match (rooted, joined.is_empty()) {
+    Cow::Owned(match (rooted, joined.is_empty()) {
         (true, _) => format!("/{joined}"),
         (false, true) => ".".to_owned(),
         (false, false) => joined,
+    })
+}
+
+/// Whether `clean_path` would return `path` unchanged (checked without allocating).
+fn is_clean(path: &str) -> bool {
+    if path == "/" {
+        return true;
     }
+    let body = path.strip_prefix('/').unwrap_or(path);
+    !body.is_empty() && body.split('/').all(|seg| !matches!(seg, "" | "." | ".."))
 }
 
 /// Go's `filepath.Dir`.
-fn dir(path: &str) -> String {
+fn dir(path: &str) -> Cow<'_, str> {
     match path.rfind('/') {
-        None => ".".to_owned(),
-        Some(i) => clean_path(path.get(..=i).unwrap_or("")),
+        None => Cow::Borrowed("."),
+        Some(0) => Cow::Borrowed("/"),
+        Some(i) => clean(path.get(..i).unwrap_or("")),
     }
 }
 
@@ -158,9 +177,33 @@ enum Node {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 struct Program {
     nodes: Vec<Node>,
+    /// Literal text every match starts with (a cheap reject before running the automaton).
+    prefix: String,
+    /// Literal text every match ends with.
+    suffix: String,
 }
 
 impl Program {
+    fn new(nodes: Vec<Node>) -> Program {
+        let lit = |n: &Node| match n {
+            Node::One(Matcher::Lit(c)) => Some(*c),
+            _ => None,
+        };
+        let prefix: String = nodes.iter().map_while(lit).collect();
+        let suffix = if prefix.chars().count() == nodes.len() {
+            String::new()
+        } else {
+            let mut rev: Vec<char> = nodes.iter().rev().map_while(lit).collect();
+            rev.reverse();
+            rev.into_iter().collect()
+        };
+        Program {
+            nodes,
+            prefix,
+            suffix,
+        }
+    }
+
     fn close(&self, set: &mut [bool]) {
         for i in 0..self.nodes.len() {
             if !set[i] {
@@ -180,6 +223,57 @@ impl Program {
     }
 
     fn is_match(&self, s: &str) -> bool {
+        if !s.starts_with(self.prefix.as_str()) || !s.ends_with(self.suffix.as_str()) {
+            return false;
+        }
+        if self.nodes.len() < 64 {
+            self.is_match_bits(s)
+        } else {
+            self.is_match_vec(s)
+        }
+    }
+
+    /// [`Node`] closure on a bit set (patterns of fewer than 64 nodes: no allocation).
+    fn close_bits(&self, mut set: u64) -> u64 {
+        for (i, node) in self.nodes.iter().enumerate() {
+            if set >> i & 1 == 0 {
+                continue;
+            }
+            match node {
+                Node::Loop(_) => set |= 1 << (i + 1),
+                // A `DirsEntry` is always followed by its `DirsInner`, so `i + 2 <= len < 64`.
+                Node::DirsEntry => set |= 0b11 << (i + 1),
+                Node::One(_) | Node::DirsInner => {}
+            }
+        }
+        set
+    }
+
+    fn is_match_bits(&self, s: &str) -> bool {
+        let mut cur = self.close_bits(1);
+        for c in s.chars() {
+            let mut next = 0u64;
+            for (i, node) in self.nodes.iter().enumerate() {
+                if cur >> i & 1 == 0 {
+                    continue;
+                }
+                match node {
+                    Node::One(m) if m.accepts(c) => next |= 1 << (i + 1),
+                    Node::Loop(m) if m.accepts(c) => next |= 1 << i,
+                    Node::DirsInner if c == '/' => next |= 0b11 << i,
+                    Node::DirsInner => next |= 1 << i,
+                    _ => {}
+                }
+            }
+            if next == 0 {
+                return false;
+            }
+            cur = self.close_bits(next);
+        }
+        cur >> self.nodes.len() & 1 == 1
+    }
+
+    fn is_match_vec(&self, s: &str) -> bool {
         let n = self.nodes.len();
         let mut cur = vec![false; n + 1];
         let mut next = vec![false; n + 1];
@@ -292,7 +386,7 @@ fn compile_glob(pattern: &str) -> Result<Program, SyntaxError> {
             c => Node::One(Matcher::Lit(c)),
         });
     }
-    Ok(Program { nodes })
+    Ok(Program::new(nodes))
 }
 
 /// Go's `filepath.Match` on `/`-separated names: `*` matches any run of characters except `/`,
@@ -397,7 +491,7 @@ impl Pattern {
             exclusion,
             line,
             kind,
-            program: Program { nodes },
+            program: Program::new(nodes),
         }
     }
 
@@ -534,7 +628,7 @@ impl PatternMatcher {
     /// that matches the path or one of its parent directories decides (moby's
     /// `MatchesOrParentMatches`). The path is cleaned first; `.` is never excluded.
     pub fn matches(&self, path: &str) -> bool {
-        let file = clean_path(path);
+        let file = clean(path);
         if file == "." {
             return false;
         }
@@ -562,7 +656,7 @@ impl PatternMatcher {
         parent: &MatchInfo,
     ) -> (bool, MatchInfo) {
         let known = parent.parent_matched.len() == self.patterns.len() && !self.patterns.is_empty();
-        let parent_dir = if known { String::new() } else { dir(path) };
+        let parent_dir = if known { Cow::Borrowed("") } else { dir(path) };
         let mut matched = false;
         let mut info = MatchInfo {
             parent_matched: vec![false; self.patterns.len()],

@@ -239,7 +239,7 @@ impl Lexer {
 
     /// Expands `word` into one string (buildkit `ProcessWord`).
     pub fn expand_word<E: Env + ?Sized>(&self, word: &str, env: &E) -> Result<String, ExpandError> {
-        self.process_word(word, env).map(|e| e.value)
+        self.run(word, env, false, false).map(|e| e.value)
     }
 
     /// Expands `word` and splits the result into fields on unquoted whitespace that came from
@@ -249,7 +249,7 @@ impl Lexer {
         word: &str,
         env: &E,
     ) -> Result<Vec<String>, ExpandError> {
-        self.process_word(word, env).map(|e| e.words)
+        self.run(word, env, true, false).map(|e| e.words)
     }
 
     /// Expands `word`, returning the value, the fields and which variables were referenced
@@ -258,6 +258,16 @@ impl Lexer {
         &self,
         word: &str,
         env: &E,
+    ) -> Result<Expansion, ExpandError> {
+        self.run(word, env, true, true)
+    }
+
+    fn run<E: Env + ?Sized>(
+        &self,
+        word: &str,
+        env: &E,
+        want_words: bool,
+        track: bool,
     ) -> Result<Expansion, ExpandError> {
         // text/scanner skips a byte-order mark at the start of its input.
         let (src, base) = match word.strip_prefix('\u{feff}') {
@@ -271,9 +281,10 @@ impl Lexer {
             raw_escapes: self.raw_escapes,
             matched: BTreeSet::new(),
             unmatched: BTreeSet::new(),
+            track,
         };
         let (value, words) = sw
-            .process_stop_on(None, self.raw_escapes)
+            .process_stop_on(None, self.raw_escapes, want_words)
             .map_err(|e| shift(e, base))?;
         Ok(Expansion {
             value,
@@ -317,16 +328,29 @@ impl<'a> Scanner<'a> {
     }
 }
 
-/// Field splitting state (buildkit `wordsStruct`).
-#[derive(Default)]
+/// Field splitting state (buildkit `wordsStruct`); does nothing when disabled (nested words
+/// and callers that only want the joined value).
 struct Words {
+    enabled: bool,
     word: String,
     words: Vec<String>,
     in_word: bool,
 }
 
 impl Words {
+    fn new(enabled: bool) -> Self {
+        Words {
+            enabled,
+            word: String::new(),
+            words: Vec::new(),
+            in_word: false,
+        }
+    }
+
     fn add_char(&mut self, ch: char) {
+        if !self.enabled {
+            return;
+        }
         if ch.is_whitespace() {
             if self.in_word && !self.word.is_empty() {
                 self.words.push(std::mem::take(&mut self.word));
@@ -338,17 +362,26 @@ impl Words {
     }
 
     fn add_raw_char(&mut self, ch: char) {
+        if !self.enabled {
+            return;
+        }
         self.word.push(ch);
         self.in_word = true;
     }
 
     fn add_string(&mut self, s: &str) {
+        if !self.enabled {
+            return;
+        }
         for ch in s.chars() {
             self.add_char(ch);
         }
     }
 
     fn add_raw_string(&mut self, s: &str) {
+        if !self.enabled {
+            return;
+        }
         self.word.push_str(s);
         self.in_word = true;
     }
@@ -368,16 +401,19 @@ struct ShellWord<'l, 'a, E: Env + ?Sized> {
     raw_escapes: bool,
     matched: BTreeSet<String>,
     unmatched: BTreeSet<String>,
+    /// Whether to record variable names in `matched`/`unmatched`.
+    track: bool,
 }
 
-impl<'a, E: Env + ?Sized> ShellWord<'_, 'a, E> {
+impl<'l, 'a, E: Env + ?Sized> ShellWord<'l, 'a, E> {
     fn process_stop_on(
         &mut self,
         stop: Option<char>,
         raw_escapes: bool,
+        want_words: bool,
     ) -> Result<(String, Vec<String>), ExpandError> {
         let saved = std::mem::replace(&mut self.raw_escapes, raw_escapes);
-        let r = self.process_stop_on_inner(stop);
+        let r = self.process_stop_on_inner(stop, want_words);
         self.raw_escapes = saved;
         r
     }
@@ -385,9 +421,10 @@ impl<'a, E: Env + ?Sized> ShellWord<'_, 'a, E> {
     fn process_stop_on_inner(
         &mut self,
         stop: Option<char>,
+        want_words: bool,
     ) -> Result<(String, Vec<String>), ExpandError> {
         let mut result = String::new();
-        let mut words = Words::default();
+        let mut words = Words::new(want_words);
         let quotes = !self.lexer.skip_process_quotes;
         while let Some(ch) = self.sc.peek() {
             if Some(ch) == stop {
@@ -535,16 +572,17 @@ impl<'a, E: Env + ?Sized> ShellWord<'_, 'a, E> {
         src.get(start..self.sc.pos).unwrap_or("")
     }
 
-    fn get_env(&mut self, name: &str) -> Option<String> {
-        match self.env.lookup(name) {
+    fn get_env(&mut self, name: &str) -> Option<Cow<'l, str>> {
+        let env: &'l E = self.env;
+        match env.lookup(name) {
             Some(v) => {
-                if !self.matched.contains(name) {
+                if self.track && !self.matched.contains(name) {
                     self.matched.insert(name.to_owned());
                 }
-                Some(v.into_owned())
+                Some(v)
             }
             None => {
-                if !self.unmatched.contains(name) {
+                if self.track && !self.unmatched.contains(name) {
                     self.unmatched.insert(name.to_owned());
                 }
                 None
@@ -552,19 +590,19 @@ impl<'a, E: Env + ?Sized> ShellWord<'_, 'a, E> {
         }
     }
 
-    fn process_dollar(&mut self) -> Result<String, ExpandError> {
+    fn process_dollar(&mut self) -> Result<Cow<'l, str>, ExpandError> {
         let at = self.sc.pos;
         self.sc.next();
 
         if self.sc.peek() != Some('{') {
             let name = self.process_name();
             if name.is_empty() {
-                return Ok("$".to_owned());
+                return Ok(Cow::Borrowed("$"));
             }
             return Ok(match self.get_env(name) {
                 Some(v) => v,
-                None if self.lexer.skip_unset_env => format!("${name}"),
-                None => String::new(),
+                None if self.lexer.skip_unset_env => Cow::Owned(format!("${name}")),
+                None => Cow::Borrowed(""),
             });
         }
 
@@ -579,8 +617,8 @@ impl<'a, E: Env + ?Sized> ShellWord<'_, 'a, E> {
         match first {
             Some('}') => Ok(match self.get_env(name) {
                 Some(v) => v,
-                None if self.lexer.skip_unset_env => format!("${{{name}}}"),
-                None => String::new(),
+                None if self.lexer.skip_unset_env => Cow::Owned(format!("${{{name}}}")),
+                None => Cow::Borrowed(""),
             }),
             Some(c @ (':' | '+' | '-' | '?' | '#' | '%')) => {
                 let null_is_unset = c == ':';
@@ -594,7 +632,7 @@ impl<'a, E: Env + ?Sized> ShellWord<'_, 'a, E> {
                     modifier.push(op);
                 }
                 let raw = matches!(op, Some('#' | '%'));
-                let word = match self.process_stop_on(Some('}'), raw) {
+                let word = match self.process_stop_on(Some('}'), raw, false) {
                     Ok((w, _)) => w,
                     Err(e) => {
                         return Err(if self.sc.peek().is_none() {
@@ -604,18 +642,19 @@ impl<'a, E: Env + ?Sized> ShellWord<'_, 'a, E> {
                         });
                     }
                 };
-                let value = self.get_env(name);
+                let value = self.get_env(name).map(Cow::into_owned);
                 if value.is_none() && self.lexer.skip_unset_env {
-                    return Ok(format!("${{{name}{modifier}{word}}}"));
+                    return Ok(Cow::Owned(format!("${{{name}{modifier}{word}}}")));
                 }
                 self.apply(at, name, op, null_is_unset, &modifier, value, word)
+                    .map(Cow::Owned)
             }
             Some('/') => {
                 let replace_all = self.sc.peek() == Some('/');
                 if replace_all {
                     self.sc.next();
                 }
-                let pattern = match self.process_stop_on(Some('/'), true) {
+                let pattern = match self.process_stop_on(Some('/'), true, false) {
                     Ok((p, _)) => p,
                     Err(e) => {
                         return Err(if self.sc.peek().is_none() {
@@ -628,7 +667,7 @@ impl<'a, E: Env + ?Sized> ShellWord<'_, 'a, E> {
                         });
                     }
                 };
-                let replacement = match self.process_stop_on(Some('}'), true) {
+                let replacement = match self.process_stop_on(Some('}'), true, false) {
                     Ok((r, _)) => r,
                     Err(e) => {
                         return Err(if self.sc.peek().is_none() {
@@ -641,11 +680,11 @@ impl<'a, E: Env + ?Sized> ShellWord<'_, 'a, E> {
                 let value = self.get_env(name);
                 let Some(value) = value else {
                     if self.lexer.skip_unset_env {
-                        return Ok(format!("${{{name}/{pattern}/{replacement}}}"));
+                        return Ok(Cow::Owned(format!("${{{name}/{pattern}/{replacement}}}")));
                     }
-                    return replace(at, &pattern, "", &replacement, replace_all);
+                    return replace(at, &pattern, "", &replacement, replace_all).map(Cow::Owned);
                 };
-                replace(at, &pattern, &value, &replacement, replace_all)
+                replace(at, &pattern, &value, &replacement, replace_all).map(Cow::Owned)
             }
             other => Err(ExpandError::UnsupportedModifier {
                 offset: at,
