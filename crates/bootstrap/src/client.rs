@@ -1,0 +1,789 @@
+//! The guest side (what vminit uses): connect from the MMDS `bootstrap` section, fetch the plan,
+//! pull resources into a [`Sink`], report output and the outcome.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use firebuild_pki::ClientBundle;
+use firebuild_plan::BuildPlan;
+use firebuild_transfer::{Limits, Outcome as TransferOutcome, Reassembler, Sink};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tonic::Code;
+use tonic::transport::{Channel, Endpoint, Uri};
+use tracing::{debug, warn};
+use zeroize::Zeroizing;
+
+use crate::pb;
+use crate::pb::bootstrap_client::BootstrapClient as GrpcClient;
+use crate::server::{OutputStream, StepRef};
+use crate::tuning::{DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_MAX_MESSAGE_SIZE, Http2Tuning};
+
+/// The client private key (PEM): zeroized on drop, redacted in `Debug`.
+#[derive(Clone)]
+pub struct ClientKey(Zeroizing<String>);
+
+impl<'de> Deserialize<'de> for ClientKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(ClientKey::new)
+    }
+}
+
+impl ClientKey {
+    /// Wraps a PEM private key.
+    pub fn new(pem: String) -> Self {
+        Self(Zeroizing::new(pem))
+    }
+
+    /// The PEM text.
+    pub fn expose_secret(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ClientKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ClientKey([redacted])")
+    }
+}
+
+/// The MMDS `bootstrap` section: where to connect and how to authenticate.
+///
+/// ```
+/// let json = r#"{"grpc-host-port": "169.254.0.2:7000", "tls-ca-cert": "CA",
+///                "tls-cert": "CERT", "tls-key": "-----BEGIN PRIVATE KEY-----..."}"#;
+/// let cfg: firebuild_bootstrap::BootstrapConfig = serde_json::from_str(json)?;
+/// assert_eq!(cfg.grpc_host_port, "169.254.0.2:7000");
+/// assert!(!format!("{cfg:?}").contains("PRIVATE KEY"));
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+pub struct BootstrapConfig {
+    /// `host:port` of the bootstrap server; the host is also the name its certificate must carry.
+    #[serde(rename = "grpc-host-port")]
+    pub grpc_host_port: String,
+    /// PEM of the CA that signed the server certificate.
+    #[serde(rename = "tls-ca-cert")]
+    pub tls_ca_cert: String,
+    /// PEM of this guest's client certificate.
+    #[serde(rename = "tls-cert")]
+    pub tls_cert: String,
+    /// PEM of its private key.
+    #[serde(rename = "tls-key")]
+    pub tls_key: ClientKey,
+}
+
+/// Retry, size and HTTP/2 settings of the client.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Connection attempts before giving up (at least 1).
+    pub connect_attempts: u32,
+    /// First retry delay; doubled after each failure up to `max_backoff`.
+    pub initial_backoff: Duration,
+    /// Longest retry delay.
+    pub max_backoff: Duration,
+    /// Attempts of one unary call or one resource pull (resumes included).
+    pub call_attempts: u32,
+    /// Maximum gRPC message size in both directions (must equal the server's setting).
+    pub max_message_size: usize,
+    /// HTTP/2 flow control.
+    pub http2: Http2Tuning,
+    /// Limits applied to received resources.
+    pub limits: Limits,
+    /// Timeout of one TCP + TLS connection attempt.
+    pub connect_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            connect_attempts: 10,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+            call_attempts: 8,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            http2: Http2Tuning::default(),
+            limits: Limits::default(),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl ClientOptions {
+    fn backoff(&self, attempt: u32) -> Duration {
+        let factor = 1u32 << attempt.min(16);
+        self.initial_backoff
+            .saturating_mul(factor)
+            .min(self.max_backoff)
+    }
+}
+
+/// Errors of the guest client.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The bootstrap section is unusable (bad PEM, bad address).
+    #[error("invalid bootstrap configuration: {what}")]
+    Config {
+        /// What is wrong.
+        what: String,
+    },
+    /// The certificates or key do not form a client configuration.
+    #[error("invalid bootstrap credentials")]
+    Credentials(#[from] firebuild_pki::Error),
+    /// Could not connect within the allowed attempts.
+    #[error("cannot connect to bootstrap server {addr} after {attempts} attempts")]
+    Connect {
+        /// `host:port`.
+        addr: String,
+        /// Attempts made.
+        attempts: u32,
+        /// The last error.
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// A call failed.
+    #[error("{rpc} failed after {attempts} attempts")]
+    Rpc {
+        /// The RPC name.
+        rpc: &'static str,
+        /// Attempts made.
+        attempts: u32,
+        /// The last status.
+        #[source]
+        status: tonic::Status,
+    },
+    /// The server sent a message that does not convert to the domain type.
+    #[error("{rpc} returned an invalid message")]
+    Invalid {
+        /// The RPC name.
+        rpc: &'static str,
+        /// The conversion error.
+        #[source]
+        source: crate::ConversionError,
+    },
+    /// A resource failed validation or could not be placed.
+    #[error("resource {id:?} failed")]
+    Transfer {
+        /// The resource id.
+        id: String,
+        /// The transfer error.
+        #[source]
+        source: firebuild_transfer::Error,
+    },
+    /// The output reporter's background task ended abnormally.
+    #[error("output reporter stopped")]
+    Reporter,
+}
+
+/// What `Commands` returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Commands {
+    /// The plan to run.
+    pub plan: BuildPlan,
+    /// Every resource id of the plan, in step order.
+    pub resource_ids: Vec<String>,
+    /// The build id the server serves.
+    pub build_id: String,
+    /// The negotiated message size limit.
+    pub max_message_size: usize,
+}
+
+/// A connected guest client. Cheap to clone (one HTTP/2 connection, reconnected on demand).
+#[derive(Debug, Clone)]
+pub struct BootstrapClient {
+    grpc: GrpcClient<Channel>,
+    options: Arc<ClientOptions>,
+}
+
+fn transient(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable
+            | Code::Unknown
+            | Code::Internal
+            | Code::Cancelled
+            | Code::Aborted
+            | Code::DeadlineExceeded
+    )
+}
+
+/// Whether a connection error is worth retrying (refused, reset, timed out) rather than a TLS
+/// verification failure that will fail the same way again.
+fn retryable_connect(err: &tonic::transport::Error) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if e.downcast_ref::<rustls::Error>().is_some() {
+            return false;
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && io
+                .get_ref()
+                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+        {
+            return false;
+        }
+        cur = e.source();
+    }
+    true
+}
+
+impl BootstrapClient {
+    /// Connects with default [`ClientOptions`].
+    pub async fn connect(config: &BootstrapConfig) -> Result<Self, ClientError> {
+        Self::connect_with(config, ClientOptions::default()).await
+    }
+
+    /// Connects (TCP + mutual TLS + HTTP/2) with bounded retries and exponential backoff.
+    /// TLS verification failures are not retried.
+    pub async fn connect_with(
+        config: &BootstrapConfig,
+        options: ClientOptions,
+    ) -> Result<Self, ClientError> {
+        let bundle = ClientBundle::from_pem(
+            &config.tls_ca_cert,
+            &config.tls_cert,
+            config.tls_key.expose_secret(),
+        )?;
+        let mut tls = bundle.client_config()?;
+        tls.alpn_protocols = vec![firebuild_pki::ALPN_H2.to_vec()];
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(tls));
+        let addr = config.grpc_host_port.clone();
+        let host = host_of(&addr).ok_or_else(|| ClientError::Config {
+            what: format!("grpc-host-port {addr:?} is not host:port"),
+        })?;
+        let server_name = firebuild_pki::server_name(host)?;
+        let uri: Uri = format!("http://{addr}")
+            .parse()
+            .map_err(|e| ClientError::Config {
+                what: format!("grpc-host-port {addr:?}: {e}"),
+            })?;
+        let h2 = options.http2;
+        let endpoint = Endpoint::from(uri)
+            .connect_timeout(options.connect_timeout)
+            .http2_adaptive_window(h2.adaptive_window)
+            .initial_stream_window_size(h2.stream_window)
+            .initial_connection_window_size(h2.connection_window)
+            .max_frame_size(h2.max_frame_size)
+            .tcp_nodelay(h2.tcp_nodelay);
+
+        let nodelay = h2.tcp_nodelay;
+        let connector = tower::service_fn(move |_: Uri| {
+            let tls = tls.clone();
+            let server_name = server_name.clone();
+            let addr = addr.clone();
+            async move {
+                let tcp = tokio::net::TcpStream::connect(&addr).await?;
+                tcp.set_nodelay(nodelay)?;
+                let stream = tls.connect(server_name, tcp).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        });
+
+        let attempts = options.connect_attempts.max(1);
+        let mut attempt = 0;
+        let channel = loop {
+            attempt += 1;
+            match endpoint.connect_with_connector(connector.clone()).await {
+                Ok(channel) => break channel,
+                Err(e) if attempt < attempts && retryable_connect(&e) => {
+                    let delay = options.backoff(attempt - 1);
+                    debug!(attempt, ?delay, error = %e, "bootstrap connect failed, retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(source) => {
+                    return Err(ClientError::Connect {
+                        addr: config.grpc_host_port.clone(),
+                        attempts: attempt,
+                        source,
+                    });
+                }
+            }
+        };
+        let grpc = GrpcClient::new(channel)
+            .max_decoding_message_size(options.max_message_size)
+            .max_encoding_message_size(options.max_message_size);
+        Ok(Self {
+            grpc,
+            options: Arc::new(options),
+        })
+    }
+
+    async fn unary<Req, Resp, F, Fut>(
+        &self,
+        rpc: &'static str,
+        req: Req,
+        call: F,
+    ) -> Result<Resp, ClientError>
+    where
+        Req: Clone,
+        F: Fn(GrpcClient<Channel>, Req) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+    {
+        let attempts = self.options.call_attempts.max(1);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match call(self.grpc.clone(), req.clone()).await {
+                Ok(r) => return Ok(r.into_inner()),
+                Err(status) if attempt < attempts && transient(status.code()) => {
+                    let delay = self.options.backoff(attempt - 1);
+                    debug!(rpc, attempt, ?delay, %status, "retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(status) => {
+                    return Err(ClientError::Rpc {
+                        rpc,
+                        attempts: attempt,
+                        status,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Fetches the plan. Must be the first call.
+    pub async fn commands(&self) -> Result<Commands, ClientError> {
+        let req = pb::CommandsRequest {
+            max_message_size: u32::try_from(self.options.max_message_size).unwrap_or(u32::MAX),
+        };
+        let resp = self
+            .unary(
+                "Commands",
+                req,
+                |mut c, r| async move { c.commands(r).await },
+            )
+            .await?;
+        let invalid = |source| ClientError::Invalid {
+            rpc: "Commands",
+            source,
+        };
+        let plan = resp
+            .plan
+            .ok_or(crate::ConversionError::Missing {
+                field: "CommandsResponse.plan",
+            })
+            .map_err(invalid)?;
+        Ok(Commands {
+            plan: plan.try_into().map_err(invalid)?,
+            resource_ids: resp.resource_ids,
+            build_id: resp.build_id,
+            max_message_size: resp.max_message_size as usize,
+        })
+    }
+
+    /// Pulls resource `id` into `sink`, verifying every chunk and the final digest. After a
+    /// disconnect or a truncated stream it resumes from the last verified position, up to
+    /// [`ClientOptions::call_attempts`] streams in all.
+    ///
+    /// The sink is written on the calling task; a disk sink blocks it for the duration of each
+    /// chunk write.
+    pub async fn pull<S: Sink>(
+        &self,
+        id: &str,
+        sink: &mut S,
+    ) -> Result<TransferOutcome, ClientError> {
+        let mut rx = Reassembler::with_limits(sink, self.options.limits);
+        let attempts = self.options.call_attempts.max(1);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let from = rx.resume_point();
+            let err = match self.stream_once(id, &mut rx).await {
+                Ok(()) => {
+                    return rx.finish().map_err(|source| ClientError::Transfer {
+                        id: id.to_owned(),
+                        source,
+                    });
+                }
+                Err(e) => e,
+            };
+            let retry = match &err {
+                PullError::Status(s) => transient(s.code()),
+                PullError::Truncated => true,
+                PullError::Transfer(e) => matches!(
+                    e,
+                    firebuild_transfer::Error::BadChecksum { .. }
+                        | firebuild_transfer::Error::Truncated { .. }
+                ),
+                PullError::Invalid(_) => false,
+            };
+            if !retry || attempt >= attempts {
+                rx.abort();
+                return Err(match err {
+                    PullError::Status(status) => ClientError::Rpc {
+                        rpc: "ResourceChunk",
+                        attempts: attempt,
+                        status,
+                    },
+                    PullError::Truncated => ClientError::Rpc {
+                        rpc: "ResourceChunk",
+                        attempts: attempt,
+                        status: tonic::Status::unavailable("stream ended before eof"),
+                    },
+                    PullError::Transfer(source) => ClientError::Transfer {
+                        id: id.to_owned(),
+                        source,
+                    },
+                    PullError::Invalid(source) => ClientError::Invalid {
+                        rpc: "ResourceChunk",
+                        source,
+                    },
+                });
+            }
+            let delay = self.options.backoff(attempt - 1);
+            warn!(id, ?from, to = ?rx.resume_point(), attempt, ?delay, error = %err, "resource stream interrupted, resuming");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    async fn stream_once<S: Sink>(
+        &self,
+        id: &str,
+        rx: &mut Reassembler<S>,
+    ) -> Result<(), PullError> {
+        let req = pb::ResourceChunkRequest {
+            resource_id: id.to_owned(),
+            resume: Some(rx.resume_point().into()),
+        };
+        let mut stream = self
+            .grpc
+            .clone()
+            .resource_chunk(req)
+            .await
+            .map_err(PullError::Status)?
+            .into_inner();
+        while let Some(frame) = stream.message().await.map_err(PullError::Status)? {
+            let frame = firebuild_transfer::Frame::try_from(frame).map_err(PullError::Invalid)?;
+            let eof = matches!(frame, firebuild_transfer::Frame::Eof(_));
+            rx.push(frame).map_err(PullError::Transfer)?;
+            if eof {
+                return Ok(());
+            }
+        }
+        Err(PullError::Truncated)
+    }
+
+    /// Reports that a step begins.
+    pub async fn step_started(&self, step: StepRef) -> Result<(), ClientError> {
+        let req = pb::StepStartedRequest {
+            step: Some(step.into()),
+        };
+        self.unary("StepStarted", req, |mut c, r| async move {
+            c.step_started(r).await
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Reports that a step ended with `exit_code`.
+    pub async fn step_finished(&self, step: StepRef, exit_code: i32) -> Result<(), ClientError> {
+        let req = pb::StepFinishedRequest {
+            step: Some(step.into()),
+            exit_code,
+        };
+        self.unary("StepFinished", req, |mut c, r| async move {
+            c.step_finished(r).await
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Reports success: every step ran.
+    pub async fn success(&self) -> Result<(), ClientError> {
+        self.unary("Success", pb::SuccessRequest {}, |mut c, r| async move {
+            c.success(r).await
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Reports failure.
+    pub async fn abort(
+        &self,
+        error: impl Into<String>,
+        step: Option<StepRef>,
+        exit_code: Option<i32>,
+    ) -> Result<(), ClientError> {
+        let req = pb::AbortRequest {
+            error: error.into(),
+            step: step.map(Into::into),
+            exit_code,
+        };
+        self.unary("Abort", req, |mut c, r| async move { c.abort(r).await })
+            .await
+            .map(drop)
+    }
+
+    /// One heartbeat.
+    pub async fn heartbeat(&self, sequence: u64) -> Result<(), ClientError> {
+        self.unary(
+            "Heartbeat",
+            pb::HeartbeatRequest { sequence },
+            |mut c, r| async move { c.heartbeat(r).await },
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Sends a heartbeat every `interval` (default [`DEFAULT_HEARTBEAT_INTERVAL`] when `None`)
+    /// until the returned task is dropped or the server refuses (build over).
+    pub fn spawn_heartbeat(&self, interval: Option<Duration>) -> HeartbeatTask {
+        let interval = interval.unwrap_or(DEFAULT_HEARTBEAT_INTERVAL);
+        let mut grpc = self.grpc.clone();
+        let task = tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut sequence = 0u64;
+            loop {
+                ticker.tick().await;
+                sequence += 1;
+                match grpc.heartbeat(pb::HeartbeatRequest { sequence }).await {
+                    Ok(_) => {}
+                    Err(s) if s.code() == Code::FailedPrecondition => {
+                        debug!(status = %s, "heartbeat refused, stopping");
+                        return;
+                    }
+                    Err(s) => debug!(status = %s, "heartbeat failed"),
+                }
+            }
+        });
+        HeartbeatTask { task }
+    }
+
+    /// An output reporter: lines are batched per stream and flushed when a batch reaches
+    /// `options.max_batch_bytes` or every `options.flush_interval`.
+    pub fn output(&self, options: OutputOptions) -> OutputReporter {
+        let (tx, rx) = mpsc::channel(options.queue);
+        let max_batch = options
+            .max_batch_bytes
+            .min(self.options.max_message_size.saturating_sub(1024))
+            .max(1);
+        let (out_tx, out_rx) = mpsc::channel::<pb::OutputBatch>(4);
+        let (err_tx, err_rx) = mpsc::channel::<pb::OutputBatch>(4);
+        let mut c1 = self.grpc.clone();
+        let mut c2 = self.grpc.clone();
+        let out_call = tokio::spawn(async move {
+            c1.std_out(tokio_stream::wrappers::ReceiverStream::new(out_rx))
+                .await
+                .map(|r| r.into_inner().lines)
+        });
+        let err_call = tokio::spawn(async move {
+            c2.std_err(tokio_stream::wrappers::ReceiverStream::new(err_rx))
+                .await
+                .map(|r| r.into_inner().lines)
+        });
+        let task = tokio::spawn(batcher(
+            rx,
+            out_tx,
+            err_tx,
+            out_call,
+            err_call,
+            max_batch,
+            options.flush_interval,
+        ));
+        OutputReporter { tx, task }
+    }
+}
+
+enum PullError {
+    Status(tonic::Status),
+    Truncated,
+    Transfer(firebuild_transfer::Error),
+    Invalid(crate::ConversionError),
+}
+
+impl fmt::Display for PullError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PullError::Status(s) => write!(f, "{s}"),
+            PullError::Truncated => f.write_str("stream ended before eof"),
+            PullError::Transfer(e) => write!(f, "{e}"),
+            PullError::Invalid(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+fn host_of(addr: &str) -> Option<&str> {
+    let (host, port) = addr.rsplit_once(':')?;
+    port.parse::<u16>().ok()?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    (!host.is_empty()).then_some(host)
+}
+
+/// The background heartbeat; stops when dropped.
+#[derive(Debug)]
+pub struct HeartbeatTask {
+    task: JoinHandle<()>,
+}
+
+impl HeartbeatTask {
+    /// Stops sending heartbeats.
+    pub fn stop(self) {}
+}
+
+impl Drop for HeartbeatTask {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Batching settings of an [`OutputReporter`].
+#[derive(Debug, Clone, Copy)]
+pub struct OutputOptions {
+    /// Flush a stream's batch once it holds this many bytes of lines (capped below the message
+    /// limit).
+    pub max_batch_bytes: usize,
+    /// Flush pending lines at least this often.
+    pub flush_interval: Duration,
+    /// Lines queued between the caller and the batcher.
+    pub queue: usize,
+}
+
+impl Default for OutputOptions {
+    fn default() -> Self {
+        Self {
+            max_batch_bytes: 64 * 1024,
+            flush_interval: Duration::from_millis(50),
+            queue: 1024,
+        }
+    }
+}
+
+/// Streams output lines to the server in batches (one `StdOut` and one `StdErr` call for the
+/// reporter's lifetime, not one RPC per line).
+#[derive(Debug)]
+pub struct OutputReporter {
+    tx: mpsc::Sender<(OutputStream, StepRef, Vec<u8>)>,
+    task: JoinHandle<Result<u64, ClientError>>,
+}
+
+impl OutputReporter {
+    /// Queues one line (without its terminator).
+    pub async fn line(
+        &self,
+        step: StepRef,
+        stream: OutputStream,
+        line: impl Into<Vec<u8>>,
+    ) -> Result<(), ClientError> {
+        self.tx
+            .send((stream, step, line.into()))
+            .await
+            .map_err(|_| ClientError::Reporter)
+    }
+
+    /// Flushes everything, closes both streams and returns how many lines the server took.
+    pub async fn finish(self) -> Result<u64, ClientError> {
+        drop(self.tx);
+        self.task.await.map_err(|_| ClientError::Reporter)?
+    }
+}
+
+async fn batcher(
+    mut rx: mpsc::Receiver<(OutputStream, StepRef, Vec<u8>)>,
+    out_tx: mpsc::Sender<pb::OutputBatch>,
+    err_tx: mpsc::Sender<pb::OutputBatch>,
+    out_call: JoinHandle<Result<u64, tonic::Status>>,
+    err_call: JoinHandle<Result<u64, tonic::Status>>,
+    max_batch: usize,
+    interval: Duration,
+) -> Result<u64, ClientError> {
+    let mut batches = [
+        (pb::OutputBatch::default(), 0usize),
+        (pb::OutputBatch::default(), 0usize),
+    ];
+    let senders = [&out_tx, &err_tx];
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    async fn flush(slot: &mut (pb::OutputBatch, usize), tx: &mpsc::Sender<pb::OutputBatch>) {
+        if slot.0.lines.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut slot.0);
+        slot.1 = 0;
+        // A closed stream surfaces as the call's error in `finish`.
+        let _ = tx.send(batch).await;
+    }
+    loop {
+        tokio::select! {
+            msg = rx.recv() => {
+                let Some((stream, step, line)) = msg else { break };
+                let i = usize::from(stream == OutputStream::Stderr);
+                let len = line.len() + 16;
+                if batches[i].1 + len > max_batch {
+                    flush(&mut batches[i], senders[i]).await;
+                }
+                batches[i].0.lines.push(pb::OutputLine { step: Some(step.into()), line });
+                batches[i].1 += len;
+            }
+            _ = ticker.tick() => {
+                for (slot, tx) in batches.iter_mut().zip(senders) {
+                    flush(slot, tx).await;
+                }
+            }
+        }
+    }
+    for (slot, tx) in batches.iter_mut().zip(senders) {
+        flush(slot, tx).await;
+    }
+    drop(out_tx);
+    drop(err_tx);
+    let mut total = 0;
+    for (rpc, call) in [("StdOut", out_call), ("StdErr", err_call)] {
+        let lines = call
+            .await
+            .map_err(|_| ClientError::Reporter)?
+            .map_err(|status| ClientError::Rpc {
+                rpc,
+                attempts: 1,
+                status,
+            })?;
+        total += lines;
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_of_splits_ipv4_ipv6_and_names() {
+        assert_eq!(host_of("169.254.0.2:7000"), Some("169.254.0.2"));
+        assert_eq!(host_of("[::1]:7000"), Some("::1"));
+        assert_eq!(host_of("bootstrap.local:1"), Some("bootstrap.local"));
+        assert_eq!(host_of("nohost"), None);
+        assert_eq!(host_of(":80"), None);
+        assert_eq!(host_of("h:notaport"), None);
+    }
+
+    #[test]
+    fn config_reads_mmds_names_and_redacts_the_key() {
+        let json = r#"{"grpc-host-port":"10.0.0.1:5","tls-ca-cert":"ca","tls-cert":"c",
+                       "tls-key":"-----BEGIN PRIVATE KEY-----\nsecret"}"#;
+        let cfg: BootstrapConfig = serde_json::from_str(json).unwrap();
+        assert_eq!(cfg.tls_ca_cert, "ca");
+        assert!(cfg.tls_key.expose_secret().contains("secret"));
+        let dbg = format!("{cfg:?}");
+        assert!(!dbg.contains("secret") && dbg.contains("redacted"), "{dbg}");
+        // A missing field is an error naming it.
+        let err = serde_json::from_str::<BootstrapConfig>(r#"{"grpc-host-port":"a:1"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tls-ca-cert"), "{err}");
+    }
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let o = ClientOptions::default();
+        assert_eq!(o.backoff(0), Duration::from_millis(100));
+        assert_eq!(o.backoff(1), Duration::from_millis(200));
+        assert_eq!(o.backoff(3), Duration::from_millis(800));
+        assert_eq!(o.backoff(30), Duration::from_secs(5));
+    }
+}
