@@ -1047,6 +1047,28 @@ mod tests {
     }
 
     #[test]
+    fn env_sources_agree_and_last_definition_wins() {
+        let vars = vec![EnvVar::new("A", "1"), EnvVar::new("A", "2")];
+        let map = HashMap::from([("A".to_owned(), "2".to_owned())]);
+        let f = FnEnv(|n: &str| (n == "A").then(|| "2".to_owned()));
+        let lexer = Lexer::new('\\');
+        for got in [
+            lexer.expand_word("$A${B-x}", &vars),
+            lexer.expand_word("$A${B-x}", &map),
+            lexer.expand_word("$A${B-x}", &f),
+            lexer.expand_word("$A${B-x}", &vars[..]),
+        ] {
+            assert_eq!(got.unwrap(), "2x");
+        }
+    }
+
+    #[test]
+    fn leading_byte_order_mark_is_dropped_like_go_text_scanner() {
+        assert_eq!(x("\u{feff}$PWD").unwrap(), "/home");
+        assert_eq!(x("a\u{feff}").unwrap(), "a\u{feff}");
+    }
+
+    #[test]
     fn nested_stars_stay_fast() {
         let value = "a".repeat(2000);
         let pattern = "*a".repeat(200) + "b";
