@@ -61,13 +61,13 @@ impl Material {
     }
 }
 
-impl std::fmt::Debug for Material {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Material")
+impl Material {
+    fn debug(&self, name: &str, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct(name)
             .field("ca_cert_pem", &self.ca_cert_pem)
             .field("cert_pem", &self.cert_pem)
             .field("key_pem", &self.key_pem)
-            .finish_non_exhaustive()
+            .finish()
     }
 }
 
@@ -105,8 +105,14 @@ macro_rules! accessors {
 /// For tonic: `Identity::from_pem(b.cert_pem(), b.key_pem().expose_secret())` and
 /// `Certificate::from_pem(b.ca_cert_pem())` as `client_ca_root`. For rustls directly:
 /// [`ServerBundle::server_config`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServerBundle(Material);
+
+impl std::fmt::Debug for ServerBundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.debug("ServerBundle", f)
+    }
+}
 
 impl ServerBundle {
     /// Loads a ready server certificate (chain) and key plus the CA that client certificates must
@@ -137,8 +143,14 @@ impl ServerBundle {
 /// For tonic: `ClientTlsConfig::new().ca_certificate(Certificate::from_pem(b.ca_cert_pem()))
 /// .identity(Identity::from_pem(b.cert_pem(), b.key_pem().expose_secret())).domain_name(..)`.
 /// For rustls directly: [`ClientBundle::client_config`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClientBundle(Material);
+
+impl std::fmt::Debug for ClientBundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.debug("ClientBundle", f)
+    }
+}
 
 impl ClientBundle {
     /// Loads a client certificate (chain) and key plus the CA the server must chain to (the three
