@@ -114,6 +114,10 @@ MaxStartups 100:30:200
 MaxSessions 100
 Subsystem sftp $SFTP_SERVER
 LogLevel ERROR
+# bash sources ~/.bashrc when it detects sshd as its parent and SHLVL is unset; a heavy rc file
+# (pyenv init: ~400 ms here) would then be timed as "ssh". SHLVL=1 makes bash skip it, so the
+# ssh figure is the protocol plus the spawn of the login shell and of true.
+SetEnv SHLVL=1
 EOF
 if [ "$(id -u)" -eq 0 ]; then mkdir -p /run/sshd; fi
 SSHD=$(command -v sshd || echo /usr/sbin/sshd)
@@ -169,7 +173,8 @@ if [ "$ONLY" = all ] || [ "$ONLY" = transfer ]; then
     BOOT_CLIENT_KIB=$(jq -s 'map(.peak_rss_kib) | max' "$WORK/boot-client.jsonl")
 
     mean() { jq -r --arg n "$1" '.results[] | select(.command == $n) | .mean' "$WORK/transfer.json"; }
-    sd() { jq -r --arg n "$1" '.results[] | select(.command == $n) | .stddev' "$WORK/transfer.json"; }
+    sd() { jq -r --arg n "$1" '.results[] | select(.command == $n) | .stddev' "$WORK/transfer.json" | xargs printf '%.3f'; }
+    r3() { printf '%.3f' "$1"; }
     mbs() { awk -v b="$BYTES" -v s="$1" 'BEGIN { printf "%.0f", b / 1e6 / s }'; }
     ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
     S_SCP=$(mean scp); S_AES=$(mean scp-aes128gcm); S_TLS=$(mean raw-tls); S_BOOT=$(mean bootstrap)
@@ -180,10 +185,10 @@ if [ "$ONLY" = all ] || [ "$ONLY" = transfer ]; then
     summary ""
     summary "| path | mean s | sd s | MB/s | peak RSS server | peak RSS client |"
     summary "|---|---|---|---|---|---|"
-    summary "| scp (default cipher) | $S_SCP | $(sd scp) | $(mbs "$S_SCP") | - | - |"
-    summary "| scp -c aes128-gcm | $S_AES | $(sd scp-aes128gcm) | $(mbs "$S_AES") | - | - |"
-    summary "| raw rustls TLS 1.3 | $S_TLS | $(sd raw-tls) | $(mbs "$S_TLS") | $((TLS_SERVER_KIB / 1024)) MiB | $((TLS_CLIENT_KIB / 1024)) MiB |"
-    summary "| bootstrap channel | $S_BOOT | $(sd bootstrap) | $(mbs "$S_BOOT") | $((BOOT_SERVER_KIB / 1024)) MiB | $((BOOT_CLIENT_KIB / 1024)) MiB |"
+    summary "| scp (default cipher) | $(r3 "$S_SCP") | $(sd scp) | $(mbs "$S_SCP") | - | - |"
+    summary "| scp -c aes128-gcm | $(r3 "$S_AES") | $(sd scp-aes128gcm) | $(mbs "$S_AES") | - | - |"
+    summary "| raw rustls TLS 1.3 | $(r3 "$S_TLS") | $(sd raw-tls) | $(mbs "$S_TLS") | $((TLS_SERVER_KIB / 1024)) MiB | $((TLS_CLIENT_KIB / 1024)) MiB |"
+    summary "| bootstrap channel | $(r3 "$S_BOOT") | $(sd bootstrap) | $(mbs "$S_BOOT") | $((BOOT_SERVER_KIB / 1024)) MiB | $((BOOT_CLIENT_KIB / 1024)) MiB |"
     summary ""
     summary "- bootstrap / scp (default cipher): $(ratio "$S_SCP" "$S_BOOT")x  (goal >= 4)"
     summary "- bootstrap / scp (fastest cipher): $(ratio "$BEST_SCP" "$S_BOOT")x"
