@@ -181,3 +181,30 @@ impl fmt::Display for BuildIdMismatch {
 }
 
 impl std::error::Error for BuildIdMismatch {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_id_mismatch_reads_well_with_and_without_an_id() {
+        let expected = BuildId::new("b-1").unwrap();
+        let found = Some(BuildId::new("b-2").unwrap());
+        let with = BuildIdMismatch {
+            expected: expected.clone(),
+            found,
+        };
+        assert_eq!(
+            with.to_string(),
+            "client certificate is for build b-2, this server serves build b-1"
+        );
+        let without = BuildIdMismatch {
+            expected,
+            found: None,
+        };
+        assert_eq!(
+            without.to_string(),
+            "client certificate carries no firebuild build id, this server serves build b-1"
+        );
+    }
+}
