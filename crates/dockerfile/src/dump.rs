@@ -59,6 +59,7 @@ pub fn go_quote(s: &str) -> String {
     out.push('"');
     for c in s.chars() {
         match c {
+            ' '..='~' if c != '"' && c != '\\' => out.push(c),
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
             '\u{07}' => out.push_str("\\a"),
