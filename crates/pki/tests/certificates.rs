@@ -365,3 +365,23 @@ fn ca_key_pem_reloads_to_an_equivalent_ca() {
         .unwrap();
     verify_client(ca.cert_der(), &client.cert_chain_der()[0]);
 }
+
+#[test]
+fn an_expired_user_ca_refuses_to_issue() {
+    let now = SystemTime::now();
+    let past = Validity::between(
+        now - Duration::from_secs(7200),
+        now - Duration::from_secs(3600),
+    )
+    .unwrap();
+    let old = CertificateAuthority::generate(&past).unwrap();
+    let loaded =
+        CertificateAuthority::from_pem(old.cert_pem(), old.key_pem().expose_secret()).unwrap();
+    let err = loaded
+        .issue_server(&["127.0.0.1"], &Validity::default())
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "the issuing ca expires before the requested validity window starts"
+    );
+}

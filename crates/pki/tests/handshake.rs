@@ -332,3 +332,34 @@ fn rcgen_params() -> rcgen::CertificateParams {
     params.distinguished_name = dn;
     params
 }
+
+#[tokio::test]
+async fn server_trusting_two_cas_admits_clients_of_either() {
+    let old = pki("rot-1");
+    let new = pki("rot-2");
+    let both = format!("{}{}", old.ca.cert_pem(), new.ca.cert_pem());
+    let server = ServerBundle::from_pem(
+        &both,
+        new.server.cert_pem(),
+        new.server.key_pem().expose_secret(),
+    )
+    .unwrap();
+    assert_eq!(server.ca_certs_der().len(), 2);
+    for client in [&old.client, &new.client] {
+        // Each client trusts the new CA (the server's chain) and presents its own certificate.
+        let client = ClientBundle::from_pem(
+            new.ca.cert_pem(),
+            client.cert_pem(),
+            client.key_pem().expose_secret(),
+        )
+        .unwrap();
+        let out = handshake(
+            server.server_config(&ClientPolicy::AnyClientOfCa).unwrap(),
+            client.client_config().unwrap(),
+            "127.0.0.1",
+        )
+        .await;
+        out.client.expect("client failed");
+        out.server.expect("server failed");
+    }
+}
