@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 mod parse_cmd;
+mod plan_cmd;
 
 /// Build Firecracker root filesystems from Dockerfiles.
 #[derive(Debug, Parser)]
@@ -23,6 +24,8 @@ struct Cli {
 enum Cmd {
     /// Parse a Dockerfile and print its parse tree in buildkit's dump format.
     Parse(parse_cmd::ParseArgs),
+    /// Resolve a Dockerfile and its context into a build plan (table, or JSON with --json).
+    Plan(plan_cmd::PlanArgs),
 }
 
 fn main() -> ExitCode {
@@ -33,6 +36,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Cmd::Parse(args) => parse_cmd::run(args),
+        Cmd::Plan(args) => plan_cmd::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,6 +4,7 @@
 //! (Crate docs are completed as the modules land.)
 
 pub mod ast;
+pub mod context;
 pub mod dockerignore;
 pub mod dump;
 pub mod error;
@@ -14,3 +15,6 @@ pub mod shell;
 pub use ast::{Ast, Heredoc, Node};
 pub use error::{Error, Location, SyntaxError, render_snippet};
 pub use parser::{parse, parse_bytes};
+
+pub mod plan;
+pub use plan::{PlanRequest, plan};

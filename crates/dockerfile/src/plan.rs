@@ -1,0 +1,1312 @@
+//! Dockerfile → [`BuildPlan`] resolution, with buildkit's dispatch semantics.
+//!
+//! [`plan`] parses the Dockerfile, types its instructions and walks them the way buildkit's
+//! `dockerfile2llb` dispatches them:
+//!
+//! - **ARG**: ARGs before the first `FROM` are global (usable in `FROM` lines); a stage sees a
+//!   global value only if it re-declares `ARG NAME`. `--build-arg` values override defaults;
+//!   build args no ARG consumed are reported in [`BuildPlan::warnings`]. The predefined proxy
+//!   args (`HTTP_PROXY`...) reach RUN without a declaration; `TARGETPLATFORM`, `BUILDARCH`...
+//!   have automatic values (the host's architecture, `linux`).
+//! - **ENV** accumulates, is visible to later expansions (it wins over an ARG of the same name)
+//!   and is inherited, with WORKDIR, USER, SHELL and the image config, by `FROM <stage>`.
+//! - **WORKDIR** is relative to the previous one (default `/`).
+//! - **RUN** keeps its shell-form text unexpanded (the shell expands it at run time);
+//!   `--network` goes into the plan; `--mount` and `--security=insecure` are rejected, never
+//!   ignored.
+//! - **COPY/ADD** words are expanded; context sources are resolved with [`crate::context`]
+//!   (globs, `.dockerignore`, `--exclude`, confinement); `--from` names a stage (by name or
+//!   index, earlier only) or an image; ADD of a URL (`--checksum=sha256:` validated) and ADD of
+//!   a local archive (recognised by its magic bytes, marked `extract`) are supported.
+//! - `--target` selects a stage (default: the last); stages it does not need (through
+//!   `FROM <stage>` and `COPY --from`) are pruned, and errors in pruned stages do not matter,
+//!   as with buildkit.
+//!
+//! Every error carries the file name, line:col and a caret snippet of the instruction. The
+//! context directory is only read; nothing touches the network or spawns.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use firebuild_plan::{
+    Base, BuildPlan, EnvVar, Healthcheck as PlanHealthcheck, Heredoc as PlanHeredoc, ImageConfig,
+    Origin, Resource, ResourceKind, Run as PlanRun, SCHEMA_VERSION, Source, Span, Stage, Step,
+    StepContext, StepKind, Transfer as PlanTransfer, default_shell,
+};
+
+use crate::ast::Heredoc;
+use crate::context::{self, BuildContext, ComponentMatcher, Entry, PathFilter};
+use crate::dockerignore::{IgnoreFile, PatternMatcher, glob_match};
+use crate::error::{Error, SyntaxError};
+use crate::instructions::{
+    ArgDef, Healthcheck, Instruction, InstructionKind, Security, SourceArg, Transfer,
+};
+use crate::shell::{Env, Lexer};
+
+/// Largest `.dockerignore` read, in bytes.
+pub const MAX_DOCKERIGNORE_BYTES: u64 = 1024 * 1024;
+
+/// Args buildkit passes to RUN without an `ARG` declaration, and never reports as unused.
+pub const PREDEFINED_ARGS: [&str; 10] = [
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "FTP_PROXY",
+    "ftp_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+];
+
+/// What to resolve: the Dockerfile, its context and the build options.
+#[derive(Debug, Clone, Copy)]
+pub struct PlanRequest<'a> {
+    /// The Dockerfile path as the user gave it: used in messages and to find a
+    /// `<Dockerfile>.dockerignore` beside it.
+    pub dockerfile_path: &'a str,
+    /// The Dockerfile text.
+    pub dockerfile: &'a str,
+    /// The build context directory (read only).
+    pub context_dir: &'a Path,
+    /// `--build-arg NAME=VALUE` pairs, in order (a later pair wins).
+    pub build_args: &'a [(String, String)],
+    /// `--target`: the stage to build (default: the last one).
+    pub target: Option<&'a str>,
+}
+
+impl<'a> PlanRequest<'a> {
+    /// A request with no build args and the default target.
+    pub fn new(dockerfile_path: &'a str, dockerfile: &'a str, context_dir: &'a Path) -> Self {
+        Self {
+            dockerfile_path,
+            dockerfile,
+            context_dir,
+            build_args: &[],
+            target: None,
+        }
+    }
+}
+
+/// Parses `req.dockerfile` and resolves it into a [`BuildPlan`].
+pub fn plan(req: &PlanRequest<'_>) -> Result<BuildPlan, Error> {
+    let file = req.dockerfile_path;
+    let ast = crate::parser::parse(req.dockerfile).map_err(|e| e.with_file(file))?;
+    let instructions = crate::instructions::from_ast(&ast).map_err(|e| e.with_file(file))?;
+    let mut warnings: Vec<String> = ast
+        .warnings
+        .iter()
+        .map(|w| format!("{file}:{}: {}", w.span, w.message))
+        .collect();
+    let mut resolver = Resolver::new(req, ast.escape);
+    let mut plan = resolver.run(&instructions)?;
+    warnings.append(&mut plan.warnings);
+    plan.warnings = warnings;
+    Ok(plan)
+}
+
+/// Variables in scope: a vector in declaration order with an index, later values replacing
+/// earlier ones in place.
+#[derive(Debug, Clone, Default)]
+struct Vars {
+    list: Vec<EnvVar>,
+    index: HashMap<String, usize>,
+}
+
+impl Vars {
+    fn set(&mut self, name: &str, value: String) {
+        match self.index.get(name) {
+            Some(&i) => self.list[i].value = value,
+            None => {
+                self.index.insert(name.to_owned(), self.list.len());
+                self.list.push(EnvVar {
+                    name: name.to_owned(),
+                    value,
+                });
+            }
+        }
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.index.get(name).map(|&i| self.list[i].value.as_str())
+    }
+}
+
+/// Expansion scope: ENV wins over ARG.
+struct Scope<'a> {
+    env: &'a Vars,
+    args: &'a Vars,
+}
+
+impl Env for Scope<'_> {
+    fn lookup(&self, name: &str) -> Option<std::borrow::Cow<'_, str>> {
+        self.env
+            .get(name)
+            .or_else(|| self.args.get(name))
+            .map(std::borrow::Cow::Borrowed)
+    }
+}
+
+/// The Go `path.Match` of [`glob_match`] for [`BuildContext`].
+struct GoGlob;
+
+impl ComponentMatcher for GoGlob {
+    fn matches(&self, pattern: &str, name: &str) -> Result<bool, ()> {
+        glob_match(pattern, name).map_err(|_| ())
+    }
+}
+
+/// Adapts a [`PatternMatcher`] to [`PathFilter`].
+struct Ignore<'a>(&'a PatternMatcher);
+
+impl PathFilter for Ignore<'_> {
+    fn excluded(&self, rel: &str) -> bool {
+        self.0.matches(rel)
+    }
+}
+
+/// A COPY/ADD whose context sources still need resolving.
+#[derive(Debug)]
+struct PendingTransfer {
+    /// Index of the step in its stage.
+    step: usize,
+    is_add: bool,
+    /// The destination is a directory (ends with `/`).
+    dest_dir: bool,
+    exclude: Option<PatternMatcher>,
+}
+
+/// The state a stage leaves behind, inherited by `FROM <stage>`.
+#[derive(Debug, Clone)]
+struct Inherit {
+    env: Vars,
+    workdir: String,
+    user: Option<String>,
+    shell: Vec<String>,
+    shell_changed: bool,
+    config: ImageConfig,
+}
+
+impl Default for Inherit {
+    fn default() -> Self {
+        Self {
+            env: Vars::default(),
+            workdir: "/".to_owned(),
+            user: None,
+            shell: default_shell(),
+            shell_changed: false,
+            config: ImageConfig::default(),
+        }
+    }
+}
+
+/// A stage dispatched without touching the context.
+#[derive(Debug)]
+struct Draft {
+    stage: Stage,
+    pending: Vec<PendingTransfer>,
+    state: Inherit,
+}
+
+enum Outcome {
+    Ok(Box<Draft>),
+    Failed(Error),
+    /// The stage's base stage failed.
+    BaseFailed(usize),
+}
+
+/// One `FROM` section, split out of the instruction list.
+struct StageSrc<'i> {
+    from: &'i Instruction,
+    image: &'i str,
+    name: Option<&'i str>,
+    platform: Option<&'i str>,
+    body: &'i [Instruction],
+}
+
+struct LoadedContext {
+    ignore: PatternMatcher,
+}
+
+struct Resolver<'r> {
+    req: &'r PlanRequest<'r>,
+    lexer: Lexer,
+    build_args: BTreeMap<String, String>,
+    builtins: Vars,
+    meta: Vars,
+    consumed_global: BTreeSet<String>,
+    context: Option<LoadedContext>,
+    next_id: usize,
+}
+
+fn go_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "powerpc64" => "ppc64le",
+        "loongarch64" => "loong64",
+        other => other,
+    }
+}
+
+impl<'r> Resolver<'r> {
+    fn new(req: &'r PlanRequest<'r>, escape: char) -> Self {
+        let mut builtins = Vars::default();
+        let arch = go_arch();
+        let platform = format!("linux/{arch}");
+        for prefix in ["BUILD", "TARGET"] {
+            builtins.set(&format!("{prefix}PLATFORM"), platform.clone());
+            builtins.set(&format!("{prefix}OS"), "linux".to_owned());
+            builtins.set(&format!("{prefix}ARCH"), arch.to_owned());
+            builtins.set(&format!("{prefix}VARIANT"), String::new());
+        }
+        Self {
+            req,
+            lexer: Lexer::new(escape),
+            build_args: req.build_args.iter().cloned().collect(),
+            builtins,
+            meta: Vars::default(),
+            consumed_global: BTreeSet::new(),
+            context: None,
+            next_id: 0,
+        }
+    }
+
+    fn err(&self, span: Span, msg: impl Into<String>) -> Error {
+        Error::at(self.req.dockerfile, span, SyntaxError::Other(msg.into()))
+            .with_file(self.req.dockerfile_path)
+    }
+
+    fn expand(&self, scope: &dyn Env, word: &str, ins: &Instruction) -> Result<String, Error> {
+        self.lexer
+            .expand_word(word, scope)
+            .map_err(|e| self.err(ins.span, format!("{}: {e}", ins.kind.name())))
+    }
+
+    fn run(&mut self, instructions: &[Instruction]) -> Result<BuildPlan, Error> {
+        // Split global ARGs and stages.
+        let mut stages: Vec<StageSrc<'_>> = Vec::new();
+        for (i, ins) in instructions.iter().enumerate() {
+            match &ins.kind {
+                InstructionKind::From(from) => {
+                    let end = instructions[i + 1..]
+                        .iter()
+                        .position(|n| matches!(n.kind, InstructionKind::From(_)))
+                        .map_or(instructions.len(), |p| i + 1 + p);
+                    stages.push(StageSrc {
+                        from: ins,
+                        image: &from.image,
+                        name: from.name.as_deref(),
+                        platform: from.platform.as_deref(),
+                        body: &instructions[i + 1..end],
+                    });
+                }
+                InstructionKind::Arg(defs) if stages.is_empty() => self.global_args(defs, ins)?,
+                _ if stages.is_empty() => {
+                    return Err(self.err(
+                        ins.span,
+                        format!(
+                            "{} before the first FROM: no build stage in current context",
+                            ins.kind.name()
+                        ),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        if stages.is_empty() {
+            return Err(self.err(
+                instructions.first().map_or(Span::default(), |i| i.span),
+                "dockerfile contains no stages to build (no FROM)",
+            ));
+        }
+        let names: Vec<Option<String>> = stages
+            .iter()
+            .map(|s| s.name.map(str::to_ascii_lowercase))
+            .collect();
+        for (i, name) in names.iter().enumerate() {
+            if let Some(name) = name
+                && names[..i].iter().any(|n| n.as_deref() == Some(name))
+            {
+                return Err(self.err(
+                    stages[i].from.span,
+                    format!("duplicate stage name {name:?}"),
+                ));
+            }
+        }
+        let target = match self.req.target {
+            None => stages.len() - 1,
+            Some(t) => {
+                let t = t.to_ascii_lowercase();
+                names
+                    .iter()
+                    .position(|n| n.as_deref() == Some(t.as_str()))
+                    .ok_or_else(|| {
+                        let known: Vec<&str> = names.iter().flatten().map(String::as_str).collect();
+                        self.err(
+                            stages[0].from.span,
+                            format!(
+                                "target stage {t:?} could not be found (stages: {})",
+                                if known.is_empty() {
+                                    "none named".to_owned()
+                                } else {
+                                    known.join(", ")
+                                }
+                            ),
+                        )
+                    })?
+            }
+        };
+
+        // Dispatch every stage (without touching the context), recording dependencies.
+        let mut outcomes: Vec<Outcome> = Vec::with_capacity(stages.len());
+        let mut deps: Vec<Vec<usize>> = Vec::with_capacity(stages.len());
+        let mut consumed: Vec<BTreeSet<String>> = Vec::with_capacity(stages.len());
+        for (index, src) in stages.iter().enumerate() {
+            let mut d = Vec::new();
+            let mut c = BTreeSet::new();
+            let outcome = self.dispatch_stage(index, src, &names, &outcomes, &mut d, &mut c);
+            outcomes.push(outcome);
+            deps.push(d);
+            consumed.push(c);
+        }
+
+        // Keep what the target needs.
+        let mut needed = vec![false; stages.len()];
+        let mut todo = vec![target];
+        while let Some(i) = todo.pop() {
+            if std::mem::replace(&mut needed[i], true) {
+                continue;
+            }
+            todo.extend(deps[i].iter().copied());
+        }
+
+        let mut out_stages = Vec::new();
+        let mut all_consumed = self.consumed_global.clone();
+        for (index, outcome) in outcomes.into_iter().enumerate() {
+            if !needed[index] {
+                continue;
+            }
+            let draft = match outcome {
+                Outcome::Ok(d) => d,
+                Outcome::Failed(e) => return Err(e),
+                Outcome::BaseFailed(base) => {
+                    return Err(self.err(
+                        stages[index].from.span,
+                        format!("base stage {base} could not be resolved"),
+                    ));
+                }
+            };
+            all_consumed.extend(consumed[index].iter().cloned());
+            let stage = self.finish_stage(*draft)?;
+            out_stages.push(stage);
+        }
+
+        let mut warnings = Vec::new();
+        let unused: Vec<&str> = self
+            .build_args
+            .keys()
+            .filter(|k| !all_consumed.contains(*k) && !PREDEFINED_ARGS.contains(&k.as_str()))
+            .filter(|k| !k.starts_with("BUILDKIT_"))
+            .map(String::as_str)
+            .collect();
+        if !unused.is_empty() {
+            warnings.push(format!(
+                "one or more build args were not consumed by any ARG: {}",
+                unused.join(", ")
+            ));
+        }
+        Ok(BuildPlan {
+            schema_version: SCHEMA_VERSION,
+            dockerfile: self.req.dockerfile_path.to_owned(),
+            target,
+            stages: out_stages,
+            warnings,
+        })
+    }
+
+    fn global_args(&mut self, defs: &[ArgDef], ins: &Instruction) -> Result<(), Error> {
+        for def in defs {
+            self.consumed_global.insert(def.name.clone());
+            let value = if let Some(v) = self.build_args.get(&def.name) {
+                Some(v.clone())
+            } else if let Some(default) = &def.default {
+                let scope = Scope {
+                    env: &self.meta,
+                    args: &self.builtins,
+                };
+                Some(self.expand(&scope, default, ins)?)
+            } else {
+                self.builtins.get(&def.name).map(str::to_owned)
+            };
+            if let Some(value) = value {
+                self.meta.set(&def.name, value);
+            }
+        }
+        Ok(())
+    }
+
+    fn dispatch_stage(
+        &self,
+        index: usize,
+        src: &StageSrc<'_>,
+        names: &[Option<String>],
+        done: &[Outcome],
+        deps: &mut Vec<usize>,
+        consumed: &mut BTreeSet<String>,
+    ) -> Outcome {
+        match self.dispatch_stage_inner(index, src, names, done, deps, consumed) {
+            Ok(Ok(draft)) => Outcome::Ok(Box::new(draft)),
+            Ok(Err(base)) => Outcome::BaseFailed(base),
+            Err(e) => Outcome::Failed(e),
+        }
+    }
+
+    /// Dispatches one stage. `Ok(Err(i))`: its base stage `i` failed.
+    fn dispatch_stage_inner(
+        &self,
+        index: usize,
+        src: &StageSrc<'_>,
+        names: &[Option<String>],
+        done: &[Outcome],
+        deps: &mut Vec<usize>,
+        consumed: &mut BTreeSet<String>,
+    ) -> Result<Result<Draft, usize>, Error> {
+        let from = src.from;
+        // FROM sees the global args (with automatic platform args) only.
+        let meta_scope = Scope {
+            env: &self.meta,
+            args: &self.builtins,
+        };
+        let image = self.expand(&meta_scope, src.image, from)?;
+        if image.is_empty() {
+            return Err(self.err(
+                from.span,
+                format!("base name ({}) should not be blank", src.image),
+            ));
+        }
+        let platform = match src.platform {
+            Some(p) => Some(self.expand(&meta_scope, p, from)?),
+            None => None,
+        };
+        let lower = image.to_ascii_lowercase();
+        let (base, mut state) = if lower == "scratch" {
+            (Base::Scratch, Inherit::default())
+        } else if let Some(i) = names
+            .iter()
+            .position(|n| n.as_deref() == Some(lower.as_str()))
+        {
+            if i >= index {
+                return Err(self.err(
+                    from.span,
+                    if i == index {
+                        format!("stage {lower:?} cannot use itself as its base (circular dependency)")
+                    } else {
+                        format!(
+                            "stage {lower:?} is defined later in the Dockerfile: a stage can only build on an earlier one"
+                        )
+                    },
+                ));
+            }
+            deps.push(i);
+            match &done[i] {
+                Outcome::Ok(d) => (Base::Stage { index: i }, d.state.clone()),
+                Outcome::Failed(_) | Outcome::BaseFailed(_) => return Ok(Err(i)),
+            }
+        } else {
+            (Base::Image { reference: image }, Inherit::default())
+        };
+
+        // Proxy args reach RUN without a declaration.
+        let mut args = Vars::default();
+        for name in PREDEFINED_ARGS {
+            if let Some(v) = self.build_args.get(name) {
+                args.set(name, v.clone());
+            }
+        }
+        let mut steps: Vec<Step> = Vec::new();
+        let mut pending: Vec<PendingTransfer> = Vec::new();
+        let mut cmd_set = false;
+
+        for ins in src.body {
+            let ctx = |state: &Inherit, args: &Vars| StepContext {
+                env: state.env.list.clone(),
+                args: args.list.clone(),
+                workdir: state.workdir.clone(),
+                user: state.user.clone(),
+                shell: state.shell.clone(),
+            };
+            match &ins.kind {
+                InstructionKind::From(_) => {}
+                InstructionKind::Arg(defs) => {
+                    for def in defs {
+                        consumed.insert(def.name.clone());
+                        let value = if let Some(v) = self.build_args.get(&def.name) {
+                            Some(v.clone())
+                        } else if let Some(default) = &def.default {
+                            let scope = Scope {
+                                env: &state.env,
+                                args: &args,
+                            };
+                            Some(self.expand(&scope, default, ins)?)
+                        } else {
+                            self.meta
+                                .get(&def.name)
+                                .or_else(|| self.builtins.get(&def.name))
+                                .map(str::to_owned)
+                        };
+                        if let Some(value) = value {
+                            args.set(&def.name, value);
+                        }
+                    }
+                }
+                InstructionKind::Env(kvs) => {
+                    for kv in kvs {
+                        let scope = Scope {
+                            env: &state.env,
+                            args: &args,
+                        };
+                        let value = self.expand(&scope, &kv.value, ins)?;
+                        let key = self.expand(&scope, &kv.key, ins)?;
+                        if key.is_empty() {
+                            return Err(self.err(ins.span, "ENV names can not be blank"));
+                        }
+                        state.env.set(&key, value);
+                    }
+                }
+                InstructionKind::Label(kvs) => {
+                    let scope = Scope {
+                        env: &state.env,
+                        args: &args,
+                    };
+                    for kv in kvs {
+                        let key = self.expand(&scope, &kv.key, ins)?;
+                        let value = self.expand(&scope, &kv.value, ins)?;
+                        if key.is_empty() {
+                            return Err(self.err(ins.span, "LABEL names can not be blank"));
+                        }
+                        state.config.labels.insert(key, value);
+                    }
+                }
+                InstructionKind::Workdir(dir) => {
+                    let scope = Scope {
+                        env: &state.env,
+                        args: &args,
+                    };
+                    let dir = self.expand(&scope, dir, ins)?;
+                    if dir.is_empty() {
+                        return Err(self.err(ins.span, "WORKDIR requires a non-empty path"));
+                    }
+                    state.workdir = context::join_workdir(&state.workdir, &dir);
+                    state.config.workdir = Some(state.workdir.clone());
+                }
+                InstructionKind::User(user) => {
+                    let scope = Scope {
+                        env: &state.env,
+                        args: &args,
+                    };
+                    let user = self.expand(&scope, user, ins)?;
+                    if user.trim().is_empty() {
+                        return Err(self.err(ins.span, "USER requires a non-empty user"));
+                    }
+                    state.user = Some(user.clone());
+                    state.config.user = Some(user);
+                }
+                InstructionKind::Shell(shell) => {
+                    if shell.is_empty() {
+                        return Err(self.err(ins.span, "SHELL requires at least one argument"));
+                    }
+                    state.shell = shell.clone();
+                    state.shell_changed = true;
+                    state.config.shell = Some(shell.clone());
+                }
+                InstructionKind::Cmd(cmd) => {
+                    state.config.cmd = Some(cmd.clone());
+                    cmd_set = true;
+                }
+                InstructionKind::Entrypoint(cmd) => {
+                    state.config.entrypoint = Some(cmd.clone());
+                    if !cmd_set {
+                        // As Docker: an ENTRYPOINT resets a CMD inherited from the base.
+                        state.config.cmd = None;
+                    }
+                }
+                InstructionKind::Expose(ports) => {
+                    let scope = Scope {
+                        env: &state.env,
+                        args: &args,
+                    };
+                    let mut all: Vec<(u32, String)> = state
+                        .config
+                        .exposed_ports
+                        .iter()
+                        .filter_map(|p| {
+                            let (n, proto) = p.split_once('/')?;
+                            Some((n.parse().ok()?, proto.to_owned()))
+                        })
+                        .collect();
+                    for port in ports {
+                        let port = self.expand(&scope, port, ins)?;
+                        for word in port.split_whitespace() {
+                            all.extend(parse_expose(word).map_err(|m| self.err(ins.span, m))?);
+                        }
+                    }
+                    all.sort();
+                    all.dedup();
+                    state.config.exposed_ports =
+                        all.into_iter().map(|(n, p)| format!("{n}/{p}")).collect();
+                }
+                InstructionKind::Volume(vols) => {
+                    let scope = Scope {
+                        env: &state.env,
+                        args: &args,
+                    };
+                    for vol in vols {
+                        let vol = self.expand(&scope, vol, ins)?;
+                        if vol.trim().is_empty() {
+                            return Err(
+                                self.err(ins.span, "VOLUME specified can not be an empty string")
+                            );
+                        }
+                        state.config.volumes.push(vol);
+                    }
+                    state.config.volumes.sort();
+                    state.config.volumes.dedup();
+                }
+                InstructionKind::StopSignal(sig) => {
+                    let scope = Scope {
+                        env: &state.env,
+                        args: &args,
+                    };
+                    let sig = self.expand(&scope, sig, ins)?;
+                    if sig.is_empty() || sig.contains(char::is_whitespace) {
+                        return Err(self.err(ins.span, format!("invalid STOPSIGNAL {sig:?}")));
+                    }
+                    state.config.stop_signal = Some(sig);
+                }
+                InstructionKind::Healthcheck(hc) => {
+                    state.config.healthcheck = Some(match hc {
+                        Healthcheck::None => PlanHealthcheck::None,
+                        Healthcheck::Cmd {
+                            command,
+                            interval,
+                            timeout,
+                            start_period,
+                            start_interval,
+                            retries,
+                        } => PlanHealthcheck::Cmd {
+                            command: command.clone(),
+                            interval_ms: interval.map(|d| d.as_millis() as u64),
+                            timeout_ms: timeout.map(|d| d.as_millis() as u64),
+                            start_period_ms: start_period.map(|d| d.as_millis() as u64),
+                            start_interval_ms: start_interval.map(|d| d.as_millis() as u64),
+                            retries: *retries,
+                        },
+                    });
+                }
+                InstructionKind::Onbuild(ob) => {
+                    state.config.onbuild.push(ob.expression.clone());
+                }
+                InstructionKind::Maintainer(_) => {}
+                InstructionKind::Run(run) => {
+                    if !run.mounts.is_empty() {
+                        return Err(self.err(
+                            ins.span,
+                            "RUN --mount is not supported by firebuild (steps run in a VM without buildkit mounts); remove the flag",
+                        ));
+                    }
+                    if run.security != Security::Sandbox {
+                        return Err(self.err(
+                            ins.span,
+                            "RUN --security=insecure is not supported by firebuild",
+                        ));
+                    }
+                    let mut step_run = PlanRun::new(run.command.clone());
+                    step_run.network = run.network;
+                    step_run.heredocs = run.heredocs.iter().map(raw_heredoc).collect();
+                    steps.push(Step {
+                        index: steps.len(),
+                        span: ins.span,
+                        context: ctx(&state, &args),
+                        kind: StepKind::Run(step_run),
+                    });
+                }
+                InstructionKind::Copy(t) | InstructionKind::Add(t) => {
+                    let is_add = matches!(ins.kind, InstructionKind::Add(_));
+                    let scope = Scope {
+                        env: &state.env,
+                        args: &args,
+                    };
+                    let (transfer, pend) =
+                        self.transfer(ins, t, is_add, &scope, &state, index, names, deps)?;
+                    if let Some(mut p) = pend {
+                        p.step = steps.len();
+                        pending.push(p);
+                    }
+                    let kind = if is_add {
+                        StepKind::Add(transfer)
+                    } else {
+                        StepKind::Copy(transfer)
+                    };
+                    steps.push(Step {
+                        index: steps.len(),
+                        span: ins.span,
+                        context: ctx(&state, &args),
+                        kind,
+                    });
+                }
+            }
+        }
+
+        state.config.env = state.env.list.clone();
+        let stage = Stage {
+            index,
+            name: names[index].clone(),
+            base,
+            platform,
+            span: from.span,
+            steps,
+            config: state.config.clone(),
+        };
+        Ok(Ok(Draft {
+            stage,
+            pending,
+            state,
+        }))
+    }
+
+    /// Expands a COPY/ADD and resolves its origin; context sources are resolved later.
+    #[allow(clippy::too_many_arguments)]
+    fn transfer(
+        &self,
+        ins: &Instruction,
+        t: &Transfer,
+        is_add: bool,
+        scope: &Scope<'_>,
+        state: &Inherit,
+        index: usize,
+        names: &[Option<String>],
+        deps: &mut Vec<usize>,
+    ) -> Result<(PlanTransfer, Option<PendingTransfer>), Error> {
+        let what = if is_add { "ADD" } else { "COPY" };
+        let origin = match &t.from {
+            None => Origin::Context,
+            Some(from) => {
+                let from = self.expand(scope, from, ins)?;
+                let lower = from.to_ascii_lowercase();
+                let by_index = lower.parse::<usize>().ok();
+                let found = by_index.or_else(|| {
+                    names
+                        .iter()
+                        .position(|n| n.as_deref() == Some(lower.as_str()))
+                });
+                match found {
+                    Some(i) if i >= names.len() => {
+                        return Err(self.err(
+                            ins.span,
+                            format!("{what} --from={from}: no stage with index {i}"),
+                        ));
+                    }
+                    Some(i) if i < index => {
+                        deps.push(i);
+                        Origin::Stage { index: i }
+                    }
+                    Some(i) if i == index => {
+                        return Err(self.err(
+                            ins.span,
+                            format!(
+                                "{what} --from={from} refers to its own stage (circular dependency)"
+                            ),
+                        ));
+                    }
+                    Some(_) => {
+                        return Err(self.err(
+                            ins.span,
+                            format!(
+                                "{what} --from={from} refers to a stage defined later: only earlier stages can be copied from"
+                            ),
+                        ));
+                    }
+                    None if from.is_empty() => {
+                        return Err(self.err(ins.span, format!("{what} --from must not be empty")));
+                    }
+                    None => Origin::Image { reference: from },
+                }
+            }
+        };
+
+        let dest_raw = self.expand(scope, &t.dest, ins)?;
+        if dest_raw.is_empty() {
+            return Err(self.err(ins.span, format!("{what} requires a destination")));
+        }
+        let dest_dir = dest_raw.ends_with('/')
+            || dest_raw == "."
+            || dest_raw.ends_with("/.")
+            || dest_raw == "..";
+        let mut dest = context::join_workdir(&state.workdir, &dest_raw);
+        if dest_dir && !dest.ends_with('/') {
+            dest.push('/');
+        }
+        if t.sources.len() > 1 && !dest_dir {
+            return Err(self.err(
+                ins.span,
+                format!(
+                    "when using {what} with more than one source file, the destination must be a directory and end with a /"
+                ),
+            ));
+        }
+        let chown = match &t.chown {
+            Some(c) => {
+                let c = self.expand(scope, c, ins)?;
+                Some(context::parse_chown(&c).map_err(|e| self.err(ins.span, e.to_string()))?)
+            }
+            None => None,
+        };
+        let chmod = match &t.chmod {
+            Some(c) => {
+                let c = self.expand(scope, c, ins)?;
+                Some(context::parse_chmod(&c).map_err(|e| self.err(ins.span, e.to_string()))?)
+            }
+            None => None,
+        };
+        let mut exclude = Vec::with_capacity(t.exclude.len());
+        for e in &t.exclude {
+            exclude.push(self.expand(scope, e, ins)?);
+        }
+        let exclude_matcher = if exclude.is_empty() {
+            None
+        } else {
+            Some(
+                PatternMatcher::new(&exclude)
+                    .map_err(|e| self.err(ins.span, format!("{what} --exclude: {e}")))?,
+            )
+        };
+        let checksum = match &t.checksum {
+            Some(c) => Some(
+                parse_checksum(&self.expand(scope, c, ins)?).map_err(|m| self.err(ins.span, m))?,
+            ),
+            None => None,
+        };
+
+        let mut sources = Vec::with_capacity(t.sources.len());
+        let mut has_context_paths = false;
+        for s in &t.sources {
+            match s {
+                SourceArg::Heredoc(doc) => {
+                    let content = if doc.expand {
+                        let lexer = self.lexer.with_skip_process_quotes(true);
+                        lexer
+                            .expand_word(&doc.body(), scope)
+                            .map_err(|e| self.err(ins.span, format!("{what} heredoc: {e}")))?
+                    } else {
+                        doc.body()
+                    };
+                    sources.push(Source::Heredoc {
+                        heredoc: PlanHeredoc {
+                            name: doc.name.clone(),
+                            content,
+                            expand: doc.expand,
+                        },
+                    });
+                }
+                SourceArg::Path(p) => {
+                    let p = self.expand(scope, p, ins)?;
+                    if is_url(&p) {
+                        if !is_add {
+                            return Err(
+                                self.err(ins.span, format!("source can't be a URL for COPY: {p}"))
+                            );
+                        }
+                        if is_git(&p) {
+                            return Err(self.err(
+                                ins.span,
+                                format!("ADD from a git repository is not supported: {p}"),
+                            ));
+                        }
+                        let target = if dest_dir {
+                            let name = url_file_name(&p);
+                            if name.is_empty() {
+                                return Err(self.err(
+                                    ins.span,
+                                    format!("cannot determine a file name from URL {p}; give a destination file name"),
+                                ));
+                            }
+                            format!("{dest}{name}")
+                        } else {
+                            dest.clone()
+                        };
+                        sources.push(Source::Url {
+                            url: p,
+                            checksum: checksum.clone(),
+                            id: String::new(),
+                            target,
+                        });
+                    } else {
+                        if p.is_empty() {
+                            return Err(self.err(ins.span, format!("{what} source is empty")));
+                        }
+                        has_context_paths |= origin == Origin::Context;
+                        sources.push(Source::Path {
+                            pattern: p,
+                            resources: Vec::new(),
+                        });
+                    }
+                }
+            }
+        }
+        if checksum.is_some() && sources.iter().any(|s| !matches!(s, Source::Url { .. })) {
+            return Err(self.err(
+                ins.span,
+                "checksum can't be specified for non-HTTP(S) sources",
+            ));
+        }
+        let transfer = PlanTransfer {
+            origin,
+            sources,
+            dest,
+            chown,
+            chmod,
+            link: t.link,
+            parents: t.parents,
+            exclude,
+            keep_git_dir: t.keep_git_dir,
+        };
+        let pending = has_context_paths.then_some(PendingTransfer {
+            step: 0,
+            is_add,
+            dest_dir,
+            exclude: exclude_matcher,
+        });
+        Ok((transfer, pending))
+    }
+
+    /// Loads `.dockerignore` (or `<Dockerfile>.dockerignore`) once.
+    fn load_context(&mut self, span: Span) -> Result<(), Error> {
+        if self.context.is_some() {
+            return Ok(());
+        }
+        let beside = PathBuf::from(format!("{}.dockerignore", self.req.dockerfile_path));
+        let in_context = self.req.context_dir.join(".dockerignore");
+        let (path, shown) = if beside.is_file() {
+            (beside, format!("{}.dockerignore", self.req.dockerfile_path))
+        } else {
+            (in_context, ".dockerignore".to_owned())
+        };
+        let ignore = match std::fs::metadata(&path) {
+            Ok(meta) if meta.is_file() => {
+                if meta.len() > MAX_DOCKERIGNORE_BYTES {
+                    return Err(self.err(
+                        span,
+                        format!(
+                            "{shown} is {} bytes, larger than the limit of {MAX_DOCKERIGNORE_BYTES}",
+                            meta.len()
+                        ),
+                    ));
+                }
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| self.err(span, format!("cannot read {shown}: {e}")))?;
+                IgnoreFile::parse(&text, &shown).map_err(|e| self.err(span, e.to_string()))?
+            }
+            _ => PatternMatcher::default(),
+        };
+        self.context = Some(LoadedContext { ignore });
+        Ok(())
+    }
+
+    /// Resolves context sources of a dispatched stage and assigns resource ids.
+    fn finish_stage(&mut self, draft: Draft) -> Result<Stage, Error> {
+        let Draft {
+            mut stage, pending, ..
+        } = draft;
+        let mut pending = pending.into_iter().peekable();
+        for step in &mut stage.steps {
+            let p = match pending.peek() {
+                Some(p) if p.step == step.index => pending.next(),
+                _ => None,
+            };
+            let span = step.span;
+            let (is_add, transfer) = match &mut step.kind {
+                StepKind::Copy(t) => (false, t),
+                StepKind::Add(t) => (true, t),
+                StepKind::Run(_) => continue,
+            };
+            if let Some(p) = p {
+                self.load_context(span)?;
+                self.resolve_sources(span, transfer, &p)?;
+                debug_assert_eq!(p.is_add, is_add);
+            }
+            for source in &mut transfer.sources {
+                match source {
+                    Source::Url { id, .. } => *id = self.new_id(),
+                    Source::Path { resources, .. } => {
+                        for r in resources {
+                            r.id = self.new_id();
+                        }
+                    }
+                    Source::Heredoc { .. } => {}
+                }
+            }
+        }
+        Ok(stage)
+    }
+
+    fn new_id(&mut self) -> String {
+        let id = format!("r{}", self.next_id);
+        self.next_id += 1;
+        id
+    }
+
+    fn resolve_sources(
+        &self,
+        span: Span,
+        transfer: &mut PlanTransfer,
+        p: &PendingTransfer,
+    ) -> Result<(), Error> {
+        let Some(loaded) = &self.context else {
+            return Ok(());
+        };
+        let what = if p.is_add { "ADD" } else { "COPY" };
+        let ignore = Ignore(&loaded.ignore);
+        let ctx = BuildContext::new(self.req.context_dir, &ignore, &GoGlob).map_err(|e| {
+            self.err(
+                span,
+                format!(
+                    "{what}: build context {}: {}",
+                    self.req.context_dir.display(),
+                    chain(&e)
+                ),
+            )
+        })?;
+        let exclude_filter;
+        let exclude: &dyn PathFilter = match &p.exclude {
+            Some(m) => {
+                exclude_filter = Ignore(m);
+                &exclude_filter
+            }
+            None => &context::NoFilter,
+        };
+        // Resolve every pattern first: the number of top-level matches decides whether the
+        // destination is a directory.
+        let mut resolved: Vec<Vec<Entry>> = Vec::new();
+        let mut top_level = 0usize;
+        for source in &transfer.sources {
+            if let Source::Path { pattern, .. } = source {
+                let entries = ctx
+                    .resolve(pattern, exclude)
+                    .map_err(|e| self.err(span, format!("{what} failed: {}", chain(&e))))?;
+                top_level += entries.iter().filter(|e| e.within.is_none()).count();
+                resolved.push(entries);
+            }
+        }
+        let dest = transfer.dest.clone();
+        let dest_is_dir = p.dest_dir || top_level > 1 || transfer.parents;
+        let dest_base = dest.trim_end_matches('/');
+        let under = |rel: &str| -> String {
+            if dest_base.is_empty() {
+                format!("/{rel}")
+            } else {
+                format!("{dest_base}/{rel}")
+            }
+        };
+        let mut resolved = resolved.into_iter();
+        for source in &mut transfer.sources {
+            let Source::Path { resources, .. } = source else {
+                continue;
+            };
+            let Some(entries) = resolved.next() else {
+                continue;
+            };
+            let mut top_matched = String::new();
+            for entry in entries {
+                let (target, extract) = match &entry.within {
+                    None => {
+                        top_matched = entry.matched.clone();
+                        let mut extract = false;
+                        let target = if transfer.parents {
+                            under(&entry.matched)
+                        } else if entry.kind == ResourceKind::Dir {
+                            if dest_base.is_empty() {
+                                "/".to_owned()
+                            } else {
+                                dest_base.to_owned()
+                            }
+                        } else if p.is_add && entry.kind == ResourceKind::File && {
+                            let head = ctx.read_head(&entry.path, 512).map_err(|e| {
+                                self.err(span, format!("{what} failed: {}", chain(&e)))
+                            })?;
+                            context::archive_kind(&head).is_some()
+                        } {
+                            extract = true;
+                            if dest_base.is_empty() {
+                                "/".to_owned()
+                            } else {
+                                dest_base.to_owned()
+                            }
+                        } else if dest_is_dir {
+                            under(base_name(&entry.matched))
+                        } else {
+                            dest_base.to_owned()
+                        };
+                        (target, extract)
+                    }
+                    Some(within) => {
+                        let target = if transfer.parents {
+                            under(&format!("{top_matched}/{within}"))
+                        } else {
+                            under(within)
+                        };
+                        (target, false)
+                    }
+                };
+                resources.push(Resource {
+                    id: String::new(),
+                    path: if entry.path.is_empty() {
+                        ".".to_owned()
+                    } else {
+                        entry.path
+                    },
+                    kind: entry.kind,
+                    target,
+                    extract,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The error and its sources, joined (`a: b: c`).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    msg
+}
+
+fn raw_heredoc(doc: &Heredoc) -> PlanHeredoc {
+    PlanHeredoc {
+        name: doc.name.clone(),
+        content: doc.body(),
+        expand: doc.expand,
+    }
+}
+
+fn base_name(p: &str) -> &str {
+    p.rsplit('/').next().unwrap_or(p)
+}
+
+fn is_url(s: &str) -> bool {
+    let lower = s.get(..8).unwrap_or(s).to_ascii_lowercase();
+    lower.starts_with("http://") || lower.starts_with("https://")
+}
+
+fn is_git(s: &str) -> bool {
+    let no_frag = s.split('#').next().unwrap_or(s);
+    no_frag.ends_with(".git") || s.starts_with("git@") || s.starts_with("git://")
+}
+
+/// The last path segment of a URL (query and fragment dropped).
+fn url_file_name(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let path = rest.split(['?', '#']).next().unwrap_or(rest);
+    match path.split_once('/') {
+        Some((_, p)) => p.rsplit('/').next().unwrap_or(""),
+        None => "",
+    }
+}
+
+/// Validates `--checksum=sha256:<64 hex>`, returning it lower-cased.
+fn parse_checksum(c: &str) -> Result<String, String> {
+    let bad = || format!("invalid --checksum {c:?}: expected sha256:<64 hex digits>");
+    let (algo, hex) = c.split_once(':').ok_or_else(bad)?;
+    if algo != "sha256" || hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(bad());
+    }
+    Ok(format!("sha256:{}", hex.to_ascii_lowercase()))
+}
+
+/// Most ports one EXPOSE range may expand to.
+const MAX_EXPOSE_RANGE: u32 = 65_536;
+
+/// Parses one EXPOSE word: `80`, `80/udp`, `8000-8010/tcp`.
+fn parse_expose(word: &str) -> Result<Vec<(u32, String)>, String> {
+    let bad = |why: &str| format!("invalid EXPOSE port {word:?}: {why}");
+    let (ports, proto) = match word.split_once('/') {
+        Some((p, proto)) => (p, proto.to_ascii_lowercase()),
+        None => (word, "tcp".to_owned()),
+    };
+    if !matches!(proto.as_str(), "tcp" | "udp" | "sctp") {
+        return Err(bad("protocol must be tcp, udp or sctp"));
+    }
+    let num = |s: &str| -> Result<u32, String> {
+        let n: u32 = s.parse().map_err(|_| bad("not a port number"))?;
+        if n > 65_535 {
+            return Err(bad("port out of range"));
+        }
+        Ok(n)
+    };
+    let (lo, hi) = match ports.split_once('-') {
+        Some((a, b)) => (num(a)?, num(b)?),
+        None => {
+            let n = num(ports)?;
+            (n, n)
+        }
+    };
+    if hi < lo || hi - lo >= MAX_EXPOSE_RANGE {
+        return Err(bad("invalid range"));
+    }
+    Ok((lo..=hi).map(|n| (n, proto.clone())).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expose_forms() {
+        assert_eq!(parse_expose("80").unwrap(), [(80, "tcp".to_owned())]);
+        assert_eq!(parse_expose("53/UDP").unwrap(), [(53, "udp".to_owned())]);
+        assert_eq!(parse_expose("8000-8002").unwrap().len(), 3);
+        assert!(parse_expose("http").is_err());
+        assert!(parse_expose("80/icmp").is_err());
+        assert!(parse_expose("70000").is_err());
+        assert!(parse_expose("9-1").is_err());
+    }
+
+    #[test]
+    fn checksum_validation() {
+        let hex = "A".repeat(64);
+        assert_eq!(
+            parse_checksum(&format!("sha256:{hex}")).unwrap(),
+            format!("sha256:{}", "a".repeat(64))
+        );
+        assert!(parse_checksum("sha256:abc").is_err());
+        assert!(parse_checksum(&format!("md5:{hex}")).is_err());
+        assert!(parse_checksum(&format!("sha256:{}", "g".repeat(64))).is_err());
+    }
+
+    #[test]
+    fn url_helpers() {
+        assert_eq!(url_file_name("https://x.org/a/b.tar.gz?x=1"), "b.tar.gz");
+        assert_eq!(url_file_name("https://x.org"), "");
+        assert!(is_url("HTTPS://x.org/f"));
+        assert!(!is_url("src/http"));
+        assert!(is_git("https://github.com/a/b.git#main"));
+    }
+
+    #[test]
+    fn vars_replace_in_place() {
+        let mut v = Vars::default();
+        v.set("A", "1".into());
+        v.set("B", "2".into());
+        v.set("A", "3".into());
+        assert_eq!(v.list, [EnvVar::new("A", "3"), EnvVar::new("B", "2")]);
+        assert_eq!(v.get("A"), Some("3"));
+    }
+}
