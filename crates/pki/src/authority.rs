@@ -339,3 +339,41 @@ fn der_to_pem(label: &str, der: &[u8]) -> String {
     out.push_str(&format!("-----END {label}-----\n"));
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use rustls_pki_types::pem::PemObject;
+
+    use super::*;
+
+    #[test]
+    fn pem_encoding_matches_known_vectors_and_round_trips() {
+        assert_eq!(
+            der_to_pem("CERTIFICATE", b"foob"),
+            "-----BEGIN CERTIFICATE-----\nZm9vYg==\n-----END CERTIFICATE-----\n"
+        );
+        assert!(der_to_pem("X", b"fooba").contains("\nZm9vYmE=\n"));
+        assert!(der_to_pem("X", b"foobar").contains("\nZm9vYmFy\n"));
+        for len in [1usize, 47, 48, 49, 100, 1000] {
+            let der: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
+            let pem = der_to_pem("CERTIFICATE", &der);
+            assert!(pem.lines().all(|l| l.len() <= 64), "{pem}");
+            let back = CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+            assert_eq!(back.as_ref(), der.as_slice());
+        }
+    }
+
+    #[test]
+    fn server_names_map_to_ip_or_dns_sans() {
+        assert!(matches!(
+            server_san("169.254.0.2"),
+            Ok(SanType::IpAddress(_))
+        ));
+        assert!(matches!(server_san("fe80::1"), Ok(SanType::IpAddress(_))));
+        assert!(matches!(
+            server_san("host.example"),
+            Ok(SanType::DnsName(_))
+        ));
+        assert!(server_san("no spaces.example").is_err());
+    }
+}
