@@ -116,3 +116,13 @@ fn missing_file_is_a_clear_error() {
         "{err}"
     );
 }
+
+#[test]
+fn empty_input_has_no_instructions() {
+    let out = host(&["parse"], "# only a comment\n\n");
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8(out.stderr).unwrap(),
+        "error: <stdin>: file with no instructions\n"
+    );
+}

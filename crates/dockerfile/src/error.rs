@@ -38,6 +38,10 @@ impl Location {
 
 impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.span.start_line == 0 {
+            // The whole file (e.g. "file with no instructions").
+            return f.write_str(self.file.as_deref().unwrap_or("dockerfile"));
+        }
         match &self.file {
             Some(file) => write!(f, "{file}:{}:{}", self.span.start_line, self.span.start_col),
             None => write!(f, "line {}:{}", self.span.start_line, self.span.start_col),
@@ -338,5 +342,11 @@ mod tests {
             "Dockerfile:2:1: unknown instruction: RUNN\n    2 | RUNN x\n      | ^^^^"
         );
         assert_eq!(err.span().map(|s| s.start_line), Some(2));
+        let whole = Error::at("", Span::default(), SyntaxError::NoInstructions);
+        assert_eq!(whole.to_string(), "dockerfile: file with no instructions");
+        assert_eq!(
+            whole.with_file("Dockerfile").to_string(),
+            "Dockerfile: file with no instructions"
+        );
     }
 }

@@ -333,10 +333,8 @@ impl<'a> Parser<'a> {
         }
 
         if nodes.is_empty() {
-            return Err(self.err(
-                Span::lines(current_line, current_line),
-                SyntaxError::NoInstructions,
-            ));
+            // Buildkit reports the last line; the whole file is what is wrong.
+            return Err(self.err(Span::default(), SyntaxError::NoInstructions));
         }
 
         Ok(Ast {
