@@ -87,12 +87,12 @@ enum Cmd {
         /// The file to serve.
         #[arg(long)]
         file: Option<PathBuf>,
-        /// Serve a plan of this many `RUN true` steps instead.
+        /// Serve a plan of this many `RUN true` steps instead (exits after the outcome).
         #[arg(long)]
         steps: Option<usize>,
-        /// Where to write the bound port.
+        /// Where to write the bound port (stdout when absent).
         #[arg(long)]
-        port_file: PathBuf,
+        port_file: Option<PathBuf>,
     },
     /// Bootstrap client: pulls the plan's single resource to `--out`.
     BootPull {
@@ -158,7 +158,7 @@ fn main() -> anyhow::Result<()> {
             port_file,
         } => {
             let pki = certs::Loaded::from_dir(&pki)?;
-            boot::serve(pki, file, steps, &port_file)
+            boot::serve(pki, file, steps, port_file.as_deref())
         }
         Cmd::BootPull {
             pki,
