@@ -198,9 +198,14 @@ pub struct BootstrapClient {
     options: Arc<ClientOptions>,
 }
 
-fn transient(code: Code) -> bool {
+/// Whether a failed call may succeed if repeated: transport trouble yes, a TLS refusal (the
+/// peer rejected our certificate, or we rejected its) or an application error no.
+fn transient(status: &tonic::Status) -> bool {
+    if tls_failure(status) {
+        return false;
+    }
     matches!(
-        code,
+        status.code(),
         Code::Unavailable
             | Code::Unknown
             | Code::Internal
@@ -208,6 +213,24 @@ fn transient(code: Code) -> bool {
             | Code::Aborted
             | Code::DeadlineExceeded
     )
+}
+
+/// A TLS error somewhere in the status' source chain (tokio-rustls reports TLS failures, alerts
+/// included, as `InvalidData` I/O errors).
+fn tls_failure(status: &tonic::Status) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(e) = cur {
+        if e.downcast_ref::<rustls::Error>().is_some() {
+            return true;
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::InvalidData
+        {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
 }
 
 /// Whether a connection error is worth retrying (refused, reset, timed out) rather than a TLS
@@ -328,7 +351,7 @@ impl BootstrapClient {
             attempt += 1;
             match call(self.grpc.clone(), req.clone()).await {
                 Ok(r) => return Ok(r.into_inner()),
-                Err(status) if attempt < attempts && transient(status.code()) => {
+                Err(status) if attempt < attempts && transient(&status) => {
                     let delay = self.options.backoff(attempt - 1);
                     debug!(rpc, attempt, ?delay, %status, "retrying");
                     tokio::time::sleep(delay).await;
@@ -401,7 +424,7 @@ impl BootstrapClient {
                 Err(e) => e,
             };
             let retry = match &err {
-                PullError::Status(s) => transient(s.code()),
+                PullError::Status(s) => transient(s),
                 PullError::Truncated => true,
                 PullError::Transfer(e) => matches!(
                     e,

@@ -864,7 +864,7 @@ async fn accept_loop(
         tokio::spawn(async move {
             let reason = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Err(_) => "tls handshake timed out".to_owned(),
-                Ok(Err(e)) => format!("tls handshake failed: {}", error_chain(&e)),
+                Ok(Err(e)) => format!("tls handshake failed: {}", handshake_reason(&e)),
                 Ok(Ok(tls)) => match check_client(&tls, &state.build_id) {
                     Ok(()) => {
                         info!(%peer, "guest connected");
@@ -881,6 +881,21 @@ async fn accept_loop(
             state.emit(Event::Rejected { peer, reason }).await;
         });
     }
+}
+
+/// The handshake error in words; a build id mismatch from `firebuild-pki`'s verifier is
+/// spelled out instead of rustls' debug rendering.
+fn handshake_reason(err: &std::io::Error) -> String {
+    let rustls_err = err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>());
+    if let Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other))) =
+        rustls_err
+        && let Some(mismatch) = other.0.downcast_ref::<firebuild_pki::BuildIdMismatch>()
+    {
+        return format!("invalid peer certificate: {mismatch}");
+    }
+    error_chain(err)
 }
 
 /// Defense in depth: whatever the rustls config, only this build's client certificate passes.
