@@ -227,6 +227,13 @@ struct StageSrc<'i> {
 
 struct LoadedContext {
     ignore: PatternMatcher,
+    /// The canonical context root.
+    root: PathBuf,
+    /// Resolved sources by (pattern, `--exclude` patterns): the context is read-only input, so
+    /// a source named by several steps is walked once.
+    sources: HashMap<(String, Vec<String>), Vec<Entry>>,
+    /// Whether a context file is an archive (ADD), by path.
+    archives: HashMap<String, bool>,
 }
 
 struct Resolver<'r> {
@@ -563,16 +570,23 @@ impl<'r> Resolver<'r> {
                     }
                 }
                 InstructionKind::Env(kvs) => {
-                    for kv in kvs {
+                    // All pairs of one ENV see the environment from before it, as Docker
+                    // documents (`ENV abc=bye def=$abc` gives def the previous abc).
+                    let mut pairs = Vec::with_capacity(kvs.len());
+                    {
                         let scope = Scope {
                             env: &state.env,
                             args: &args,
                         };
-                        let value = self.expand(&scope, &kv.value, ins)?;
-                        let key = self.expand(&scope, &kv.key, ins)?;
-                        if key.is_empty() {
-                            return Err(self.err(ins.span, "ENV names can not be blank"));
+                        for kv in kvs {
+                            let key = self.expand(&scope, &kv.key, ins)?;
+                            if key.is_empty() {
+                                return Err(self.err(ins.span, "ENV names can not be blank"));
+                            }
+                            pairs.push((key, self.expand(&scope, &kv.value, ins)?));
                         }
+                    }
+                    for (key, value) in pairs {
                         state.env.set(&key, value);
                     }
                 }
@@ -1011,7 +1025,25 @@ impl<'r> Resolver<'r> {
             }
             _ => PatternMatcher::default(),
         };
-        self.context = Some(LoadedContext { ignore });
+        let dir = self.req.context_dir;
+        let root = std::fs::canonicalize(dir)
+            .ok()
+            .filter(|r| r.is_dir())
+            .ok_or_else(|| {
+                self.err(
+                    span,
+                    format!(
+                        "build context {} is not a readable directory",
+                        dir.display()
+                    ),
+                )
+            })?;
+        self.context = Some(LoadedContext {
+            ignore,
+            root,
+            sources: HashMap::new(),
+            archives: HashMap::new(),
+        });
         Ok(())
     }
 
@@ -1059,26 +1091,29 @@ impl<'r> Resolver<'r> {
     }
 
     fn resolve_sources(
-        &self,
+        &mut self,
         span: Span,
         transfer: &mut PlanTransfer,
         p: &PendingTransfer,
     ) -> Result<(), Error> {
-        let Some(loaded) = &self.context else {
+        let Some(mut loaded) = self.context.take() else {
             return Ok(());
         };
+        let result = self.resolve_in(&mut loaded, span, transfer, p);
+        self.context = Some(loaded);
+        result
+    }
+
+    fn resolve_in(
+        &self,
+        loaded: &mut LoadedContext,
+        span: Span,
+        transfer: &mut PlanTransfer,
+        p: &PendingTransfer,
+    ) -> Result<(), Error> {
         let what = if p.is_add { "ADD" } else { "COPY" };
         let ignore = Ignore(&loaded.ignore);
-        let ctx = BuildContext::new(self.req.context_dir, &ignore, &GoGlob).map_err(|e| {
-            self.err(
-                span,
-                format!(
-                    "{what}: build context {}: {}",
-                    self.req.context_dir.display(),
-                    chain(&e)
-                ),
-            )
-        })?;
+        let ctx = BuildContext::with_canonical_root(loaded.root.clone(), &ignore, &GoGlob);
         let exclude_filter;
         let exclude: &dyn PathFilter = match &p.exclude {
             Some(m) => {
@@ -1093,9 +1128,17 @@ impl<'r> Resolver<'r> {
         let mut top_level = 0usize;
         for source in &transfer.sources {
             if let Source::Path { pattern, .. } = source {
-                let entries = ctx
-                    .resolve(pattern, exclude)
-                    .map_err(|e| self.err(span, format!("{what} failed: {}", chain(&e))))?;
+                let key = (pattern.clone(), transfer.exclude.clone());
+                let entries = match loaded.sources.get(&key) {
+                    Some(e) => e.clone(),
+                    None => {
+                        let e = ctx
+                            .resolve(pattern, exclude)
+                            .map_err(|e| self.err(span, format!("{what} failed: {}", chain(&e))))?;
+                        loaded.sources.insert(key, e.clone());
+                        e
+                    }
+                };
                 top_level += entries.iter().filter(|e| e.within.is_none()).count();
                 resolved.push(entries);
             }
@@ -1133,10 +1176,17 @@ impl<'r> Resolver<'r> {
                                 dest_base.to_owned()
                             }
                         } else if p.is_add && entry.kind == ResourceKind::File && {
-                            let head = ctx.read_head(&entry.path, 512).map_err(|e| {
-                                self.err(span, format!("{what} failed: {}", chain(&e)))
-                            })?;
-                            context::archive_kind(&head).is_some()
+                            match loaded.archives.get(&entry.path) {
+                                Some(&is) => is,
+                                None => {
+                                    let head = ctx.read_head(&entry.path, 512).map_err(|e| {
+                                        self.err(span, format!("{what} failed: {}", chain(&e)))
+                                    })?;
+                                    let is = context::archive_kind(&head).is_some();
+                                    loaded.archives.insert(entry.path.clone(), is);
+                                    is
+                                }
+                            }
                         } {
                             extract = true;
                             if dest_base.is_empty() {

@@ -206,6 +206,27 @@ fn arg_env_interplay_and_unused_build_arg_warning() {
 }
 
 #[test]
+fn one_env_instruction_sees_the_environment_from_before_it() {
+    let ctx = context(&[]);
+    // The example of Docker's ENV documentation.
+    let p = resolve(
+        "FROM alpine\nENV abc=hello\nENV abc=bye def=$abc\nENV ghi=$abc\nRUN env\n",
+        ctx.path(),
+    );
+    let run = &p.stages[0].steps[0];
+    assert_eq!(env(run, "def").as_deref(), Some("hello"));
+    assert_eq!(env(run, "ghi").as_deref(), Some("bye"));
+    assert_eq!(
+        p.stages[0].config.env,
+        [
+            EnvVar::new("abc", "bye"),
+            EnvVar::new("def", "hello"),
+            EnvVar::new("ghi", "bye")
+        ]
+    );
+}
+
+#[test]
 fn workdir_user_env_and_shell_inherit_from_a_stage_base() {
     let ctx = context(&[]);
     let p = resolve(
