@@ -93,7 +93,7 @@ fn check_reports_unknown_instructions_with_a_caret() {
     let err = String::from_utf8(out.stderr).unwrap();
     assert_eq!(
         err,
-        "error: <stdin>:2:1: unknown instruction: RUNN\n    2 | RUNN make\n      | ^^^^\n"
+        "error: <stdin>:2:1: unknown instruction: RUNN (did you mean RUN?)\n    2 | RUNN make\n      | ^^^^\n"
     );
     let out = host(&["parse"], "FROM a\nRUNN make\n");
     assert!(

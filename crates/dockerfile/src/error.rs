@@ -81,15 +81,22 @@ pub enum SyntaxError {
     #[error("unterminated heredoc {0:?}")]
     UnterminatedHeredoc(String),
     /// An instruction keyword buildkit does not know.
-    #[error("unknown instruction: {0}")]
-    UnknownInstruction(String),
+    #[error("unknown instruction: {name}{}", did_you_mean(.suggestion))]
+    UnknownInstruction {
+        /// The keyword as written.
+        name: String,
+        /// The closest known instruction, when one is close (buildkit's suggestion).
+        suggestion: Option<String>,
+    },
     /// A `--flag` the instruction does not take.
-    #[error("unknown flag: {flag} (not valid for {instruction})")]
+    #[error("unknown flag: {flag} for {instruction}{}", did_you_mean(.suggestion))]
     UnknownFlag {
         /// The instruction, upper case.
         instruction: String,
         /// The flag name without dashes.
         flag: String,
+        /// The closest flag the instruction takes, when one is close.
+        suggestion: Option<String>,
     },
     /// A non-repeatable flag given twice.
     #[error("duplicate flag specified: {0}")]
@@ -164,6 +171,56 @@ pub enum SyntaxError {
     /// Any other problem (used by plan resolution for its own span errors).
     #[error("{0}")]
     Other(String),
+}
+
+fn did_you_mean(suggestion: &Option<String>) -> String {
+    match suggestion {
+        Some(s) => format!(" (did you mean {s}?)"),
+        None => String::new(),
+    }
+}
+
+/// The option closest to `value` by edit distance, if within 2 edits (buildkit's
+/// `suggest.Search`).
+pub(crate) fn suggest<'a>(
+    value: &str,
+    options: &[&'a str],
+    case_sensitive: bool,
+) -> Option<&'a str> {
+    if value.is_empty() {
+        return None;
+    }
+    let norm = |s: &str| {
+        if case_sensitive {
+            s.to_owned()
+        } else {
+            s.to_lowercase()
+        }
+    };
+    let value = norm(value);
+    let mut best: Option<(usize, &'a str)> = None;
+    for opt in options {
+        let d = levenshtein(&value, &norm(opt));
+        if d < 3 && best.is_none_or(|(bd, _)| d < bd) {
+            best = Some((d, opt));
+        }
+    }
+    best.map(|(_, o)| o)
+}
+
+fn levenshtein(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = Vec::with_capacity(b.len() + 1);
+        cur.push(i + 1);
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
 }
 
 /// Errors of `firebuild-dockerfile`.
@@ -312,6 +369,16 @@ mod tests {
     }
 
     #[test]
+    fn suggestions_are_within_two_edits() {
+        let names = ["RUN", "COPY", "ENTRYPOINT"];
+        assert_eq!(suggest("RUNN", &names, false), Some("RUN"));
+        assert_eq!(suggest("cpy", &names, false), Some("COPY"));
+        assert_eq!(suggest("ENTRYPOIN", &names, false), Some("ENTRYPOINT"));
+        assert_eq!(suggest("FOOBAR", &names, false), None);
+        assert_eq!(suggest("run", &names, true), None);
+    }
+
+    #[test]
     fn snippet_puts_carets_under_the_span() {
         let src = "FROM a\n  RUNN make\n";
         let s = render_snippet(src, span(2, 3, 2, 7));
@@ -334,12 +401,15 @@ mod tests {
         let err = Error::at(
             "FROM a\nRUNN x\n",
             span(2, 1, 2, 5),
-            SyntaxError::UnknownInstruction("RUNN".into()),
+            SyntaxError::UnknownInstruction {
+                name: "RUNN".into(),
+                suggestion: Some("RUN".into()),
+            },
         )
         .with_file("Dockerfile");
         assert_eq!(
             err.to_string(),
-            "Dockerfile:2:1: unknown instruction: RUNN\n    2 | RUNN x\n      | ^^^^"
+            "Dockerfile:2:1: unknown instruction: RUNN (did you mean RUN?)\n    2 | RUNN x\n      | ^^^^"
         );
         assert_eq!(err.span().map(|s| s.start_line), Some(2));
         let whole = Error::at("", Span::default(), SyntaxError::NoInstructions);

@@ -9,7 +9,7 @@ use std::time::Duration;
 use firebuild_plan::{Command, Network, Span};
 
 use crate::ast::{Ast, Heredoc, Node};
-use crate::error::{Error, SyntaxError};
+use crate::error::{Error, SyntaxError, suggest};
 use crate::parser::parse_heredoc_word;
 
 /// One typed instruction with where it came from.
@@ -411,11 +411,13 @@ impl Builder<'_> {
                 None => (arg, None),
             };
             let Some(&(def_name, kind)) = defs.iter().find(|(n, _)| *n == name) else {
+                let names: Vec<&str> = defs.iter().map(|(n, _)| *n).collect();
                 return Err(self.err_at(
                     raw,
                     SyntaxError::UnknownFlag {
                         instruction: self.name(),
                         flag: name.to_owned(),
+                        suggestion: suggest(name, &names, true).map(|s| format!("--{s}")),
                     },
                 ));
             };
@@ -562,7 +564,10 @@ impl Builder<'_> {
             _ => {
                 return Err(self.err_at(
                     &node.keyword,
-                    SyntaxError::UnknownInstruction(node.keyword.clone()),
+                    SyntaxError::UnknownInstruction {
+                        name: node.keyword.clone(),
+                        suggestion: suggest(&node.keyword, INSTRUCTIONS, false).map(str::to_owned),
+                    },
                 ));
             }
         };
@@ -892,6 +897,28 @@ impl Builder<'_> {
     }
 }
 
+/// Every instruction buildkit knows, for suggestions.
+const INSTRUCTIONS: &[&str] = &[
+    "ADD",
+    "ARG",
+    "CMD",
+    "COPY",
+    "ENTRYPOINT",
+    "ENV",
+    "EXPOSE",
+    "FROM",
+    "HEALTHCHECK",
+    "LABEL",
+    "MAINTAINER",
+    "ONBUILD",
+    "RUN",
+    "SHELL",
+    "STOPSIGNAL",
+    "USER",
+    "VOLUME",
+    "WORKDIR",
+];
+
 /// `(?i)^\s*ONBUILD\s*` removed.
 fn strip_onbuild_keyword(original: &str) -> &str {
     let t = original.trim_start_matches([' ', '\t', '\n', '\r', '\u{0c}']);
@@ -1144,13 +1171,16 @@ mod tests {
         let err = fail("FROM a\n  RUNN make\n");
         assert_eq!(
             err.kind(),
-            Some(&SyntaxError::UnknownInstruction("RUNN".into()))
+            Some(&SyntaxError::UnknownInstruction {
+                name: "RUNN".into(),
+                suggestion: Some("RUN".into())
+            })
         );
         let span = err.span().unwrap();
         assert_eq!((span.start_line, span.start_col, span.end_col), (2, 3, 7));
         let text = err.with_file("Dockerfile").to_string();
         assert!(
-            text.starts_with("Dockerfile:2:3: unknown instruction: RUNN\n"),
+            text.starts_with("Dockerfile:2:3: unknown instruction: RUNN (did you mean RUN?)\n"),
             "{text}"
         );
         assert!(text.ends_with("  ^^^^"), "{text}");
@@ -1163,7 +1193,8 @@ mod tests {
             err.kind(),
             Some(&SyntaxError::UnknownFlag {
                 instruction: "COPY".into(),
-                flag: "frm".into()
+                flag: "frm".into(),
+                suggestion: Some("--from".into()),
             })
         );
         assert_eq!(err.span().unwrap().start_col, 16);
