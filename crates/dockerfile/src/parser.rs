@@ -936,6 +936,37 @@ mod tests {
     }
 
     #[test]
+    fn words_split_like_buildkit() {
+        // buildkit's TestParseWords.
+        let cases: &[(&str, &[&str])] = &[
+            ("foo", &["foo"]),
+            ("foo bar", &["foo", "bar"]),
+            ("foo\\ bar", &["foo\\ bar"]),
+            ("foo=bar", &["foo=bar"]),
+            ("foo bar 'abc xyz'", &["foo", "bar", "'abc xyz'"]),
+            ("foo bar \"abc xyz\"", &["foo", "bar", "\"abc xyz\""]),
+            ("àöû", &["àöû"]),
+            ("föo bàr \"âbc xÿz\"", &["föo", "bàr", "\"âbc xÿz\""]),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(parse_words(input, '\\'), *expected, "{input}");
+        }
+    }
+
+    #[test]
+    fn overlong_lines_fail_like_buildkit_scanner() {
+        // buildkit's TestParseReturnsScannerErrors.
+        let src = format!("\n\t\tFROM image\n\t\tLABEL test={}\n", "a".repeat(65536));
+        let err = parse(&src).unwrap_err();
+        assert_eq!(
+            err.kind().map(ToString::to_string).as_deref(),
+            Some("dockerfile line greater than max allowed size of 65535")
+        );
+        let ok = format!("FROM a\nLABEL t={}\n", "a".repeat(MAX_LINE_BYTES - 8));
+        assert!(parse(&ok).is_ok());
+    }
+
+    #[test]
     fn flags_are_split_from_arguments() {
         let n = node("COPY --from=\"a b\" --link -- --x y\n");
         assert_eq!(n.flags, ["--from=a b", "--link"]);
