@@ -22,9 +22,49 @@
 //! Hashing each file's content separately costs nothing extra (content is hashed once) and makes
 //! the plain content SHA-256 of a single-file resource available for `ADD --checksum`.
 
-use sha2::{Digest, Sha256};
-
 use crate::frame::{EntryKind, Header};
+
+/// SHA-256 behind one small interface: aws-lc when the `aws-lc` feature is on, `sha2` otherwise.
+#[cfg(feature = "aws-lc")]
+#[derive(Clone)]
+struct Sha256(aws_lc_rs::digest::Context);
+
+#[cfg(feature = "aws-lc")]
+impl Sha256 {
+    fn new() -> Self {
+        Sha256(aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256))
+    }
+
+    fn update(&mut self, data: impl AsRef<[u8]>) {
+        self.0.update(data.as_ref());
+    }
+
+    fn finalize(self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        out.copy_from_slice(self.0.finish().as_ref());
+        out
+    }
+}
+
+/// SHA-256 behind one small interface: aws-lc when the `aws-lc` feature is on, `sha2` otherwise.
+#[cfg(not(feature = "aws-lc"))]
+#[derive(Clone)]
+struct Sha256(sha2::Sha256);
+
+#[cfg(not(feature = "aws-lc"))]
+impl Sha256 {
+    fn new() -> Self {
+        Sha256(<sha2::Sha256 as sha2::Digest>::new())
+    }
+
+    fn update(&mut self, data: impl AsRef<[u8]>) {
+        sha2::Digest::update(&mut self.0, data.as_ref());
+    }
+
+    fn finalize(self) -> [u8; 32] {
+        sha2::Digest::finalize(self.0).into()
+    }
+}
 
 const DOMAIN: &[u8] = b"firebuild-transfer/1\n";
 
@@ -92,7 +132,7 @@ impl ResourceDigest {
 
     /// Closes the current file and returns its plain content SHA-256.
     pub fn end_file(&mut self) -> [u8; 32] {
-        let sum: [u8; 32] = std::mem::take(&mut self.content).finalize().into();
+        let sum = std::mem::replace(&mut self.content, Sha256::new()).finalize();
         self.outer.update(sum);
         self.in_file = false;
         sum
@@ -102,7 +142,7 @@ impl ResourceDigest {
     pub fn finish(self) -> [u8; 32] {
         let mut o = self.outer;
         o.update(self.entries.to_le_bytes());
-        o.finalize().into()
+        o.finalize()
     }
 }
 
@@ -112,7 +152,9 @@ fn len32(n: usize) -> u32 {
 
 /// Plain SHA-256 of a byte slice, handy to compare with [`crate::Outcome::file_sha256`].
 pub fn sha256(data: &[u8]) -> [u8; 32] {
-    Sha256::digest(data).into()
+    let mut h = Sha256::new();
+    h.update(data);
+    h.finalize()
 }
 
 #[cfg(test)]
@@ -132,6 +174,18 @@ mod tests {
             mtime_nanos: 2,
             link_target: String::new(),
         }
+    }
+
+    #[test]
+    fn sha256_known_answer() {
+        assert_eq!(
+            hex::encode(sha256(b"abc")),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(
+            hex::encode(sha256(b"")),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
     }
 
     #[test]
