@@ -1455,6 +1455,65 @@ mod tests {
         ));
     }
 
+    /// Ports of buildkit's `instructions/parse_test.go` error tests.
+    #[test]
+    fn buildkit_error_cases() {
+        for cmd in ["MAINTAINER", "WORKDIR", "USER", "STOPSIGNAL"] {
+            assert_eq!(
+                fail(cmd).to_string().lines().next().unwrap(),
+                format!("line 1:1: {cmd} requires exactly one argument")
+            );
+        }
+        for cmd in ["ENV", "LABEL", "ONBUILD", "HEALTHCHECK", "EXPOSE", "VOLUME"] {
+            assert_eq!(
+                fail(cmd).kind(),
+                Some(&SyntaxError::AtLeastOneArgument(cmd.into())),
+                "{cmd}"
+            );
+        }
+        for cmd in ["ADD", "COPY"] {
+            assert_eq!(
+                fail(&format!("{cmd} arg1")).kind(),
+                Some(&SyntaxError::NoDestination(cmd.into()))
+            );
+        }
+        let cases = [
+            (
+                "COPY\t\n\t\tquux \\\n      bar",
+                "COPY requires at least two arguments",
+            ),
+            (
+                "ONBUILD FROM scratch",
+                "FROM isn't allowed as an ONBUILD trigger",
+            ),
+            ("MAINTAINER --boo joe@example.com", "unknown flag: boo"),
+            (
+                "ONBUILD ONBUILD RUN touch foobar",
+                "chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed",
+            ),
+            ("FOO bar", "unknown instruction: FOO"),
+            ("foo bar", "unknown instruction: foo"),
+            (
+                "HEALTHCHECK --interval=50ns CMD true",
+                "cannot be less than 1ms",
+            ),
+        ];
+        for (src, want) in cases {
+            let text = fail(src).to_string();
+            assert!(text.contains(want), "{src:?}: {text}");
+        }
+        assert!(matches!(
+            one("HEALTHCHECK --interval=1ms CMD true"),
+            InstructionKind::Healthcheck(Healthcheck::Cmd { interval: Some(d), .. }) if d == Duration::from_millis(1)
+        ));
+        let InstructionKind::Healthcheck(Healthcheck::Cmd { command, .. }) =
+            one("HEALTHCHECK CMD hello world")
+        else {
+            panic!()
+        };
+        assert_eq!(command, Command::Shell("hello world".into()));
+    }
+
     #[test]
     fn go_durations_parse_like_go() {
         assert_eq!(parse_go_duration("0"), Ok(0));
