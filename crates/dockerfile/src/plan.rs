@@ -24,6 +24,31 @@
 //!
 //! Every error carries the file name, line:col and a caret snippet of the instruction. The
 //! context directory is only read; nothing touches the network or spawns.
+//!
+//! ```
+//! use std::path::Path;
+//! use firebuild_dockerfile::{PlanRequest, plan};
+//! use firebuild_plan::{Base, StepKind};
+//!
+//! let dockerfile = "ARG TAG=12\nFROM debian:${TAG} AS base\nENV APP=/srv\nWORKDIR $APP\n\
+//!                   RUN make\nFROM base\nUSER app\nRUN ./serve\n";
+//! let args = [("TAG".to_owned(), "13".to_owned())];
+//! let req = PlanRequest {
+//!     build_args: &args,
+//!     ..PlanRequest::new("Dockerfile", dockerfile, Path::new("."))
+//! };
+//! let built = plan(&req).unwrap();
+//! assert_eq!(built.stages[0].base, Base::Image { reference: "debian:13".into() });
+//! let (_, last) = built.steps().last().unwrap();
+//! assert!(matches!(last.kind, StepKind::Run(_)));
+//! assert_eq!(last.context.workdir, "/srv");
+//! assert_eq!(last.context.user.as_deref(), Some("app"));
+//! assert_eq!(last.span.start_line, 8);
+//!
+//! let err = plan(&PlanRequest::new("Dockerfile", "FROM a\nCOPY ../x /\n", Path::new(".")))
+//!     .unwrap_err();
+//! assert!(err.to_string().starts_with("Dockerfile:2:1: COPY failed: source path \"../x\""));
+//! ```
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
