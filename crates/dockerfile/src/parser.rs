@@ -718,7 +718,8 @@ fn parse_json(rest: &str) -> JsonOutcome {
     if !rest.starts_with('[') {
         return JsonOutcome::NotJson;
     }
-    let Ok(values) = serde_json::from_str::<Vec<serde_json::Value>>(rest) else {
+    let fixed = replace_lone_surrogates(rest);
+    let Ok(values) = serde_json::from_str::<Vec<serde_json::Value>>(&fixed) else {
         return JsonOutcome::NotJson;
     };
     let mut out = Vec::with_capacity(values.len());
@@ -729,6 +730,72 @@ fn parse_json(rest: &str) -> JsonOutcome {
         }
     }
     JsonOutcome::Array(out)
+}
+
+/// Go's JSON decoder turns an unpaired `\uD800`-`\uDFFF` escape into U+FFFD where
+/// `serde_json` fails: rewrite those escapes to `\ufffd` first (only inside strings).
+fn replace_lone_surrogates(json: &str) -> std::borrow::Cow<'_, str> {
+    if !json.contains("\\u") {
+        return std::borrow::Cow::Borrowed(json);
+    }
+    let hex = |s: &str| -> Option<u32> {
+        let digits = s.get(2..6)?;
+        if s.starts_with("\\u") && digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+            u32::from_str_radix(digits, 16).ok()
+        } else {
+            None
+        }
+    };
+    let mut out = String::with_capacity(json.len());
+    let mut in_string = false;
+    let mut i = 0;
+    while i < json.len() {
+        let rest = &json[i..];
+        let Some(c) = rest.chars().next() else { break };
+        if !in_string {
+            in_string = c == '"';
+            out.push(c);
+            i += c.len_utf8();
+            continue;
+        }
+        match c {
+            '"' => {
+                in_string = false;
+                out.push(c);
+                i += 1;
+            }
+            '\\' => match hex(rest) {
+                Some(0xD800..=0xDBFF) => match hex(&rest[6..]) {
+                    Some(0xDC00..=0xDFFF) => {
+                        out.push_str(&rest[..12]);
+                        i += 12;
+                    }
+                    _ => {
+                        out.push_str("\\ufffd");
+                        i += 6;
+                    }
+                },
+                Some(0xDC00..=0xDFFF) => {
+                    out.push_str("\\ufffd");
+                    i += 6;
+                }
+                _ => {
+                    // Any other escape: copy the backslash and the escaped character.
+                    out.push('\\');
+                    i += 1;
+                    if let Some(next) = json[i..].chars().next() {
+                        out.push(next);
+                        i += next.len_utf8();
+                    }
+                }
+            },
+            _ => {
+                out.push(c);
+                i += c.len_utf8();
+            }
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 fn parse_maybe_json(rest: &str) -> LineResult<Parsed> {
@@ -1012,6 +1079,15 @@ mod tests {
         assert!(parse_heredoc_word("<<").is_none());
         assert!(parse_heredoc_word("a<<EOF").is_none());
         assert!(parse_heredoc_word("<<<EOF").is_none());
+    }
+
+    #[test]
+    fn unpaired_surrogates_decode_to_replacement_like_go() {
+        let n = node("CMD [\"a\\ud800b\", \"\\udc00\", \"\\ud83d\\ude00\", \"\\ud800\\u0041\"]\n");
+        assert!(n.json);
+        assert_eq!(n.args, ["a\u{fffd}b", "\u{fffd}", "😀", "\u{fffd}A"]);
+        let n = node("CMD [\"\\\\ud800\"]\n");
+        assert_eq!(n.args, ["\\ud800"]);
     }
 
     #[test]
