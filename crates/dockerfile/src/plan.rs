@@ -211,6 +211,8 @@ struct Inherit {
     shell: Vec<String>,
     shell_changed: bool,
     config: ImageConfig,
+    /// `ONBUILD` triggers, typed: run at the start of a stage built `FROM` this one.
+    triggers: Vec<Instruction>,
 }
 
 impl Default for Inherit {
@@ -222,6 +224,7 @@ impl Default for Inherit {
             shell: default_shell(),
             shell_changed: false,
             config: ImageConfig::default(),
+            triggers: Vec::new(),
         }
     }
 }
@@ -561,8 +564,12 @@ impl<'r> Resolver<'r> {
         let mut steps: Vec<Step> = Vec::new();
         let mut pending: Vec<PendingTransfer> = Vec::new();
         let mut cmd_set = false;
+        // A stage built FROM another runs that stage's ONBUILD triggers first, and does not
+        // pass them on (as buildkit does with a base image's triggers).
+        let triggers = std::mem::take(&mut state.triggers);
+        state.config.onbuild.clear();
 
-        for ins in src.body {
+        for ins in triggers.iter().chain(src.body) {
             let ctx = |state: &Inherit, args: &Vars| StepContext {
                 env: state.env.list.clone(),
                 args: args.list.clone(),
@@ -747,6 +754,7 @@ impl<'r> Resolver<'r> {
                 }
                 InstructionKind::Onbuild(ob) => {
                     state.config.onbuild.push(ob.expression.clone());
+                    state.triggers.push((*ob.trigger).clone());
                 }
                 InstructionKind::Maintainer(_) => {}
                 InstructionKind::Run(run) => {

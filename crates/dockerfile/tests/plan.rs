@@ -572,6 +572,27 @@ fn image_config_is_collected() {
 }
 
 #[test]
+fn onbuild_triggers_run_in_a_stage_built_from_the_stage() {
+    let ctx = context(&[]);
+    let p = resolve(
+        "FROM alpine AS base\nONBUILD RUN echo triggered\nRUN first\nFROM base\nRUN second\n",
+        ctx.path(),
+    );
+    assert_eq!(p.stages[0].config.onbuild, ["RUN echo triggered"]);
+    let child = &p.stages[1];
+    let cmds: Vec<&str> = child.steps.iter().map(shell).collect();
+    assert_eq!(cmds, ["echo triggered", "second"]);
+    assert_eq!(
+        child.steps[0].span.start_line, 2,
+        "the trigger keeps its ONBUILD line"
+    );
+    assert!(
+        child.config.onbuild.is_empty(),
+        "triggers are not passed on"
+    );
+}
+
+#[test]
 fn copy_heredoc_is_expanded_unless_quoted() {
     let ctx = context(&[]);
     let p = resolve(
