@@ -82,6 +82,28 @@ fn main() {
         "reassemble+write",
         mbps(size, both_cpu.saturating_sub(enc_cpu) as f64 / 1e9)
     );
+
+    // Sender and receiver on two threads (as on two machines), 4 frames in flight.
+    let t = Instant::now();
+    let dst2 = dir.path().join("dst2.bin");
+    let (tx, frames) = std::sync::mpsc::sync_channel(4);
+    let src2 = src.clone();
+    let sender = std::thread::spawn(move || {
+        for f in ResourceEncoder::new(&src2, planner).unwrap() {
+            tx.send(f.unwrap()).unwrap();
+        }
+    });
+    let mut rx = Reassembler::new(DirSink::new(&dst2).ownership(Ownership::Never));
+    for f in frames {
+        rx.push(f).unwrap();
+    }
+    assert_eq!(rx.finish().unwrap().digest, out.digest);
+    sender.join().unwrap();
+    println!(
+        "{:<26} {:6.0} MB/s wall",
+        "pipelined, 2 threads",
+        mbps(size, t.elapsed().as_secs_f64())
+    );
     assert_eq!(std::fs::metadata(&dst).unwrap().len(), size);
     println!(
         "({mib} MiB, {} chunks of {} KiB)",

@@ -215,6 +215,21 @@ impl ResourceEncoder {
                 }
             }
             if done {
+                // A file rewritten or grown while being read would arrive torn: refuse it.
+                let now = reading.file.metadata().map_err(|source| Error::Source {
+                    path: entry.source.clone(),
+                    source,
+                })?;
+                if now.len() != reading.size
+                    || (now.mtime(), now.mtime_nsec())
+                        != (entry.header.mtime_secs, i64::from(entry.header.mtime_nanos))
+                {
+                    return Err(Error::SourceChanged {
+                        path: entry.source.clone(),
+                        expected: reading.size,
+                        found: now.len(),
+                    });
+                }
                 self.reading = None;
             }
             return Ok(Some(Frame::Chunk(Chunk::new(index, offset, buf))));
@@ -597,6 +612,33 @@ mod tests {
             "{err}"
         );
         assert!(enc.next().is_none());
+    }
+
+    #[test]
+    fn file_rewritten_during_send_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("f");
+        fs::write(&f, vec![1u8; 20]).unwrap();
+        let mut enc = ResourceEncoder::new(&f, ChunkPlanner::fixed(10).unwrap()).unwrap();
+        assert!(matches!(enc.next_frame().unwrap(), Some(Frame::Header(_))));
+        assert!(matches!(enc.next_frame().unwrap(), Some(Frame::Chunk(_))));
+        // Same size, new content and mtime: the last chunk is refused.
+        let t = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
+        let file = fs::OpenOptions::new().write(true).open(&f).unwrap();
+        std::io::Write::write_all(&mut &file, &[2u8; 20]).unwrap();
+        file.set_modified(t).unwrap();
+        let err = enc.next_frame().unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::SourceChanged {
+                    expected: 20,
+                    found: 20,
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]

@@ -81,7 +81,8 @@ struct OpenFile {
 #[derive(Debug)]
 pub struct DirSink {
     root: PathBuf,
-    chown: bool,
+    /// Whether owners are applied; `None` until known (see [`Ownership::IfRoot`]).
+    chown: Option<bool>,
     set_mtime: bool,
     placed_dirs: HashSet<String>,
     open: Option<OpenFile>,
@@ -120,13 +121,25 @@ impl DirSink {
         &self.root
     }
 
-    fn ownership_active(o: Ownership) -> bool {
+    fn ownership_active(o: Ownership) -> Option<bool> {
         match o {
-            Ownership::Always => true,
-            Ownership::Never => false,
-            // /proc/self belongs to the process's effective uid.
-            Ownership::IfRoot => fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0),
+            Ownership::Always => Some(true),
+            Ownership::Never => Some(false),
+            // /proc/self belongs to the process's effective uid. Without /proc (early boot), the
+            // owner of the first file this sink creates tells (see `chown_for`).
+            Ownership::IfRoot => fs::metadata("/proc/self").ok().map(|m| m.uid() == 0),
         }
+    }
+
+    /// Whether to apply owners, deciding from `created` (a file this sink just created) if
+    /// still unknown.
+    fn chown_for(&mut self, created: &Path) -> io::Result<bool> {
+        if let Some(c) = self.chown {
+            return Ok(c);
+        }
+        let root = fs::symlink_metadata(created)?.uid() == 0;
+        self.chown = Some(root);
+        Ok(root)
     }
 
     fn target(&self, h: &Header) -> io::Result<PathBuf> {
@@ -213,9 +226,13 @@ impl DirSink {
             EntryKind::Symlink => {
                 let tmp = self.tmp_name(&target)?;
                 std::os::unix::fs::symlink(&h.link_target, &tmp)?;
-                if self.chown
-                    && let Err(e) = std::os::unix::fs::lchown(&tmp, Some(h.uid), Some(h.gid))
-                {
+                let chown = self.chown_for(&tmp);
+                if let Err(e) = chown.and_then(|c| {
+                    if c {
+                        std::os::unix::fs::lchown(&tmp, Some(h.uid), Some(h.gid))?;
+                    }
+                    Ok(())
+                }) {
                     let _ = fs::remove_file(&tmp);
                     return Err(e);
                 }
@@ -230,8 +247,9 @@ impl DirSink {
 
     fn close(&mut self, f: OpenFile) -> io::Result<()> {
         let h = &f.header;
+        let chown = self.chown_for(&f.tmp);
         let r = (|| {
-            if self.chown {
+            if chown? {
                 std::os::unix::fs::fchown(&f.file, Some(h.uid), Some(h.gid))?;
             }
             f.file.set_permissions(Permissions::from_mode(h.mode))?;
@@ -271,7 +289,7 @@ impl Sink for DirSink {
 
     fn finish(&mut self) -> io::Result<()> {
         for (dir, h) in std::mem::take(&mut self.dirs).into_iter().rev() {
-            if self.chown {
+            if self.chown_for(&dir)? {
                 std::os::unix::fs::chown(&dir, Some(h.uid), Some(h.gid))?;
             }
             if self.set_mtime {
