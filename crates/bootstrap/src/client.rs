@@ -367,6 +367,12 @@ impl BootstrapClient {
         }
     }
 
+    /// The generated gRPC client on the same connection, for calls this API does not wrap. The
+    /// server's guards apply as usual.
+    pub fn grpc(&self) -> GrpcClient<Channel> {
+        self.grpc.clone()
+    }
+
     /// Fetches the plan. Must be the first call.
     pub async fn commands(&self) -> Result<Commands, ClientError> {
         let req = pb::CommandsRequest {
