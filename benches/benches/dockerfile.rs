@@ -51,7 +51,7 @@ fn generated() -> String {
             "ENV HOME_{i}=/opt/s{i} \\\n    PATH=/opt/s{i}/bin:/usr/bin:/bin"
         );
         let _ = writeln!(d, "WORKDIR $HOME_{i}\nWORKDIR src");
-        for j in 0..10 {
+        for j in 0..15 {
             let _ = writeln!(d, "ENV K{j}=\"${{N{i}}}-{j}\" L{j}=${{K{j}:-unset}}/x");
             let _ = writeln!(
                 d,
