@@ -89,6 +89,12 @@ pub enum ContextError {
 pub trait PathFilter {
     /// Whether `rel` (relative to the filter's root, `/`-separated, no leading `/`) is excluded.
     fn excluded(&self, rel: &str) -> bool;
+
+    /// Whether a path under an excluded directory can be included again (`!pattern`). When
+    /// not, an excluded directory is not walked at all.
+    fn has_exceptions(&self) -> bool {
+        true
+    }
 }
 
 /// A filter that excludes nothing.
@@ -97,6 +103,10 @@ pub struct NoFilter;
 
 impl PathFilter for NoFilter {
     fn excluded(&self, _rel: &str) -> bool {
+        false
+    }
+
+    fn has_exceptions(&self) -> bool {
         false
     }
 }
@@ -541,7 +551,9 @@ impl<'a> BuildContext<'a> {
             let path = join_rel(dir, &name);
             let rel = join_rel(within, &name);
             let kind = kind_of(ft);
-            let ignored = self.ignore.excluded(&path) || exclude.excluded(&rel);
+            let by_ignore = self.ignore.excluded(&path);
+            let by_exclude = exclude.excluded(&rel);
+            let ignored = by_ignore || by_exclude;
             if !ignored {
                 out.push(Entry {
                     matched: path.clone(),
@@ -555,8 +567,10 @@ impl<'a> BuildContext<'a> {
                     });
                 }
             }
-            // An ignored directory is still walked: a later `!pattern` may re-include a child.
-            if kind == ResourceKind::Dir {
+            // An ignored directory is still walked when a `!pattern` may re-include a child.
+            let prune = (by_ignore && !self.ignore.has_exceptions())
+                || (by_exclude && !exclude.has_exceptions());
+            if kind == ResourceKind::Dir && !prune {
                 self.walk(pattern, &path, &rel, depth + 1, exclude, out)?;
             }
         }

@@ -189,6 +189,10 @@ impl PathFilter for Ignore<'_> {
     fn excluded(&self, rel: &str) -> bool {
         self.0.matches(rel)
     }
+
+    fn has_exceptions(&self) -> bool {
+        self.0.exclusions()
+    }
 }
 
 /// A COPY/ADD whose context sources still need resolving.

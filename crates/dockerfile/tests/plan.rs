@@ -294,6 +294,22 @@ fn dockerignore_and_exclude_filter_sources() {
 }
 
 #[test]
+fn dockerignore_exception_reincludes_a_file_under_an_ignored_directory() {
+    let ctx = context(&[
+        ("cache/big.bin", "x"),
+        ("cache/keep.txt", "k"),
+        ("cache/sub/deep.txt", "d"),
+        (".dockerignore", "cache\n!cache/keep.txt\n"),
+    ]);
+    let p = resolve("FROM scratch\nCOPY . /ctx/\n", ctx.path());
+    let paths: Vec<String> = targets(&p.stages[0].steps[0])
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
+    assert_eq!(paths, [".", ".dockerignore", "cache/keep.txt"]);
+}
+
+#[test]
 fn globbed_sources_land_in_the_destination_directory() {
     let ctx = context(&[
         ("a.txt", "a"),
