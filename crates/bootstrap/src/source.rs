@@ -406,6 +406,27 @@ mod tests {
     }
 
     #[test]
+    fn stage_outputs_resolve_under_their_registered_directory() {
+        let out = tempfile::tempdir().unwrap();
+        std::fs::write(out.path().join("app.bin"), b"x").unwrap();
+        let mut p = plan(vec![("st:app", "app.bin")], None);
+        if let StepKind::Add(t) = &mut p.stages[0].steps[0].kind {
+            t.origin = Origin::Stage { index: 0 };
+        }
+        // Not registered yet: unknown.
+        let src = DirSource::new(&p, "/nonexistent");
+        assert!(matches!(
+            src.resolve("st:app"),
+            Err(SourceError::NotFound { .. })
+        ));
+        let src = DirSource::new(&p, "/nonexistent").stage_output(0, out.path());
+        assert_eq!(
+            src.resolve("st:app").unwrap().path,
+            out.path().canonicalize().unwrap().join("app.bin")
+        );
+    }
+
+    #[test]
     fn url_files_are_checked_against_their_checksum() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("dl");

@@ -305,13 +305,14 @@ async fn silent_guest_ends_the_build_with_heartbeat_lost() {
 async fn heartbeats_keep_the_build_alive_and_abort_is_reported() {
     let ctx = context(16);
     let mut h = start(plan(&[]), ctx.path(), |b| {
-        b.heartbeat_timeout(Duration::from_millis(400))
+        b.heartbeat_timeout(Duration::from_millis(1500))
     })
     .await;
     let client = h.client().await;
     client.commands().await.unwrap();
     let hb = client.spawn_heartbeat(Some(Duration::from_millis(50)));
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // Well past the timeout: only the heartbeats keep the build alive.
+    tokio::time::sleep(Duration::from_millis(4000)).await;
     assert_eq!(h.server.outcome(), None, "heartbeats keep the build alive");
     let step = StepRef { stage: 0, step: 0 };
     client
@@ -379,4 +380,42 @@ async fn chunks_fit_an_odd_message_limit_exactly() {
             & 0o777
     );
     h.server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn context_filter_leaves_ignored_entries_out() {
+    let ctx = context(16);
+    let plan = plan(&[]);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let pki = pki("build-1");
+    // A .dockerignore-like filter: drop etc/ and everything named "empty".
+    let source = firebuild_bootstrap::DirSource::new(&plan, ctx.path()).filter(|path, _is_dir| {
+        path != std::path::Path::new("etc") && path.file_name() != Some("empty".as_ref())
+    });
+    let (server, _events) = firebuild_bootstrap::BootstrapServer::builder()
+        .plan(plan)
+        .resources(source)
+        .tls(pki.server.clone())
+        .expected_client(pki.build_id.clone())
+        .serve(listener)
+        .await
+        .unwrap();
+    let client = firebuild_bootstrap::BootstrapClient::connect_with(
+        &config(server.local_addr(), &pki.client),
+        fast_options(),
+    )
+    .await
+    .unwrap();
+    client.commands().await.unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let app = out.path().join("app");
+    client
+        .pull("ctx:tree", &mut DirSink::new(&app))
+        .await
+        .unwrap();
+    assert!(app.join("bin/run").is_file());
+    assert!(app.join("run").symlink_metadata().is_ok());
+    assert!(!app.join("etc").exists(), "filtered directory was sent");
+    assert!(!app.join("empty").exists(), "filtered file was sent");
+    server.shutdown().await.unwrap();
 }
