@@ -239,6 +239,8 @@ struct Draft {
     stage: Stage,
     pending: Vec<PendingTransfer>,
     state: Inherit,
+    /// Non-fatal findings, reported only if the stage is kept.
+    warnings: Vec<String>,
 }
 
 enum Outcome {
@@ -423,6 +425,7 @@ impl<'r> Resolver<'r> {
         }
 
         let mut out_stages = Vec::new();
+        let mut stage_warnings: Vec<String> = Vec::new();
         let mut all_consumed = self.consumed_global.clone();
         for (index, outcome) in outcomes.into_iter().enumerate() {
             if !needed[index] {
@@ -439,11 +442,12 @@ impl<'r> Resolver<'r> {
                 }
             };
             all_consumed.extend(consumed[index].iter().cloned());
+            stage_warnings.extend(draft.warnings.iter().cloned());
             let stage = self.finish_stage(*draft)?;
             out_stages.push(stage);
         }
 
-        let mut warnings = Vec::new();
+        let mut warnings = stage_warnings;
         let unused: Vec<&str> = self
             .build_args
             .keys()
@@ -519,7 +523,18 @@ impl<'r> Resolver<'r> {
             env: &self.meta,
             args: &self.builtins,
         };
-        let image = self.expand(&meta_scope, src.image, from)?;
+        let mut warnings = Vec::new();
+        let expansion = self
+            .lexer
+            .process_word(src.image, &meta_scope)
+            .map_err(|e| self.err(from.span, format!("FROM: {e}")))?;
+        for name in &expansion.unmatched {
+            warnings.push(format!(
+                "{}:{}: FROM uses {name:?}, which no global ARG declares (buildkit's UndefinedArgInFrom)",
+                self.req.dockerfile_path, from.span
+            ));
+        }
+        let image = expansion.value;
         if image.is_empty() {
             return Err(self.err(
                 from.span,
@@ -825,6 +840,7 @@ impl<'r> Resolver<'r> {
             stage,
             pending,
             state,
+            warnings,
         }))
     }
 

@@ -203,6 +203,22 @@ fn arg_env_interplay_and_unused_build_arg_warning() {
         p.warnings
     );
     assert!(!p.warnings.iter().any(|w| w.contains(" V")));
+
+    // An undeclared variable in FROM expands to nothing, with a warning naming the line.
+    let p = resolve("ARG A=x\nFROM img${A}${NOPE}\n", ctx.path());
+    assert_eq!(
+        p.stages[0].base,
+        Base::Image {
+            reference: "imgx".into()
+        }
+    );
+    assert!(
+        p.warnings
+            .iter()
+            .any(|w| w.starts_with("Dockerfile:2:1:") && w.contains("\"NOPE\"")),
+        "{:?}",
+        p.warnings
+    );
 }
 
 #[test]
