@@ -72,7 +72,9 @@ struct OpenFile {
 /// Places a resource on the local file system.
 ///
 /// The root entry (path `""`) lands at `root` itself: a directory resource is merged into the
-/// directory `root` (created if missing), a file or symlink resource becomes the file `root`.
+/// directory `root` (created if missing, followed if it is a symlink to a directory; its own
+/// metadata applied only with [`DirSink::root_dir_metadata`]), a file or symlink resource becomes
+/// the file `root`.
 /// Files are written to a temporary name in the target directory and renamed into place when
 /// complete; modes, mtimes and (see [`Ownership`]) owners are applied; directory modes and times
 /// are applied in [`Sink::finish`], deepest first. Symlinks are created as links (their own mtime is
@@ -84,6 +86,7 @@ pub struct DirSink {
     /// Whether owners are applied; `None` until known (see [`Ownership::IfRoot`]).
     chown: Option<bool>,
     set_mtime: bool,
+    root_dir_metadata: bool,
     placed_dirs: HashSet<String>,
     open: Option<OpenFile>,
     dirs: Vec<(PathBuf, Header)>,
@@ -97,6 +100,7 @@ impl DirSink {
             root: root.into(),
             chown: Self::ownership_active(Ownership::IfRoot),
             set_mtime: true,
+            root_dir_metadata: false,
             placed_dirs: HashSet::new(),
             open: None,
             dirs: Vec::new(),
@@ -113,6 +117,14 @@ impl DirSink {
     /// Whether to apply the sender's modification times (default: yes).
     pub fn preserve_mtime(mut self, yes: bool) -> Self {
         self.set_mtime = yes;
+        self
+    }
+
+    /// Whether a directory resource's own mode, owner and mtime are applied to the root
+    /// directory (default: no — like `COPY dir/ /dest/`, an existing destination keeps its
+    /// metadata and a missing one is created with default permissions).
+    pub fn root_dir_metadata(mut self, yes: bool) -> Self {
+        self.root_dir_metadata = yes;
         self
     }
 
@@ -195,19 +207,28 @@ impl DirSink {
         }
         match h.kind {
             EntryKind::Dir => {
-                match fs::symlink_metadata(&target) {
-                    Ok(m) if m.is_dir() => {}
-                    Ok(_) => {
-                        fs::remove_file(&target)?;
-                        fs::create_dir(&target)?;
+                // The root was chosen by the caller: a symlink to a directory there is followed
+                // (merged-usr `/lib`). Inside the tree nothing is followed.
+                let is_root = h.path.is_empty();
+                let existing = if is_root {
+                    fs::metadata(&target)
+                } else {
+                    fs::symlink_metadata(&target)
+                };
+                if !existing.is_ok_and(|m| m.is_dir()) {
+                    match fs::symlink_metadata(&target) {
+                        Ok(_) => fs::remove_file(&target)?,
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(e),
                     }
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => fs::create_dir(&target)?,
-                    Err(e) => return Err(e),
+                    fs::create_dir(&target)?;
                 }
-                // Keep it writable until `finish` applies the real mode.
-                fs::set_permissions(&target, Permissions::from_mode(0o700 | (h.mode & 0o777)))?;
                 self.placed_dirs.insert(h.path.clone());
-                self.dirs.push((target, h.clone()));
+                if !is_root || self.root_dir_metadata {
+                    // Keep it writable until `finish` applies the real mode.
+                    fs::set_permissions(&target, Permissions::from_mode(0o700 | (h.mode & 0o777)))?;
+                    self.dirs.push((target, h.clone()));
+                }
             }
             EntryKind::File => {
                 let tmp = self.tmp_name(&target)?;
@@ -400,6 +421,40 @@ mod tests {
         s.finish().unwrap();
         assert!(fs::symlink_metadata(root.join("d")).unwrap().is_dir());
         assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn root_directory_keeps_its_metadata_and_may_be_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("usr-lib");
+        fs::create_dir(&real).unwrap();
+        fs::set_permissions(&real, Permissions::from_mode(0o751)).unwrap();
+        let root = dir.path().join("lib");
+        std::os::unix::fs::symlink("usr-lib", &root).unwrap();
+        let mut s = DirSink::new(&root).ownership(Ownership::Never);
+        s.begin_entry(&hdr(0, "", EntryKind::Dir, 0o700, 0))
+            .unwrap();
+        s.begin_entry(&hdr(1, "f", EntryKind::File, 0o644, 1))
+            .unwrap();
+        s.write(b"x").unwrap();
+        s.end_entry().unwrap();
+        s.finish().unwrap();
+        assert!(
+            fs::symlink_metadata(&root)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(fs::read(real.join("f")).unwrap(), b"x");
+        assert_eq!(fs::metadata(&real).unwrap().mode() & 0o7777, 0o751);
+
+        let mut s = DirSink::new(&real)
+            .ownership(Ownership::Never)
+            .root_dir_metadata(true);
+        s.begin_entry(&hdr(0, "", EntryKind::Dir, 0o700, 0))
+            .unwrap();
+        s.finish().unwrap();
+        assert_eq!(fs::metadata(&real).unwrap().mode() & 0o7777, 0o700);
     }
 
     #[test]

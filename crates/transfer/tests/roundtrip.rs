@@ -141,7 +141,9 @@ fn encode_all(src: &Path, chunk: usize) -> Vec<Frame> {
 }
 
 fn sink(dst: &Path) -> DirSink {
-    DirSink::new(dst).ownership(Ownership::Never)
+    DirSink::new(dst)
+        .ownership(Ownership::Never)
+        .root_dir_metadata(true)
 }
 
 proptest! {
