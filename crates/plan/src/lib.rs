@@ -603,6 +603,23 @@ mod tests {
     }
 
     #[test]
+    fn url_sources_carry_their_target_and_read_without_it() {
+        let src = Source::Url {
+            url: "https://example.invalid/a.tgz".into(),
+            checksum: None,
+            id: "r1".into(),
+            target: "/opt/a.tgz".into(),
+        };
+        let json = serde_json::to_value(&src).unwrap();
+        assert_eq!(json["type"], "url");
+        assert_eq!(json["target"], "/opt/a.tgz");
+        // A producer of an older schema without `target` still reads.
+        let old: Source =
+            serde_json::from_str(r#"{"type":"url","url":"https://x/y","id":"r2"}"#).unwrap();
+        assert!(matches!(old, Source::Url { target, .. } if target.is_empty()));
+    }
+
+    #[test]
     fn env_wins_over_args_in_process_env() {
         let plan = sample();
         let env = plan.stages[0].steps[0].context.process_env();
