@@ -81,8 +81,8 @@ pub use client::{
 };
 pub use convert::ConversionError;
 pub use server::{
-    BootstrapServer, Event, Events, Outcome, OutputStream, ServerBuilder, ServerError,
-    ServerHandle, ServerTls, StepRef,
+    BootstrapServer, Event, Events, Outcome, OutputStream, SHUTDOWN_GRACE, ServerBuilder,
+    ServerError, ServerHandle, ServerTls, StepRef,
 };
 pub use source::{DirSource, EntryFilter, ResolvedResource, ResourceSource, SourceError};
 pub use tuning::{

@@ -27,6 +27,9 @@ use crate::pb::bootstrap_server::{Bootstrap, BootstrapServer as GrpcServer};
 use crate::source::{ResourceSource, SourceError};
 use crate::tuning::{self, DEFAULT_HEARTBEAT_TIMEOUT, DEFAULT_MAX_MESSAGE_SIZE, Http2Tuning};
 
+/// How long [`ServerHandle::shutdown`] lets calls in flight finish.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// How long a TLS handshake may take before the connection is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -505,15 +508,22 @@ impl ServerHandle {
         outcome.clone()
     }
 
-    /// Stops accepting, closes connections and waits for the server to end.
-    pub async fn shutdown(self) -> Result<(), ServerError> {
+    /// Stops accepting and waits for the server to end: calls in flight get
+    /// [`SHUTDOWN_GRACE`] to finish, then their connections are dropped.
+    pub async fn shutdown(mut self) -> Result<(), ServerError> {
         let _ = self.stop.send(true);
         self.accept.abort();
         self.watchdog.abort();
-        self.task
-            .await
-            .map_err(ServerError::Join)?
-            .map_err(ServerError::Serve)
+        match tokio::time::timeout(SHUTDOWN_GRACE, &mut self.task).await {
+            Ok(joined) => joined
+                .map_err(ServerError::Join)?
+                .map_err(ServerError::Serve),
+            Err(_) => {
+                warn!("calls still open after the shutdown grace period, dropping them");
+                self.task.abort();
+                Ok(())
+            }
+        }
     }
 }
 
