@@ -13,7 +13,9 @@
 #       excluded and included) vs `ssh` over a ControlMaster connection running `true` 1000 times.
 #
 # Usage: benches/transfer/run.sh [--size 1G] [--runs 5] [--steps 1000] [--step-runs 3]
-#                                [--keep] [--only transfer|steps]
+#                                [--keep] [--only transfer|steps] [--dst DIR]
+# --dst puts the received files in DIR instead of the temp dir (e.g. /dev/shm, to take the
+# destination disk out of the figures; the source is always read from the temp dir).
 # Needs: cargo, and Debian packages hyperfine, openssh-server, openssh-client, jq (installed
 # with apt-get when missing). Works as root or as a normal user (sshd then runs unprivileged
 # and only that user can log in). Nothing here runs under `cargo test`.
@@ -25,6 +27,7 @@ STEPS=1000
 STEP_RUNS=3
 KEEP=0
 ONLY=all
+DST_ARG=
 while [ $# -gt 0 ]; do
     case "$1" in
         --size) SIZE=$2; shift 2 ;;
@@ -33,7 +36,8 @@ while [ $# -gt 0 ]; do
         --step-runs) STEP_RUNS=$2; shift 2 ;;
         --keep) KEEP=1; shift ;;
         --only) ONLY=$2; shift 2 ;;
-        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+        --dst) DST_ARG=$2; shift 2 ;;
+        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -50,12 +54,15 @@ cargo build --release --locked -q -p firebuild-benches --bin channel-bench
 BIN="$ROOT/target/release/channel-bench"
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/fb-channel-bench.XXXXXX")
+DST=$WORK
+if [ -n "$DST_ARG" ]; then DST=$(mktemp -d "$DST_ARG/fb-channel-bench-dst.XXXXXX"); fi
 PIDS=()
 cleanup() {
     local pid
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
     if [ -S "$WORK/ssh-ctl" ]; then ssh -S "$WORK/ssh-ctl" -O exit x 2>/dev/null || true; fi
+    if [ "$DST" != "$WORK" ]; then rm -rf "$DST"; fi
     if [ "$KEEP" = 1 ]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
@@ -153,18 +160,18 @@ if [ "$ONLY" = all ] || [ "$ONLY" = transfer ]; then
 
     SCP=(scp -q "${SSH_OPTS[@]}" -P "$SSH_PORT")
     hyperfine --style basic --runs "$RUNS" --warmup 1 --export-json "$WORK/transfer.json" \
-        -n scp --prepare "rm -f $WORK/dst.scp; sync" \
-        "$(q "${SCP[@]}" "$WORK/src.bin" "127.0.0.1:$WORK/dst.scp")" \
-        -n scp-aes128gcm --prepare "rm -f $WORK/dst.scp-aes; sync" \
-        "$(q "${SCP[@]}" -c aes128-gcm@openssh.com "$WORK/src.bin" "127.0.0.1:$WORK/dst.scp-aes")" \
-        -n raw-tls --prepare "rm -f $WORK/dst.tls; sync" \
-        "$(q "$BIN" tls-pull --pki "$WORK/pki" --addr "127.0.0.1:$TLS_PORT" --out "$WORK/dst.tls" --report "$WORK/tls-client.jsonl")" \
-        -n bootstrap --prepare "rm -f $WORK/dst.boot; sync" \
-        "$(q "$BIN" boot-pull --pki "$WORK/pki" --addr "127.0.0.1:$BOOT_PORT" --out "$WORK/dst.boot" --report "$WORK/boot-client.jsonl")" \
+        -n scp --prepare "rm -f $DST/dst.scp; sync" \
+        "$(q "${SCP[@]}" "$WORK/src.bin" "127.0.0.1:$DST/dst.scp")" \
+        -n scp-aes128gcm --prepare "rm -f $DST/dst.scp-aes; sync" \
+        "$(q "${SCP[@]}" -c aes128-gcm@openssh.com "$WORK/src.bin" "127.0.0.1:$DST/dst.scp-aes")" \
+        -n raw-tls --prepare "rm -f $DST/dst.tls; sync" \
+        "$(q "$BIN" tls-pull --pki "$WORK/pki" --addr "127.0.0.1:$TLS_PORT" --out "$DST/dst.tls" --report "$WORK/tls-client.jsonl")" \
+        -n bootstrap --prepare "rm -f $DST/dst.boot; sync" \
+        "$(q "$BIN" boot-pull --pki "$WORK/pki" --addr "127.0.0.1:$BOOT_PORT" --out "$DST/dst.boot" --report "$WORK/boot-client.jsonl")" \
         >&2
 
     for f in dst.scp dst.scp-aes dst.tls dst.boot; do
-        cmp -s "$WORK/src.bin" "$WORK/$f" || { echo "error: $f differs from the source" >&2; exit 1; }
+        cmp -s "$WORK/src.bin" "$DST/$f" || { echo "error: $f differs from the source" >&2; exit 1; }
     done
 
     TLS_SERVER_KIB=$(vmhwm "$TLS_PID")
@@ -181,7 +188,7 @@ if [ "$ONLY" = all ] || [ "$ONLY" = transfer ]; then
     BEST_SCP=$(awk -v a="$S_SCP" -v b="$S_AES" 'BEGIN { print (a < b) ? a : b }')
 
     summary ""
-    summary "### Transfer: $BYTES bytes disk to disk, mean of $RUNS runs (+1 warmup)"
+    summary "### Transfer: $BYTES bytes, $WORK -> $DST ($(df --output=fstype "$DST" | tail -1)), mean of $RUNS runs (+1 warmup)"
     summary ""
     summary "| path | mean s | sd s | MB/s | peak RSS server | peak RSS client |"
     summary "|---|---|---|---|---|---|"
@@ -194,7 +201,7 @@ if [ "$ONLY" = all ] || [ "$ONLY" = transfer ]; then
     summary "- bootstrap / scp (fastest cipher): $(ratio "$BEST_SCP" "$S_BOOT")x"
     summary "- bootstrap / raw TLS: $(ratio "$S_TLS" "$S_BOOT")x  (goal >= 0.8)"
     summary "- peak RSS goal: < 64 MiB per process (server $((BOOT_SERVER_KIB / 1024)) MiB, client $((BOOT_CLIENT_KIB / 1024)) MiB)"
-    rm -f "$WORK"/dst.* "$WORK/src.bin"
+    rm -f "$DST"/dst.* "$WORK/src.bin"
 fi
 
 # ---------------------------------------------------------------------------------------------
