@@ -158,6 +158,8 @@ if [ "$ONLY" = all ] || [ "$ONLY" = transfer ]; then
     BOOT_PID=$!; PIDS+=($BOOT_PID)
     BOOT_PORT=$(wait_port_file "$WORK/boot.port" "$BOOT_PID")
 
+    cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+    TLS_TICKS0=$(cpu_ticks "$TLS_PID"); BOOT_TICKS0=$(cpu_ticks "$BOOT_PID")
     SCP=(scp -q "${SSH_OPTS[@]}" -P "$SSH_PORT")
     hyperfine --style basic --runs "$RUNS" --warmup 1 --export-json "$WORK/transfer.json" \
         -n scp --prepare "rm -f $DST/dst.scp; sync" \
@@ -174,6 +176,12 @@ if [ "$ONLY" = all ] || [ "$ONLY" = transfer ]; then
         cmp -s "$WORK/src.bin" "$DST/$f" || { echo "error: $f differs from the source" >&2; exit 1; }
     done
 
+    # CPU seconds per run: servers from /proc (warmup included), clients from hyperfine.
+    HZ=$(getconf CLK_TCK)
+    srv_cpu() { awk -v a="$1" -v b="$2" -v hz="$HZ" -v n="$((RUNS + 1))" 'BEGIN { printf "%.2f", (b - a) / hz / n }'; }
+    TLS_SRV_CPU=$(srv_cpu "$TLS_TICKS0" "$(cpu_ticks "$TLS_PID")")
+    BOOT_SRV_CPU=$(srv_cpu "$BOOT_TICKS0" "$(cpu_ticks "$BOOT_PID")")
+    cli_cpu() { jq -r --arg n "$1" '.results[] | select(.command == $n) | .user + .system' "$WORK/transfer.json" | xargs printf '%.2f'; }
     TLS_SERVER_KIB=$(vmhwm "$TLS_PID")
     BOOT_SERVER_KIB=$(vmhwm "$BOOT_PID")
     TLS_CLIENT_KIB=$(jq -s 'map(.peak_rss_kib) | max' "$WORK/tls-client.jsonl")
@@ -190,13 +198,14 @@ if [ "$ONLY" = all ] || [ "$ONLY" = transfer ]; then
     summary ""
     summary "### Transfer: $BYTES bytes, $WORK -> $DST ($(df --output=fstype "$DST" | tail -1)), mean of $RUNS runs (+1 warmup)"
     summary ""
-    summary "| path | mean s | sd s | MB/s | peak RSS server | peak RSS client |"
-    summary "|---|---|---|---|---|---|"
-    summary "| scp (default cipher) | $(r3 "$S_SCP") | $(sd scp) | $(mbs "$S_SCP") | - | - |"
-    summary "| scp -c aes128-gcm | $(r3 "$S_AES") | $(sd scp-aes128gcm) | $(mbs "$S_AES") | - | - |"
-    summary "| raw rustls TLS 1.3 | $(r3 "$S_TLS") | $(sd raw-tls) | $(mbs "$S_TLS") | $((TLS_SERVER_KIB / 1024)) MiB | $((TLS_CLIENT_KIB / 1024)) MiB |"
-    summary "| bootstrap channel | $(r3 "$S_BOOT") | $(sd bootstrap) | $(mbs "$S_BOOT") | $((BOOT_SERVER_KIB / 1024)) MiB | $((BOOT_CLIENT_KIB / 1024)) MiB |"
+    summary "| path | mean s | sd s | MB/s | peak RSS server | peak RSS client | CPU s server | CPU s client |"
+    summary "|---|---|---|---|---|---|---|---|"
+    summary "| scp (default cipher) | $(r3 "$S_SCP") | $(sd scp) | $(mbs "$S_SCP") | - | - | - | $(cli_cpu scp) |"
+    summary "| scp -c aes128-gcm | $(r3 "$S_AES") | $(sd scp-aes128gcm) | $(mbs "$S_AES") | - | - | - | $(cli_cpu scp-aes128gcm) |"
+    summary "| raw rustls TLS 1.3 | $(r3 "$S_TLS") | $(sd raw-tls) | $(mbs "$S_TLS") | $((TLS_SERVER_KIB / 1024)) MiB | $((TLS_CLIENT_KIB / 1024)) MiB | $TLS_SRV_CPU | $(cli_cpu raw-tls) |"
+    summary "| bootstrap channel | $(r3 "$S_BOOT") | $(sd bootstrap) | $(mbs "$S_BOOT") | $((BOOT_SERVER_KIB / 1024)) MiB | $((BOOT_CLIENT_KIB / 1024)) MiB | $BOOT_SRV_CPU | $(cli_cpu bootstrap) |"
     summary ""
+    summary "(CPU s: user + system per run; scp's client is the scp/ssh process, its sshd side is not counted.)"
     summary "- bootstrap / scp (default cipher): $(ratio "$S_SCP" "$S_BOOT")x  (goal >= 4)"
     summary "- bootstrap / scp (fastest cipher): $(ratio "$BEST_SCP" "$S_BOOT")x"
     summary "- bootstrap / raw TLS: $(ratio "$S_TLS" "$S_BOOT")x  (goal >= 0.8)"
