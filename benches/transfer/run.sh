@@ -44,7 +44,7 @@ done
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
-# shellcheck source=../../scripts/lib.sh
+# shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 ensure_rust
 ensure_apt hyperfine openssh-server openssh-client jq
@@ -152,10 +152,10 @@ if [ "$ONLY" = all ] || [ "$ONLY" = transfer ]; then
     BYTES=$(stat -c %s "$WORK/src.bin")
 
     "$BIN" tls-serve --pki "$WORK/pki" --file "$WORK/src.bin" --port-file "$WORK/tls.port" &
-    TLS_PID=$!; PIDS+=($TLS_PID)
+    TLS_PID=$!; PIDS+=("$TLS_PID")
     TLS_PORT=$(wait_port_file "$WORK/tls.port" "$TLS_PID")
     "$BIN" boot-serve --pki "$WORK/pki" --file "$WORK/src.bin" --port-file "$WORK/boot.port" &
-    BOOT_PID=$!; PIDS+=($BOOT_PID)
+    BOOT_PID=$!; PIDS+=("$BOOT_PID")
     BOOT_PORT=$(wait_port_file "$WORK/boot.port" "$BOOT_PID")
 
     cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
