@@ -73,20 +73,24 @@ fn is_comment(line: &str) -> bool {
 /// kept as Go does).
 pub(crate) fn split_token_ws(s: &str) -> Vec<String> {
     let mut out = Vec::new();
-    let mut cur = String::new();
+    let mut start = 0;
     let mut in_sep = false;
-    for c in s.chars() {
+    for (i, c) in s.char_indices() {
         if is_token_ws(c) {
             if !in_sep {
-                out.push(std::mem::take(&mut cur));
+                out.push(s[start..i].to_owned());
                 in_sep = true;
             }
-        } else {
+        } else if in_sep {
             in_sep = false;
-            cur.push(c);
+            start = i;
         }
     }
-    out.push(cur);
+    out.push(if in_sep {
+        String::new()
+    } else {
+        s[start..].to_owned()
+    });
     out
 }
 
@@ -147,7 +151,11 @@ impl<'a> Parser<'a> {
     fn new(src: &'a str) -> Self {
         Self {
             src,
-            lines: src.split_inclusive('\n').collect(),
+            lines: {
+                let mut lines = Vec::with_capacity(src.bytes().filter(|&b| b == b'\n').count() + 1);
+                lines.extend(src.split_inclusive('\n'));
+                lines
+            },
             escape: '\\',
             directives_state: DirectiveState {
                 done: false,
@@ -280,15 +288,19 @@ impl<'a> Parser<'a> {
                 });
             }
 
-            let span_so_far = Span {
-                start_line,
-                start_col: self.line_start_col(start_line),
-                end_line: current_line,
-                end_col: self.line_end_col(current_line),
-            };
+            let start_col = self.line_start_col(start_line);
+            let end_line_of_text = current_line;
             let mut node = self
                 .node_from_line(&line, std::mem::take(&mut comments))
-                .map_err(|kind| self.err(span_so_far, kind))?;
+                .map_err(|kind| {
+                    let span = Span {
+                        start_line,
+                        start_col,
+                        end_line: end_line_of_text,
+                        end_col: self.line_end_col(end_line_of_text),
+                    };
+                    self.err(span, kind)
+                })?;
 
             if can_contain_heredoc(&node) && line.contains("<<") {
                 let docs = heredocs_from_line(&line);
@@ -310,9 +322,10 @@ impl<'a> Parser<'a> {
                     }
                     if !terminated {
                         let span = Span {
+                            start_line,
+                            start_col,
                             end_line: current_line.max(start_line),
                             end_col: self.line_end_col(current_line.max(start_line)),
-                            ..span_so_far
                         };
                         return Err(self.err(span, SyntaxError::UnterminatedHeredoc(doc.name)));
                     }
@@ -322,13 +335,14 @@ impl<'a> Parser<'a> {
 
             node.span = Span {
                 start_line,
-                start_col: self.line_start_col(start_line),
+                start_col,
                 end_line: current_line,
                 end_col: self.line_end_col(current_line),
             };
             if let Some(sub) = node.sub.as_mut() {
                 sub.span = node.span;
             }
+            node.original = line;
             nodes.push(node);
         }
 
@@ -415,29 +429,39 @@ impl<'a> Parser<'a> {
 
     fn node_from_line(&self, line: &str, comments: Vec<String>) -> LineResult<Node> {
         let (keyword, flags, args) = split_command(line);
-        let command = keyword.to_lowercase();
+        let command = if keyword.is_ascii() {
+            keyword.to_ascii_lowercase()
+        } else {
+            keyword.to_lowercase()
+        };
         let parsed = match command.as_str() {
-            "add" | "copy" | "volume" => parse_maybe_json_to_list(&args)?,
-            "arg" => Parsed::args(parse_words(&args, self.escape)),
-            "cmd" | "entrypoint" | "run" | "shell" => parse_maybe_json(&args)?,
-            "env" => parse_name_val(&args, "ENV", self.escape)?,
-            "label" => parse_name_val(&args, "LABEL", self.escape)?,
+            "add" | "copy" | "volume" => parse_maybe_json_to_list(args)?,
+            "arg" => Parsed::args(
+                parse_words(args, self.escape)
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect(),
+            ),
+            "cmd" | "entrypoint" | "run" | "shell" => parse_maybe_json(args)?,
+            "env" => parse_name_val(args, "ENV", self.escape)?,
+            "label" => parse_name_val(args, "LABEL", self.escape)?,
             "expose" | "from" => Parsed::args(if args.is_empty() {
                 Vec::new()
             } else {
-                split_token_ws(&args)
+                split_token_ws(args)
             }),
-            "healthcheck" => parse_health_config(&args)?,
+            "healthcheck" => parse_health_config(args)?,
             "maintainer" | "stopsignal" | "user" | "workdir" => Parsed::args(if args.is_empty() {
                 Vec::new()
             } else {
-                vec![args]
+                vec![args.to_owned()]
             }),
             "onbuild" => {
                 if args.is_empty() {
                     Parsed::none()
                 } else {
-                    let child = self.node_from_line(&args, Vec::new())?;
+                    let mut child = self.node_from_line(args, Vec::new())?;
+                    child.original = args.to_owned();
                     Parsed {
                         args: Vec::new(),
                         json: false,
@@ -449,13 +473,14 @@ impl<'a> Parser<'a> {
         };
         Ok(Node {
             command,
-            keyword,
+            keyword: keyword.to_owned(),
             flags,
             args: parsed.args,
             json: parsed.json,
             sub: parsed.sub,
             heredocs: Vec::new(),
-            original: line.to_owned(),
+            // Set by the caller, which owns the logical line.
+            original: String::new(),
             comments,
             span: Span::default(),
         })
@@ -490,14 +515,14 @@ fn match_directive(s: &str) -> Option<(&str, &str)> {
 }
 
 /// Buildkit's `splitCommand`: keyword, flags, and the rest (trimmed).
-fn split_command(line: &str) -> (String, Vec<String>, String) {
+fn split_command(line: &str) -> (&str, Vec<String>, &str) {
     let (cmd, rest) = split2_token_ws(line.trim());
     match rest {
         Some(rest) => {
             let (args, flags) = extract_builder_flags(rest);
-            (cmd.to_owned(), flags, args.trim().to_owned())
+            (cmd, flags, args.trim())
         }
-        None => (cmd.to_owned(), Vec::new(), String::new()),
+        None => (cmd, Vec::new(), ""),
     }
 }
 
@@ -509,6 +534,11 @@ fn extract_builder_flags(line: &str) -> (&str, Vec<String>) {
         Spaces,
         Word,
         Quote,
+    }
+    // Most instructions have no flags: answer without scanning character by character.
+    let trimmed = line.trim_start_matches(is_space);
+    if !trimmed.starts_with("--") {
+        return (trimmed, Vec::new());
     }
     let chars: Vec<(usize, char)> = line.char_indices().collect();
     let mut words = Vec::new();
@@ -596,85 +626,52 @@ fn extract_builder_flags(line: &str) -> (&str, Vec<String>) {
     ("", words)
 }
 
-/// Buildkit's `parseWords`: whitespace-separated words, quotes and escapes kept.
-pub(crate) fn parse_words(rest: &str, escape: char) -> Vec<String> {
-    #[derive(PartialEq)]
-    enum Phase {
-        Spaces,
-        Word,
-        Quote,
-    }
-    let chars: Vec<char> = rest.chars().collect();
+/// Buildkit's `parseWords`: whitespace-separated words, quotes and escapes kept. Each word
+/// is a slice of `rest` (an escape character ending the input is dropped).
+pub(crate) fn parse_words(rest: &str, escape: char) -> Vec<&str> {
     let mut words = Vec::new();
-    let mut phase = Phase::Spaces;
+    let mut it = rest.char_indices().peekable();
+    let mut in_word = false;
+    let mut in_quote = false;
     let mut quote = '\0';
     let mut blank_ok = false;
-    let mut word = String::new();
-    let mut pos = 0;
-    while pos <= chars.len() {
-        let at_end = pos == chars.len();
-        let mut ch = if at_end { '\0' } else { chars[pos] };
-        if phase == Phase::Spaces {
-            if at_end {
-                break;
-            }
+    let mut start = 0;
+    while let Some((i, ch)) = it.next() {
+        if !in_word {
             if is_space(ch) {
-                pos += 1;
                 continue;
             }
-            phase = Phase::Word;
+            in_word = true;
+            start = i;
         }
-        if at_end {
-            if blank_ok || !word.is_empty() {
-                words.push(word);
-            }
-            break;
-        }
-        if phase == Phase::Word {
+        if !in_quote {
             if is_space(ch) {
-                phase = Phase::Spaces;
-                if blank_ok || !word.is_empty() {
-                    words.push(std::mem::take(&mut word));
+                if blank_ok || i > start {
+                    words.push(&rest[start..i]);
                 }
-                word.clear();
+                in_word = false;
                 blank_ok = false;
-                pos += 1;
                 continue;
             }
             if ch == '\'' || ch == '"' {
                 quote = ch;
                 blank_ok = true;
-                phase = Phase::Quote;
+                in_quote = true;
             }
-            if ch == escape {
-                if pos + 1 == chars.len() {
-                    pos += 1;
-                    continue;
-                }
-                word.push(ch);
-                pos += 1;
-                ch = chars[pos];
+        } else if ch == quote {
+            in_quote = false;
+        }
+        let escapes = ch == escape && (!in_quote || quote != '\'');
+        if escapes && it.next().is_none() {
+            // A trailing escape character is dropped.
+            if blank_ok || i > start {
+                words.push(&rest[start..i]);
             }
-            word.push(ch);
-            pos += 1;
-            continue;
+            return words;
         }
-        // in quote
-        if ch == quote {
-            phase = Phase::Word;
-        }
-        if ch == escape && quote != '\'' {
-            if pos + 1 == chars.len() {
-                phase = Phase::Word;
-                pos += 1;
-                continue;
-            }
-            pos += 1;
-            word.push(ch);
-            ch = chars[pos];
-        }
-        word.push(ch);
-        pos += 1;
+    }
+    if in_word && (blank_ok || start < rest.len()) {
+        words.push(&rest[start..]);
     }
     words
 }
@@ -698,7 +695,7 @@ fn parse_name_val(rest: &str, key: &str, escape: char) -> LineResult<Parsed> {
     let mut args = Vec::with_capacity(words.len() * 3);
     for word in words {
         let Some((k, v)) = word.split_once('=') else {
-            return Err(SyntaxError::MissingEquals(word));
+            return Err(SyntaxError::MissingEquals(word.to_owned()));
         };
         args.push(k.to_owned());
         args.push(v.to_owned());
@@ -996,6 +993,100 @@ fn lex_words(s: &str, raw_quotes: bool, raw_escapes: bool) -> Option<Vec<String>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// The former character-vector port of `parseWords`, kept as the oracle for the
+    /// slice-based [`parse_words`].
+    fn parse_words_reference(rest: &str, escape: char) -> Vec<String> {
+        #[derive(PartialEq)]
+        enum Phase {
+            Spaces,
+            Word,
+            Quote,
+        }
+        let chars: Vec<char> = rest.chars().collect();
+        let mut words = Vec::new();
+        let mut phase = Phase::Spaces;
+        let mut quote = '\0';
+        let mut blank_ok = false;
+        let mut word = String::new();
+        let mut pos = 0;
+        while pos <= chars.len() {
+            let at_end = pos == chars.len();
+            let mut ch = if at_end { '\0' } else { chars[pos] };
+            if phase == Phase::Spaces {
+                if at_end {
+                    break;
+                }
+                if is_space(ch) {
+                    pos += 1;
+                    continue;
+                }
+                phase = Phase::Word;
+            }
+            if at_end {
+                if blank_ok || !word.is_empty() {
+                    words.push(word);
+                }
+                break;
+            }
+            if phase == Phase::Word {
+                if is_space(ch) {
+                    phase = Phase::Spaces;
+                    if blank_ok || !word.is_empty() {
+                        words.push(std::mem::take(&mut word));
+                    }
+                    word.clear();
+                    blank_ok = false;
+                    pos += 1;
+                    continue;
+                }
+                if ch == '\'' || ch == '"' {
+                    quote = ch;
+                    blank_ok = true;
+                    phase = Phase::Quote;
+                }
+                if ch == escape {
+                    if pos + 1 == chars.len() {
+                        pos += 1;
+                        continue;
+                    }
+                    word.push(ch);
+                    pos += 1;
+                    ch = chars[pos];
+                }
+                word.push(ch);
+                pos += 1;
+                continue;
+            }
+            // in quote
+            if ch == quote {
+                phase = Phase::Word;
+            }
+            if ch == escape && quote != '\'' {
+                if pos + 1 == chars.len() {
+                    phase = Phase::Word;
+                    pos += 1;
+                    continue;
+                }
+                pos += 1;
+                word.push(ch);
+                ch = chars[pos];
+            }
+            word.push(ch);
+            pos += 1;
+        }
+        words
+    }
+
+    proptest! {
+        #[test]
+        fn slice_words_equal_the_reference(s in "[a-c =\\\\`'\"\t\u{a0}é]{0,24}") {
+            for escape in ['\\', '`'] {
+                prop_assert_eq!(parse_words(&s, escape), parse_words_reference(&s, escape));
+            }
+        }
+    }
 
     fn node(src: &str) -> Node {
         let ast = parse(src).unwrap();
