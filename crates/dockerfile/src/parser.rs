@@ -212,7 +212,14 @@ impl<'a> Parser<'a> {
                 limit: MAX_DOCKERFILE_LINES,
             });
         }
+        // Each instruction starts on a line that is neither blank nor a comment: their count
+        // bounds the number of nodes.
+        let mut starts = 0usize;
         for (i, line) in self.lines.iter().enumerate() {
+            let lead = line.trim_start_matches(is_space);
+            if !lead.is_empty() && !lead.starts_with('#') {
+                starts += 1;
+            }
             if trim_newline(line).len() > MAX_LINE_BYTES {
                 let n = u32::try_from(i + 1).unwrap_or(u32::MAX);
                 return Err(self.err(
@@ -224,7 +231,7 @@ impl<'a> Parser<'a> {
             }
         }
 
-        let mut nodes: Vec<Node> = Vec::new();
+        let mut nodes: Vec<Node> = Vec::with_capacity(starts);
         let mut warnings: Vec<Warning> = Vec::new();
         let mut comments: Vec<String> = Vec::new();
         let mut next = 0usize; // index of the next physical line to read

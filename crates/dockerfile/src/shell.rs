@@ -239,7 +239,20 @@ impl Lexer {
 
     /// Expands `word` into one string (buildkit `ProcessWord`).
     pub fn expand_word<E: Env + ?Sized>(&self, word: &str, env: &E) -> Result<String, ExpandError> {
+        if self.is_plain(word) {
+            return Ok(word.to_owned());
+        }
         self.run(word, env, false, false).map(|e| e.value)
+    }
+
+    /// Whether `word` has nothing to expand: no `$`, quote, escape character or leading
+    /// byte-order mark, so that [`Lexer::expand_word`] returns it unchanged.
+    fn is_plain(&self, word: &str) -> bool {
+        let escape = self.escape;
+        !word.starts_with('\u{feff}')
+            && !word
+                .chars()
+                .any(|c| matches!(c, '$' | '\'' | '"') || c == escape)
     }
 
     /// Expands `word` and splits the result into fields on unquoted whitespace that came from
@@ -1077,5 +1090,19 @@ mod tests {
         assert_eq!(Lexer::new('\\').expand_word(&word, &env).unwrap(), value);
         let word = format!("${{V//{pattern}/x}}");
         assert_eq!(Lexer::new('\\').expand_word(&word, &env).unwrap(), value);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn plain_words_skip_the_scanner_with_the_same_result(
+            word in "[a-c$'\"\\\\` {}:/\u{feff}-]{0,12}",
+            escape in proptest::sample::select(vec!['\\', '`']),
+        ) {
+            let lexer = Lexer::new(escape);
+            let env: HashMap<String, String> =
+                [("a".to_owned(), "x y".to_owned())].into_iter().collect();
+            let slow = lexer.run(&word, &env, false, false).map(|e| e.value);
+            proptest::prop_assert_eq!(lexer.expand_word(&word, &env), slow);
+        }
     }
 }
