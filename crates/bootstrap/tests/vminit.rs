@@ -419,3 +419,58 @@ async fn context_filter_leaves_ignored_entries_out() {
     assert!(!app.join("empty").exists(), "filtered file was sent");
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_lines_arrive_in_order_and_success_is_idempotent() {
+    let ctx = context(16);
+    let mut h = start(plan(&[]), ctx.path(), |b| b).await;
+    let client = h.client().await;
+    client.commands().await.unwrap();
+    let step = StepRef { stage: 0, step: 0 };
+    let reporter = client.output(OutputOptions {
+        max_batch_bytes: 4096,
+        ..OutputOptions::default()
+    });
+    // Events are bounded (backpressure reaches the guest), so the host reads them while the
+    // guest writes.
+    let guest = async {
+        for i in 0..5000 {
+            reporter
+                .line(step, OutputStream::Stdout, format!("line {i}"))
+                .await
+                .unwrap();
+        }
+        reporter.finish().await.unwrap()
+    };
+    let host = h.events_until(|e| matches!(e, Event::Output { line, .. } if line == "line 4999"));
+    let (acked, events) = tokio::join!(guest, host);
+    assert_eq!(acked, 5000);
+    let lines: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Output { line, .. } => Some(line.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        lines,
+        (0..5000).map(|i| format!("line {i}")).collect::<Vec<_>>()
+    );
+
+    // A line for a step the plan does not have is refused.
+    let reporter = client.output(OutputOptions::default());
+    reporter
+        .line(StepRef { stage: 7, step: 0 }, OutputStream::Stderr, "x")
+        .await
+        .unwrap();
+    let err = reporter.finish().await.unwrap_err();
+    assert_eq!(status_of(&err).code(), Code::InvalidArgument);
+
+    client.success().await.unwrap();
+    // A retried Success (its first answer lost) is accepted; an Abort after it is not.
+    client.success().await.unwrap();
+    let err = client.abort("late", None, None).await.unwrap_err();
+    assert_eq!(status_of(&err).code(), Code::FailedPrecondition);
+    assert_eq!(h.server.wait().await, Some(Outcome::Succeeded));
+    h.server.shutdown().await.unwrap();
+}
