@@ -158,6 +158,12 @@ fn bench(c: &mut Criterion) {
     g.bench_function("firebuild/plan", |b| {
         b.iter(|| ours_plan(black_box(&big), ctx.path()))
     });
+    // The floor the owned plan model sets: building and dropping the output alone (every
+    // step owns its env, args, workdir and shell), without parsing or resolving anything.
+    let built = plan(&PlanRequest::new("Dockerfile", &big, ctx.path())).unwrap();
+    g.bench_function("firebuild/plan-output-clone+drop", |b| {
+        b.iter(|| black_box(&built).clone().stages.len())
+    });
     g.finish();
 
     let files = conformance_testfiles();

@@ -580,13 +580,14 @@ impl<'r> Resolver<'r> {
                 args.set(name, v.clone());
             }
         }
-        let mut steps: Vec<Step> = Vec::new();
-        let mut pending: Vec<PendingTransfer> = Vec::new();
-        let mut cmd_set = false;
         // A stage built FROM another runs that stage's ONBUILD triggers first, and does not
         // pass them on (as buildkit does with a base image's triggers).
         let triggers = std::mem::take(&mut state.triggers);
         state.config.onbuild.clear();
+        // At most one step per instruction: no reallocation (a `Step` is large) as steps land.
+        let mut steps: Vec<Step> = Vec::with_capacity(triggers.len() + src.body.len());
+        let mut pending: Vec<PendingTransfer> = Vec::new();
+        let mut cmd_set = false;
 
         for ins in triggers.iter().chain(src.body) {
             let ctx = |state: &Inherit, args: &Vars| StepContext {
@@ -1138,7 +1139,9 @@ impl<'r> Resolver<'r> {
     }
 
     fn new_id(&mut self) -> String {
-        let id = format!("r{}", self.next_id);
+        let mut id = String::with_capacity(12);
+        id.push('r');
+        id.push_str(itoa(self.next_id, &mut [0u8; 20]));
         self.next_id += 1;
         id
     }
@@ -1280,6 +1283,21 @@ impl<'r> Resolver<'r> {
     }
 }
 
+/// `n` in decimal, written into `buf` (resource ids are minted per resource: no `format!`).
+fn itoa(mut n: usize, buf: &mut [u8; 20]) -> &str {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        // `n % 10` is below 10: the cast cannot truncate.
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[i..]).unwrap_or("0")
+}
+
 /// The error and its sources, joined (`a: b: c`).
 fn chain(e: &dyn std::error::Error) -> String {
     let mut msg = e.to_string();
@@ -1401,6 +1419,13 @@ mod tests {
         assert!(is_url("HTTPS://x.org/f"));
         assert!(!is_url("src/http"));
         assert!(is_git("https://github.com/a/b.git#main"));
+    }
+
+    #[test]
+    fn resource_ids_are_decimal() {
+        for n in [0usize, 7, 10, 12345, usize::MAX] {
+            assert_eq!(itoa(n, &mut [0u8; 20]), n.to_string());
+        }
     }
 
     #[test]
