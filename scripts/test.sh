@@ -15,3 +15,10 @@ if [ ! -d ../shared/conformance ]; then
 fi
 
 cargo test --workspace --locked "$@"
+
+# The conformance counts (buildkit parser/shell, moby patternmatcher), printed where a reader sees
+# them: re-runs three already-built test binaries with their output shown.
+echo "== conformance =="
+cargo test --locked -q -p firebuild-dockerfile --test parser_conformance --test shell_conformance \
+    --test dockerignore_conformance -- --nocapture --test-threads=1 2>&1 |
+    grep -oE "(parser [a-z]+|envVarTest|wordsTest|dockerignore|skipp[a-z]*): .*" || true
