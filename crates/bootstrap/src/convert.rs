@@ -652,7 +652,7 @@ impl From<transfer::Frame> for pb::ResourceFrame {
             transfer::Frame::Header(h) => Frame::Header(h.into()),
             transfer::Frame::Chunk(c) => Frame::Chunk(c.into()),
             transfer::Frame::Eof(e) => Frame::Eof(pb::Eof {
-                sha256: e.digest.to_vec(),
+                digest: e.digest.to_vec(),
             }),
         };
         pb::ResourceFrame { frame: Some(frame) }
@@ -728,11 +728,11 @@ impl TryFrom<pb::ResourceFrame> for transfer::Frame {
             Frame::Header(h) => transfer::Frame::Header(h.try_into()?),
             Frame::Chunk(c) => transfer::Frame::Chunk(c.into()),
             Frame::Eof(e) => {
-                let len = e.sha256.len();
+                let len = e.digest.len();
                 let digest: [u8; 32] = e
-                    .sha256
+                    .digest
                     .try_into()
-                    .map_err(|_| invalid("Eof.sha256", format!("{len} bytes, expected 32")))?;
+                    .map_err(|_| invalid("Eof.digest", format!("{len} bytes, expected 32")))?;
                 transfer::Frame::Eof(transfer::Eof { digest })
             }
         })
@@ -1086,11 +1086,11 @@ mod tests {
 
         let eof = pb::ResourceFrame {
             frame: Some(pb::resource_frame::Frame::Eof(pb::Eof {
-                sha256: vec![0; 31],
+                digest: vec![0; 31],
             })),
         };
         let err = transfer::Frame::try_from(eof).unwrap_err().to_string();
-        assert_eq!(err, "invalid field Eof.sha256: 31 bytes, expected 32");
+        assert_eq!(err, "invalid field Eof.digest: 31 bytes, expected 32");
 
         let header = pb::Header {
             kind: 0,

@@ -47,8 +47,12 @@ fn main() {
 
     let buf = vec![0x5au8; 16 << 20];
     let (t, c0) = (Instant::now(), cpu_ns());
-    let d = firebuild_transfer::digest::sha256(&buf);
-    report("sha256 (in use)", buf.len() as u64, t, c0);
+    let d = firebuild_transfer::digest::blake3(&buf);
+    report("blake3 (digest)", buf.len() as u64, t, c0);
+    let (t, c0) = (Instant::now(), cpu_ns());
+    let s = firebuild_transfer::digest::sha256(&buf);
+    report("sha256 (on request)", buf.len() as u64, t, c0);
+    assert!(d != s);
     let (t, c0) = (Instant::now(), cpu_ns());
     let c = crc32c::crc32c(&buf);
     report("crc32c", buf.len() as u64, t, c0);
@@ -110,7 +114,7 @@ fn main() {
         size.div_ceil(planner.chunk_size() as u64),
         planner.chunk_size() >> 10
     );
-    println!("file sha256 {}", hex::encode(out.file_sha256.unwrap()));
+    println!("resource digest (BLAKE3) {}", hex::encode(out.digest));
     println!("{}", vm_hwm_line());
 }
 

@@ -60,6 +60,7 @@ pub struct EncoderBuilder<'a> {
     filter: Option<Filter<'a>>,
     resume: ResumePoint,
     follow_root_symlink: bool,
+    plain_sha256: bool,
 }
 
 impl std::fmt::Debug for EncoderBuilder<'_> {
@@ -70,6 +71,7 @@ impl std::fmt::Debug for EncoderBuilder<'_> {
             .field("filter", &self.filter.is_some())
             .field("resume", &self.resume)
             .field("follow_root_symlink", &self.follow_root_symlink)
+            .field("plain_sha256", &self.plain_sha256)
             .finish()
     }
 }
@@ -101,13 +103,23 @@ impl<'a> EncoderBuilder<'a> {
         self
     }
 
+    /// Also computes the plain content SHA-256 of a single-file resource, exposed by
+    /// [`ResourceEncoder::file_sha256`] (default: off; it costs a second hash pass over every
+    /// byte; the resource digest is BLAKE3 either way).
+    pub fn plain_sha256(mut self, on: bool) -> Self {
+        self.plain_sha256 = on;
+        self
+    }
+
     /// Walks the source and prepares the encoder.
     pub fn build(self) -> Result<ResourceEncoder, Error> {
         let entries = walk(&self.path, self.follow_root_symlink, self.filter)?;
+        let mut digest = ResourceDigest::new();
+        digest.set_plain_sha256(self.plain_sha256);
         let mut enc = ResourceEncoder {
             entries,
             planner: self.planner,
-            digest: Some(ResourceDigest::new()),
+            digest: Some(digest),
             next: 0,
             reading: None,
             pending_header: None,
@@ -126,7 +138,7 @@ impl ResourceEncoder {
         Self::builder(path).planner(planner).build()
     }
 
-    /// Options: planner, filter, resume point, root symlink handling.
+    /// Options: planner, filter, resume point, root symlink handling, plain SHA-256.
     pub fn builder<'a>(path: impl AsRef<Path>) -> EncoderBuilder<'a> {
         EncoderBuilder {
             path: path.as_ref().to_path_buf(),
@@ -134,6 +146,7 @@ impl ResourceEncoder {
             filter: None,
             resume: ResumePoint::default(),
             follow_root_symlink: false,
+            plain_sha256: false,
         }
     }
 
@@ -162,8 +175,8 @@ impl ResourceEncoder {
         self.final_digest
     }
 
-    /// The plain content SHA-256 when the resource is a single regular file, once its last chunk
-    /// has been produced.
+    /// The plain content SHA-256 when the resource is a single regular file and
+    /// [`EncoderBuilder::plain_sha256`] is on, once its last chunk has been produced.
     pub fn file_sha256(&self) -> Option<[u8; 32]> {
         self.file_sha256
     }
@@ -210,7 +223,7 @@ impl ResourceEncoder {
                 if done {
                     let sum = d.end_file();
                     if index == 0 {
-                        self.file_sha256 = Some(sum);
+                        self.file_sha256 = sum;
                     }
                 }
             }
@@ -266,7 +279,7 @@ impl ResourceEncoder {
         if size == 0 {
             let sum = d.end_file();
             if index == 0 {
-                self.file_sha256 = Some(sum);
+                self.file_sha256 = sum;
             }
             return Ok(());
         }
@@ -295,7 +308,7 @@ impl ResourceEncoder {
         if offset == size {
             let sum = d.end_file();
             if index == 0 {
-                self.file_sha256 = Some(sum);
+                self.file_sha256 = sum;
             }
             return Ok(());
         }

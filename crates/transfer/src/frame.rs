@@ -87,7 +87,7 @@ impl Chunk {
 /// The last frame of a resource.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Eof {
-    /// SHA-256 over the canonical encoding of all entries (see [`crate::digest`]).
+    /// BLAKE3 over the canonical encoding of all entries (see [`crate::digest`]).
     pub digest: [u8; 32],
 }
 

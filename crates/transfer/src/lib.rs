@@ -2,7 +2,7 @@
 //!
 //! A resource (one file, one symlink or a directory tree) travels as a stream of [`Frame`]s: a
 //! [`Header`] per entry, [`Chunk`]s of file content each with a CRC-32C, and a final [`Eof`] with
-//! a SHA-256 digest over all metadata and content (see [`digest`] for the exact encoding). The
+//! a BLAKE3 digest over all metadata and content (see [`digest`] for the exact encoding). The
 //! crate knows nothing about the transport: a gRPC layer maps frames to its own messages.
 //!
 //! - [`ChunkPlanner`] sizes chunks so that no message exceeds the negotiated limit.

@@ -46,7 +46,8 @@ impl Default for Limits {
 pub struct Outcome {
     /// The verified resource digest.
     pub digest: [u8; 32],
-    /// Plain content SHA-256 when the resource is a single regular file (for `ADD --checksum`).
+    /// Plain content SHA-256 when the resource is a single regular file and
+    /// [`Reassembler::plain_sha256`] was on (for `ADD --checksum`); `None` otherwise.
     pub file_sha256: Option<[u8; 32]>,
     /// Number of entries placed.
     pub entries: u32,
@@ -108,6 +109,14 @@ impl<S: Sink> Reassembler<S> {
             poisoned: false,
             finished: false,
         }
+    }
+
+    /// Also computes the plain content SHA-256 of a single-file resource, reported in
+    /// [`Outcome::file_sha256`] (default: off; it costs a second hash pass over every byte; the
+    /// resource digest is BLAKE3 either way). Call before pushing the file's header.
+    pub fn plain_sha256(mut self, on: bool) -> Self {
+        self.digest.set_plain_sha256(on);
+        self
     }
 
     /// The last verified position: resume the sender from here after a disconnect.
@@ -342,7 +351,7 @@ impl<S: Sink> Reassembler<S> {
         if h.kind == EntryKind::File {
             let sum = self.digest.end_file();
             if h.index == 0 {
-                self.file_sha256 = Some(sum);
+                self.file_sha256 = sum;
             }
         }
         self.sink.end_entry().map_err(|e| self.sink_err(p, e))
@@ -450,7 +459,7 @@ impl<S: Sink> Reassembler<S> {
         self.current = None;
         let sum = self.digest.end_file();
         if index == 0 {
-            self.file_sha256 = Some(sum);
+            self.file_sha256 = sum;
         }
         self.sink.end_entry().map_err(|e| self.sink_err(&p, e))
     }
@@ -627,6 +636,13 @@ mod tests {
         let frames = stream(&[(hdr(0, "", EntryKind::File, 11), data.clone())], 3);
         let (mut r, res) = feed(&frames, Limits::default());
         res.unwrap();
+        let out = r.finish().unwrap();
+        assert_eq!(out.file_sha256, None, "off by default");
+
+        let mut r = Reassembler::new(Rec::default()).plain_sha256(true);
+        for f in &frames {
+            r.push(f.clone()).unwrap();
+        }
         let out = r.finish().unwrap();
         assert_eq!(out.file_sha256, Some(crate::digest::sha256(&data)));
     }

@@ -218,10 +218,14 @@ fn single_file_outcome_has_plain_sha256_and_planner_limit_holds() {
     fs::write(&f, &data).unwrap();
     // A message limit of 100 000 bytes with 40 bytes of framing.
     let planner = ChunkPlanner::with_overhead(100_000, 40).unwrap();
-    let enc = ResourceEncoder::new(&f, planner).unwrap();
+    let enc = ResourceEncoder::builder(&f)
+        .planner(planner)
+        .plain_sha256(true)
+        .build()
+        .unwrap();
     let dst = tempfile::tempdir().unwrap();
     let target = dst.path().join("copy");
-    let mut rx = Reassembler::new(sink(&target));
+    let mut rx = Reassembler::new(sink(&target)).plain_sha256(true);
     let mut chunks = 0;
     for fr in enc {
         let fr = fr.unwrap();
