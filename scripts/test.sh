@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 ensure_rust
-ensure_apt gcc libc6-dev make
+ensure_apt gcc libc6-dev make e2fsprogs fakeroot cpio busybox-static qemu-system-x86 docker-registry xz-utils zstd
 
 if [ ! -d ../shared/conformance ]; then
     if [ -n "${CI:-}" ]; then

@@ -9,6 +9,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+mod kernel_cmd;
+mod mmds_cmd;
 mod parse_cmd;
 mod plan_cmd;
 
@@ -26,6 +28,10 @@ enum Cmd {
     Parse(parse_cmd::ParseArgs),
     /// Resolve a Dockerfile and its context into a build plan (table, or JSON with --json).
     Plan(plan_cmd::PlanArgs),
+    /// Serve or write VM metadata (MMDS).
+    Mmds(mmds_cmd::MmdsArgs),
+    /// Prepare the guest kernel and initramfs the VM drivers boot.
+    Kernel(kernel_cmd::KernelArgs),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +43,8 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Cmd::Parse(args) => parse_cmd::run(args),
         Cmd::Plan(args) => plan_cmd::run(args),
+        Cmd::Mmds(args) => mmds_cmd::run(args),
+        Cmd::Kernel(args) => kernel_cmd::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

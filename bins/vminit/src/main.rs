@@ -1,0 +1,3 @@
+//! `vminit`: firebuild's guest agent (PID 1). Being written.
+
+fn main() {}

@@ -1,0 +1,3 @@
+//! Base images to ext4 root filesystems, with a manifest.
+//!
+//! (Being written; see the crate README.)
