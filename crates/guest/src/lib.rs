@@ -2,4 +2,9 @@
 //!
 //! (Being written; see the crate README.)
 
+mod error;
+pub mod passwd;
+pub mod paths;
 pub mod source;
+
+pub use error::{Error, Result};
