@@ -1,0 +1,227 @@
+//! Local layered sources: an OCI image layout directory (or a tar of one) and a `docker save`
+//! archive. Blobs are verified against their digests; legacy `docker save` layers (named by
+//! layer id, not content) are verified through the config's `rootfs.diff_ids` when applied.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use tracing::debug;
+
+use crate::config::{MAX_JSON_BYTES, OciImageConfig};
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::image::{LayerFile, ManifestDoc, ResolvedImage};
+
+const REF_NAME: &str = "org.opencontainers.image.ref.name";
+
+fn read_bounded(path: &Path) -> Result<Vec<u8>> {
+    let len = fs::metadata(path).map_err(Error::io("stat", path))?.len();
+    if len > MAX_JSON_BYTES as u64 {
+        return Err(Error::Image {
+            what: path.display().to_string(),
+            reason: format!("{len} bytes exceeds the {MAX_JSON_BYTES}-byte limit"),
+        });
+    }
+    fs::read(path).map_err(Error::io("read", path))
+}
+
+/// Unpacks a tar archive (`docker save` output, an OCI archive) into `dest`.
+pub fn unpack_archive(archive: &Path, dest: &Path) -> Result<()> {
+    fs::create_dir_all(dest).map_err(Error::io("create", dest))?;
+    let f = fs::File::open(archive).map_err(Error::io("open", archive))?;
+    let mut a = tar::Archive::new(crate::layer::decompress(f).map_err(Error::io("read", archive))?);
+    a.set_preserve_permissions(false);
+    // tar's unpack refuses `..` and writing through symlinks out of `dest`.
+    a.unpack(dest).map_err(Error::io("unpack", archive))
+}
+
+fn blob_path(layout: &Path, digest: &Digest) -> PathBuf {
+    layout.join("blobs").join("sha256").join(digest.hex())
+}
+
+fn read_blob(layout: &Path, digest: &Digest, what: &str) -> Result<Vec<u8>> {
+    let bytes = read_bounded(&blob_path(layout, digest))?;
+    digest.verify(&bytes, what)?;
+    Ok(bytes)
+}
+
+/// Resolves an image from an OCI image layout directory. `tag` selects the index entry whose
+/// `org.opencontainers.image.ref.name` matches; without it the layout must hold one image.
+pub fn from_oci_layout(layout: &Path, tag: Option<&str>) -> Result<ResolvedImage> {
+    let index_path = layout.join("index.json");
+    let index = ManifestDoc::from_slice(&read_bounded(&index_path)?, "index.json")?;
+    let entries = index.manifests.clone().unwrap_or_default();
+    let entry = match tag {
+        Some(t) => entries.iter().find(|d| {
+            d.annotations
+                .as_ref()
+                .and_then(|a| a.get(REF_NAME))
+                .is_some_and(|n| n == t || n.rsplit(':').next() == Some(t))
+        }),
+        None if entries.len() == 1 => entries.first(),
+        None => None,
+    };
+    let Some(entry) = entry else {
+        return Err(Error::Image {
+            what: index_path.display().to_string(),
+            reason: match tag {
+                Some(t) => format!("no manifest tagged {t:?}"),
+                None => format!("{} manifests and no tag to choose one", entries.len()),
+            },
+        });
+    };
+    let mut digest = Digest::parse(&entry.digest)?;
+    let mut index_digest = None;
+    let mut doc = ManifestDoc::from_slice(
+        &read_blob(layout, &digest, "manifest")?,
+        &format!("manifest {digest}"),
+    )?;
+    // Nested indexes (docker's OCI export nests one) down to the platform manifest.
+    for _ in 0..4 {
+        if !doc.is_index() {
+            break;
+        }
+        let picked = doc.pick_linux_amd64(&layout.display().to_string())?;
+        index_digest = Some(digest);
+        digest = picked;
+        doc = ManifestDoc::from_slice(
+            &read_blob(layout, &digest, "manifest")?,
+            &format!("manifest {digest}"),
+        )?;
+    }
+    let (config_desc, layer_descs) = doc.image_parts(&format!("manifest {digest}"))?;
+    let config_digest = Digest::parse(&config_desc.digest)?;
+    let config = OciImageConfig::from_slice(
+        &read_blob(layout, &config_digest, "config blob")?,
+        &format!("config {config_digest}"),
+    )?;
+    let mut layers = Vec::new();
+    for (i, l) in layer_descs.iter().enumerate() {
+        let d = Digest::parse(&l.digest)?;
+        let path = blob_path(layout, &d);
+        d.verify_file(&path, &format!("layer {i} blob"))?;
+        layers.push(LayerFile {
+            digest: Some(d),
+            media_type: l.media_type.clone(),
+            path,
+        });
+    }
+    Ok(ResolvedImage {
+        reference: format!("oci-layout:{}", layout.display()),
+        manifest_digest: Some(digest),
+        index_digest,
+        config_digest,
+        config,
+        layers,
+    })
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct SaveEntry {
+    config: String,
+    #[serde(default)]
+    repo_tags: Option<Vec<String>>,
+    layers: Vec<String>,
+}
+
+/// A digest named by a path inside a save archive: `blobs/sha256/<hex>` or `<hex>.json`.
+fn digest_from_name(name: &str) -> Option<Digest> {
+    let base = name.rsplit('/').next()?;
+    let hex = base.strip_suffix(".json").unwrap_or(base);
+    Digest::parse(&format!("sha256:{hex}")).ok()
+}
+
+fn confined(root: &Path, name: &str) -> Result<PathBuf> {
+    if name.split('/').any(|c| c == "..") || name.starts_with('/') {
+        return Err(Error::Image {
+            what: "manifest.json".into(),
+            reason: format!("path {name:?} escapes the archive"),
+        });
+    }
+    Ok(root.join(name))
+}
+
+/// Resolves an image from an unpacked `docker save` archive (`manifest.json` at its top).
+/// `tag` selects by `RepoTags`; without it the archive must hold one image.
+pub fn from_docker_save(dir: &Path, tag: Option<&str>) -> Result<ResolvedImage> {
+    let mpath = dir.join("manifest.json");
+    let entries: Vec<SaveEntry> =
+        serde_json::from_slice(&read_bounded(&mpath)?).map_err(|source| Error::Json {
+            what: "manifest.json".into(),
+            source,
+        })?;
+    let entry = match tag {
+        Some(t) => entries.iter().find(|e| {
+            e.repo_tags
+                .iter()
+                .flatten()
+                .any(|rt| rt == t || rt.rsplit_once(':').map(|(_, x)| x) == Some(t))
+        }),
+        None if entries.len() == 1 => entries.first(),
+        None => None,
+    };
+    let Some(entry) = entry else {
+        return Err(Error::Image {
+            what: mpath.display().to_string(),
+            reason: match tag {
+                Some(t) => format!("no image tagged {t:?}"),
+                None => format!("{} images and no tag to choose one", entries.len()),
+            },
+        });
+    };
+    let cpath = confined(dir, &entry.config)?;
+    let cbytes = read_bounded(&cpath)?;
+    let config_digest = Digest::of(&cbytes);
+    if let Some(named) = digest_from_name(&entry.config) {
+        named.check(&config_digest, "config")?;
+    }
+    let config = OciImageConfig::from_slice(&cbytes, &format!("config {}", entry.config))?;
+    let mut layers = Vec::new();
+    for (i, l) in entry.layers.iter().enumerate() {
+        let path = confined(dir, l)?;
+        let digest = if l.starts_with("blobs/") {
+            let d = digest_from_name(l).ok_or_else(|| Error::Image {
+                what: "manifest.json".into(),
+                reason: format!("layer path {l:?} is not named by a digest"),
+            })?;
+            d.verify_file(&path, &format!("layer {i} blob"))?;
+            Some(d)
+        } else {
+            None
+        };
+        debug!(layer = i, path = %path.display(), "docker save layer");
+        layers.push(LayerFile {
+            digest,
+            media_type: "application/vnd.docker.image.rootfs.diff.tar".into(),
+            path,
+        });
+    }
+    Ok(ResolvedImage {
+        reference: format!("docker-archive:{}", dir.display()),
+        manifest_digest: None,
+        index_digest: None,
+        config_digest,
+        config,
+        layers,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_names() {
+        let hex = "a".repeat(64);
+        assert_eq!(
+            digest_from_name(&format!("blobs/sha256/{hex}"))
+                .unwrap()
+                .hex(),
+            hex
+        );
+        assert!(digest_from_name(&format!("{hex}.json")).is_some());
+        assert!(digest_from_name("abc/layer.tar").is_none());
+        assert!(confined(Path::new("/x"), "../etc/passwd").is_err());
+    }
+}

@@ -1,0 +1,169 @@
+//! The OCI image configuration (`application/vnd.oci.image.config.v1+json`) and its mapping onto
+//! [`firebuild_plan::ImageConfig`].
+
+use std::collections::BTreeMap;
+
+use firebuild_plan::{Command, EnvVar, ImageConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+
+/// Largest image config or manifest accepted (bytes); bounds the JSON decoders.
+pub const MAX_JSON_BYTES: usize = 4 << 20;
+
+/// The parts of an OCI/Docker image config that firebuild uses. Unknown fields are ignored.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OciImageConfig {
+    /// CPU architecture (`amd64`).
+    #[serde(default)]
+    pub architecture: String,
+    /// Operating system (`linux`).
+    #[serde(default)]
+    pub os: String,
+    /// Creation time as written by the image builder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
+    /// The run configuration.
+    #[serde(default)]
+    pub config: OciRunConfig,
+    /// Uncompressed layer digests.
+    #[serde(default)]
+    pub rootfs: OciRootfs,
+}
+
+/// `rootfs` of an image config.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OciRootfs {
+    /// Always `layers`.
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    /// Digest of each layer's uncompressed tar, bottom first.
+    #[serde(default)]
+    pub diff_ids: Vec<String>,
+}
+
+/// `config` of an image config (Docker's capitalised field names).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct OciRunConfig {
+    /// `USER`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// `EXPOSE` (`"80/tcp": {}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exposed_ports: Option<BTreeMap<String, serde_json::Value>>,
+    /// `ENV` as `NAME=value`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<Vec<String>>,
+    /// `ENTRYPOINT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+    /// `CMD`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmd: Option<Vec<String>>,
+    /// `VOLUME`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volumes: Option<BTreeMap<String, serde_json::Value>>,
+    /// `WORKDIR`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    /// `LABEL`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+    /// `STOPSIGNAL`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
+    /// `SHELL` (Docker extension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shell: Option<Vec<String>>,
+    /// `ONBUILD` (Docker extension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_build: Option<Vec<String>>,
+}
+
+impl OciImageConfig {
+    /// Decodes a config blob (bounded by [`MAX_JSON_BYTES`]).
+    pub fn from_slice(bytes: &[u8], what: &str) -> Result<Self> {
+        if bytes.len() > MAX_JSON_BYTES {
+            return Err(Error::Image {
+                what: what.to_owned(),
+                reason: format!(
+                    "{} bytes exceeds the {MAX_JSON_BYTES}-byte limit",
+                    bytes.len()
+                ),
+            });
+        }
+        serde_json::from_slice(bytes).map_err(|source| Error::Json {
+            what: what.to_owned(),
+            source,
+        })
+    }
+
+    /// The layers' uncompressed digests, validated.
+    pub fn diff_ids(&self) -> Result<Vec<Digest>> {
+        self.rootfs
+            .diff_ids
+            .iter()
+            .map(|d| Digest::parse(d))
+            .collect()
+    }
+
+    /// Maps the run configuration onto the build plan's image config: what a stage built
+    /// `FROM` this image starts with (env, user, workdir, cmd, entrypoint, ports, labels...).
+    pub fn to_image_config(&self) -> ImageConfig {
+        let c = &self.config;
+        let env = c
+            .env
+            .iter()
+            .flatten()
+            .map(|kv| match kv.split_once('=') {
+                Some((k, v)) => EnvVar::new(k, v),
+                None => EnvVar::new(kv.as_str(), ""),
+            })
+            .collect();
+        let keys = |m: &Option<BTreeMap<String, serde_json::Value>>| -> Vec<String> {
+            m.iter().flat_map(|m| m.keys().cloned()).collect()
+        };
+        ImageConfig {
+            env,
+            cmd: c.cmd.clone().map(Command::Exec),
+            entrypoint: c.entrypoint.clone().map(Command::Exec),
+            workdir: c.working_dir.clone().filter(|w| !w.is_empty()),
+            user: c.user.clone().filter(|u| !u.is_empty()),
+            shell: c.shell.clone(),
+            exposed_ports: keys(&c.exposed_ports),
+            labels: c.labels.clone().unwrap_or_default(),
+            volumes: keys(&c.volumes),
+            stop_signal: c.stop_signal.clone(),
+            healthcheck: None,
+            onbuild: c.on_build.clone().unwrap_or_default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_docker_style_config() {
+        let json = br#"{"architecture":"amd64","os":"linux","config":{"User":"1000:1000",
+            "Env":["PATH=/usr/bin:/bin","EMPTY="],"Entrypoint":["/init"],"Cmd":["-v"],
+            "WorkingDir":"/srv","ExposedPorts":{"80/tcp":{},"53/udp":{}},
+            "Labels":{"a":"b"}},"rootfs":{"type":"layers","diff_ids":[]}}"#;
+        let cfg = OciImageConfig::from_slice(json, "config").unwrap();
+        let ic = cfg.to_image_config();
+        assert_eq!(ic.user.as_deref(), Some("1000:1000"));
+        assert_eq!(ic.env[0], EnvVar::new("PATH", "/usr/bin:/bin"));
+        assert_eq!(ic.env[1], EnvVar::new("EMPTY", ""));
+        assert_eq!(ic.entrypoint, Some(Command::Exec(vec!["/init".into()])));
+        assert_eq!(ic.cmd, Some(Command::Exec(vec!["-v".into()])));
+        assert_eq!(ic.workdir.as_deref(), Some("/srv"));
+        assert_eq!(
+            ic.exposed_ports,
+            vec!["53/udp".to_string(), "80/tcp".to_string()]
+        );
+        assert_eq!(ic.labels.get("a").map(String::as_str), Some("b"));
+    }
+}

@@ -1,0 +1,383 @@
+//! ext4 assembly with e2fsprogs: `mkfs.ext4 -d` (under `fakeroot` when not root), sizing,
+//! `e2fsck -fn` checks, shrink (`resize2fs -M`) and grow.
+//!
+//! # Size formula
+//! For a tree with `bytes` of file data (each file rounded up to 4 KiB blocks, plus one block per
+//! directory and per symlink longer than 60 bytes) and `n` inodes:
+//!
+//! ```text
+//! needed   = bytes + n * 256 (inode table) + 4 MiB (superblocks, bitmaps, root, lost+found)
+//! journal  = 4 MiB below 128 MiB, 16 MiB below 1 GiB, else 64 MiB
+//! headroom = max(needed / 4, 64 MiB)       (the build's own writes, ext4 slack)
+//! size     = round_up(needed + journal + headroom, 1 MiB)
+//! ```
+//! A user size is accepted when it is at least `needed + journal`; otherwise [`Error::TooSmall`].
+//! Inodes are reserved explicitly (`-N max(2 * n, 4096)`) so trees of many small files fit.
+//! Reserved blocks are off (`-m 0`): the image is not a host root filesystem.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use tracing::{debug, info};
+
+use crate::error::{Error, Result};
+use crate::layer::{NodeKind, SideTable};
+
+const MIB: u64 = 1 << 20;
+
+/// What [`measure`] found in a tree.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TreeSize {
+    /// Bytes of data blocks (4 KiB granularity).
+    pub data_bytes: u64,
+    /// Inodes (files, directories, symlinks, nodes; hardlinks counted once).
+    pub inodes: u64,
+}
+
+impl TreeSize {
+    /// Smallest image this content fits in (no headroom).
+    pub fn min_image_bytes(&self) -> u64 {
+        let needed = self.data_bytes + self.inodes * 256 + 4 * MIB;
+        round_up(needed + journal_for(needed), MIB)
+    }
+
+    /// Default image size: content plus headroom (see the module docs).
+    pub fn default_image_bytes(&self) -> u64 {
+        let needed = self.data_bytes + self.inodes * 256 + 4 * MIB;
+        let headroom = (needed / 4).max(64 * MIB);
+        round_up(needed + journal_for(needed) + headroom, MIB)
+    }
+
+    /// Inodes to reserve.
+    pub fn inode_reservation(&self) -> u64 {
+        (self.inodes * 2).max(4096)
+    }
+}
+
+fn journal_for(bytes: u64) -> u64 {
+    if bytes < 128 * MIB {
+        4 * MIB
+    } else if bytes < 1024 * MIB {
+        16 * MIB
+    } else {
+        64 * MIB
+    }
+}
+
+fn round_up(v: u64, to: u64) -> u64 {
+    v.div_ceil(to) * to
+}
+
+/// Walks `dir` (not following symlinks) and sums what ext4 will need.
+pub fn measure(dir: &Path) -> Result<TreeSize> {
+    let mut size = TreeSize::default();
+    let mut seen = std::collections::HashSet::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        size.inodes += 1;
+        size.data_bytes += 4096;
+        for ent in fs::read_dir(&d).map_err(Error::io("read_dir", &d))? {
+            let ent = ent.map_err(Error::io("read_dir", &d))?;
+            let p = ent.path();
+            let m = fs::symlink_metadata(&p).map_err(Error::io("stat", &p))?;
+            if m.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            if m.nlink() > 1 && !seen.insert((m.dev(), m.ino())) {
+                continue;
+            }
+            size.inodes += 1;
+            if m.file_type().is_symlink() {
+                if m.len() > 60 {
+                    size.data_bytes += 4096;
+                }
+            } else {
+                size.data_bytes += round_up(m.len(), 4096);
+            }
+        }
+    }
+    Ok(size)
+}
+
+/// Options for [`make_ext4`].
+#[derive(Debug, Clone, Default)]
+pub struct Ext4Options {
+    /// Image size in bytes; `None` computes content plus headroom.
+    pub size: Option<u64>,
+    /// Filesystem label (`-L`, at most 16 bytes).
+    pub label: Option<String>,
+}
+
+/// What [`make_ext4`] produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ext4Image {
+    /// The image file.
+    pub path: PathBuf,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// Builds an ext4 image at `out` from the tree `dir`, replaying `side` (owners, modes, device
+/// nodes, xattrs) under `fakeroot` when it is not empty. The result is checked with
+/// `e2fsck -fn`.
+pub fn make_ext4(
+    dir: &Path,
+    out: &Path,
+    side: &SideTable,
+    opts: &Ext4Options,
+) -> Result<Ext4Image> {
+    let tree = measure(dir)?;
+    let min = tree.min_image_bytes();
+    let size = match opts.size {
+        Some(s) if s < min => {
+            return Err(Error::TooSmall {
+                requested: s,
+                needed: min,
+            });
+        }
+        Some(s) => s,
+        None => tree.default_image_bytes(),
+    };
+    let _ = fs::remove_file(out);
+    let f = fs::File::create(out).map_err(Error::io("create", out))?;
+    f.set_len(size).map_err(Error::io("truncate", out))?;
+    drop(f);
+
+    let mut mkfs: Vec<String> = vec![
+        "mkfs.ext4".into(),
+        "-q".into(),
+        "-F".into(),
+        "-m".into(),
+        "0".into(),
+        "-N".into(),
+        tree.inode_reservation().to_string(),
+        "-E".into(),
+        "root_owner=0:0".into(),
+    ];
+    if let Some(l) = &opts.label {
+        mkfs.push("-L".into());
+        mkfs.push(l.chars().take(16).collect());
+    }
+    mkfs.push("-d".into());
+    mkfs.push(path_str(dir)?);
+    mkfs.push(path_str(out)?);
+    info!(dir = %dir.display(), image = %out.display(), size, inodes = tree.inodes, "making ext4");
+
+    let result = if side.is_empty() {
+        run(&mkfs[0], mkfs[1..].iter().map(String::as_str))
+    } else {
+        // Replay the side table and run mkfs in one fakeroot session.
+        let script_path = out.with_extension("fakeroot.sh");
+        let mut script = replay_script(dir, side)?;
+        script.push_str("exec ");
+        script.push_str(
+            &mkfs
+                .iter()
+                .map(|a| shell_quote(a))
+                .collect::<Vec<_>>()
+                .join(" "),
+        );
+        script.push('\n');
+        let mut sf = fs::File::create(&script_path).map_err(Error::io("create", &script_path))?;
+        sf.write_all(script.as_bytes())
+            .map_err(Error::io("write", &script_path))?;
+        drop(sf);
+        let r = run(
+            "fakeroot",
+            ["--", "sh", "-e", path_str(&script_path)?.as_str()],
+        );
+        let _ = fs::remove_file(&script_path);
+        r
+    };
+    if let Err(e) = result {
+        if let Error::Tool { stderr, .. } = &e
+            && (stderr.contains("No space left") || stderr.contains("Could not allocate"))
+        {
+            return Err(Error::TooSmall {
+                requested: size,
+                needed: size + size / 4,
+            });
+        }
+        return Err(e);
+    }
+    fsck(out)?;
+    Ok(Ext4Image {
+        path: out.to_path_buf(),
+        size,
+    })
+}
+
+/// The shell commands that give the tree its recorded owners, modes and nodes under fakeroot.
+fn replay_script(dir: &Path, side: &SideTable) -> Result<String> {
+    let mut s =
+        String::from("# generated by firebuild-rootfs: replay owners/modes under fakeroot\n");
+    // Children before parents for chmod so a 0555 dir does not block its children.
+    for (rel, meta) in side.entries.iter().rev() {
+        let p = shell_quote(&path_str(&dir.join(rel))?);
+        match meta.node {
+            NodeKind::Char(ma, mi) => s.push_str(&format!("rm -f {p}; mknod {p} c {ma} {mi}\n")),
+            NodeKind::Block(ma, mi) => s.push_str(&format!("rm -f {p}; mknod {p} b {ma} {mi}\n")),
+            NodeKind::Plain => {}
+        }
+        s.push_str(&format!("chown -h {}:{} {p}\n", meta.uid, meta.gid));
+        if !meta.symlink {
+            s.push_str(&format!("chmod {:o} {p}\n", meta.mode));
+        }
+        for (name, value) in &meta.xattrs {
+            s.push_str(&format!(
+                "setfattr -h -n {} -v 0x{} {p} || echo 'firebuild-rootfs: xattr {} not kept (setfattr missing?)' >&2\n",
+                shell_quote(name),
+                hex::encode(value),
+                name.replace('\'', "")
+            ));
+        }
+    }
+    Ok(s)
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+fn path_str(p: &Path) -> Result<String> {
+    p.to_str().map(str::to_owned).ok_or_else(|| Error::Io {
+        op: "use non-UTF-8 path",
+        path: p.to_path_buf(),
+        source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+    })
+}
+
+fn run<'a>(tool: &str, args: impl IntoIterator<Item = &'a str>) -> Result<String> {
+    let args: Vec<&str> = args.into_iter().collect();
+    debug!(tool, ?args, "running");
+    let out = Command::new(tool)
+        .args(&args)
+        .output()
+        .map_err(|source| Error::Spawn {
+            tool: tool.to_owned(),
+            source,
+        })?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let text = format!("{stderr}{stdout}");
+        let tail: Vec<&str> = text.lines().rev().take(8).collect();
+        return Err(Error::Tool {
+            tool: format!("{tool} {}", args.last().copied().unwrap_or("")),
+            status: out.status.to_string(),
+            stderr: tail.into_iter().rev().collect::<Vec<_>>().join(" | "),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `e2fsck -fn`: a read-only full check; any problem is an error.
+pub fn fsck(image: &Path) -> Result<()> {
+    run("e2fsck", ["-fn", path_str(image)?.as_str()]).map(|_| ())
+}
+
+/// Block size and block count from the superblock (`dumpe2fs -h`).
+fn fs_bytes(image: &Path) -> Result<u64> {
+    let out = run("dumpe2fs", ["-h", path_str(image)?.as_str()])?;
+    let field = |name: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    match (field("Block count:"), field("Block size:")) {
+        (Some(c), Some(s)) => Ok(c * s),
+        _ => Err(Error::Tool {
+            tool: format!("dumpe2fs -h {}", image.display()),
+            status: "0".into(),
+            stderr: "no block count or block size in its output".into(),
+        }),
+    }
+}
+
+/// Shrinks the filesystem to its minimum (`resize2fs -M`) and truncates the file to match.
+/// Returns the new size.
+pub fn shrink(image: &Path) -> Result<u64> {
+    let p = path_str(image)?;
+    run("e2fsck", ["-fy", p.as_str()])?;
+    run("resize2fs", ["-M", p.as_str()])?;
+    let bytes = fs_bytes(image)?;
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(image)
+        .map_err(Error::io("open", image))?;
+    f.set_len(bytes).map_err(Error::io("truncate", image))?;
+    fsck(image)?;
+    Ok(bytes)
+}
+
+/// Grows the image file and its filesystem to `size` bytes (no-op when already that big).
+pub fn grow(image: &Path, size: u64) -> Result<u64> {
+    let cur = fs::metadata(image).map_err(Error::io("stat", image))?.len();
+    if size <= cur {
+        return Ok(cur);
+    }
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(image)
+        .map_err(Error::io("open", image))?;
+    f.set_len(size).map_err(Error::io("truncate", image))?;
+    drop(f);
+    let p = path_str(image)?;
+    run("e2fsck", ["-fy", p.as_str()])?;
+    run("resize2fs", [p.as_str()])?;
+    fsck(image)?;
+    Ok(size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn sizes_follow_the_formula() {
+        let t = TreeSize {
+            data_bytes: 100 * MIB,
+            inodes: 1000,
+        };
+        let needed = 100 * MIB + 256_000 + 4 * MIB;
+        assert_eq!(t.min_image_bytes(), round_up(needed + 4 * MIB, MIB));
+        assert_eq!(
+            t.default_image_bytes(),
+            round_up(needed + 4 * MIB + 64 * MIB, MIB)
+        );
+        assert_eq!(t.inode_reservation(), 4096);
+    }
+
+    #[test]
+    fn replay_script_quotes_and_orders() {
+        let mut side = SideTable::default();
+        let meta = |mode, node| crate::layer::FileMeta {
+            uid: 1000,
+            gid: 1000,
+            mode,
+            symlink: false,
+            node,
+            xattrs: BTreeMap::new(),
+        };
+        side.entries
+            .insert("d".into(), meta(0o555, NodeKind::Plain));
+        side.entries
+            .insert("d/it's".into(), meta(0o4755, NodeKind::Plain));
+        side.entries
+            .insert("dev/null".into(), meta(0o666, NodeKind::Char(1, 3)));
+        let s = replay_script(Path::new("/r"), &side).unwrap();
+        assert!(s.contains("chmod 4755 '/r/d/it'\\''s'"), "{s}");
+        assert!(s.contains("mknod '/r/dev/null' c 1 3"), "{s}");
+        let child = s.find("/r/d/it").unwrap();
+        let parent = s.find("chmod 555 '/r/d'").unwrap();
+        assert!(
+            child < parent,
+            "children must be replayed before their parent"
+        );
+    }
+}

@@ -1,0 +1,324 @@
+//! Pulling from an OCI distribution registry with [`oci_client`]: tag or digest, linux/amd64
+//! from an index, anonymous or basic credentials exchanged for a Bearer token when the registry
+//! challenges (`WWW-Authenticate`), every manifest, config and layer verified against its
+//! digest, layers cached by digest.
+//!
+//! Plain HTTP is used only for registries named in [`PullOptions::insecure_registries`] and, like
+//! Docker, for loopback registries (`localhost`, `127.0.0.0/8`, `[::1]`).
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::manifest::OciDescriptor;
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use tracing::{debug, info};
+
+use crate::config::{MAX_JSON_BYTES, OciImageConfig};
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::image::{Descriptor, LayerFile, MANIFEST_TYPES, ManifestDoc, ResolvedImage};
+
+/// Credentials for a registry.
+#[derive(Clone, Default)]
+pub enum Credentials {
+    /// No credentials (an anonymous token is still fetched when the registry asks).
+    #[default]
+    Anonymous,
+    /// User name and password (or identity token), exchanged for a Bearer token.
+    Basic {
+        /// User name.
+        user: String,
+        /// Password or token; never logged.
+        password: String,
+    },
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credentials::Anonymous => f.write_str("Anonymous"),
+            Credentials::Basic { user, .. } => write!(f, "Basic({user}, <redacted>)"),
+        }
+    }
+}
+
+/// How to pull.
+#[derive(Debug, Clone)]
+pub struct PullOptions {
+    /// Layer cache: blobs live at `<cache_dir>/blobs/sha256/<hex>`.
+    pub cache_dir: PathBuf,
+    /// Registries (`host:port` as written in references) reached over plain HTTP.
+    pub insecure_registries: Vec<String>,
+    /// Credentials.
+    pub credentials: Credentials,
+}
+
+impl PullOptions {
+    /// Options with a cache directory, no insecure registries, anonymous access.
+    pub fn new(cache_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            cache_dir: cache_dir.into(),
+            insecure_registries: Vec::new(),
+            credentials: Credentials::Anonymous,
+        }
+    }
+}
+
+/// Whether a registry host is loopback (`localhost`, `127.x.y.z`, `[::1]`, with any port).
+pub fn is_loopback_registry(registry: &str) -> bool {
+    let host = if let Some(rest) = registry.strip_prefix('[') {
+        rest.split(']').next().unwrap_or(rest)
+    } else {
+        registry.rsplit_once(':').map_or(registry, |(h, _)| h)
+    };
+    host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The blob cache.
+#[derive(Debug, Clone)]
+pub struct BlobCache {
+    dir: PathBuf,
+}
+
+impl BlobCache {
+    /// A cache rooted at `dir` (created on first write).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    /// Where a blob lives.
+    pub fn path(&self, digest: &Digest) -> PathBuf {
+        self.dir.join("blobs").join("sha256").join(digest.hex())
+    }
+
+    /// A cached blob, re-verified; a corrupt entry is deleted and reported as missing.
+    pub fn get(&self, digest: &Digest) -> Option<PathBuf> {
+        let p = self.path(digest);
+        if !p.is_file() {
+            return None;
+        }
+        match digest.verify_file(&p, "cached blob") {
+            Ok(()) => Some(p),
+            Err(e) => {
+                tracing::warn!(error = %e, path = %p.display(), "dropping corrupt cache entry");
+                let _ = std::fs::remove_file(&p);
+                None
+            }
+        }
+    }
+}
+
+fn reg_err(
+    registry: &str,
+    op: String,
+) -> impl FnOnce(oci_client::errors::OciDistributionError) -> Error {
+    let registry = registry.to_owned();
+    move |e| match e {
+        oci_client::errors::OciDistributionError::DigestError(
+            oci_client::errors::DigestError::VerificationError { expected, actual },
+        ) => Error::DigestMismatch {
+            what: op,
+            expected,
+            actual,
+        },
+        e => Error::Registry {
+            registry,
+            op,
+            source: Box::new(e),
+        },
+    }
+}
+
+/// Pulls `reference` (linux/amd64) into the cache and returns the verified image.
+pub async fn pull(reference: &str, opts: &PullOptions) -> Result<ResolvedImage> {
+    let r: Reference = reference
+        .parse()
+        .map_err(|e: oci_client::ParseError| Error::Reference {
+            reference: reference.to_owned(),
+            reason: e.to_string(),
+        })?;
+    let registry = r.resolve_registry().to_owned();
+    let mut insecure = opts.insecure_registries.clone();
+    if is_loopback_registry(r.registry()) {
+        insecure.push(r.registry().to_owned());
+        insecure.push(registry.clone());
+    }
+    let client = Client::new(ClientConfig {
+        protocol: ClientProtocol::HttpsExcept(insecure),
+        platform_resolver: None,
+        ..Default::default()
+    });
+    let auth = match &opts.credentials {
+        Credentials::Anonymous => RegistryAuth::Anonymous,
+        Credentials::Basic { user, password } => {
+            RegistryAuth::Basic(user.clone(), password.clone())
+        }
+    };
+    info!(reference, registry = %registry, "pulling base image");
+
+    let (bytes, digest) = client
+        .pull_manifest_raw(&r, &auth, &MANIFEST_TYPES)
+        .await
+        .map_err(reg_err(&registry, format!("fetch manifest {reference}")))?;
+    let first = verify_manifest(&bytes, &digest, r.digest(), reference)?;
+    let doc = ManifestDoc::from_slice(&bytes, &format!("manifest {first}"))?;
+    let (index_digest, manifest_digest, doc) = if doc.is_index() {
+        let d = doc.pick_linux_amd64(reference)?;
+        debug!(index = %first, manifest = %d, "picked linux/amd64");
+        let pr = r.clone_with_digest(d.to_string());
+        let (bytes, got) = client
+            .pull_manifest_raw(&pr, &auth, &MANIFEST_TYPES)
+            .await
+            .map_err(reg_err(&registry, format!("fetch manifest {d}")))?;
+        verify_manifest(&bytes, &got, Some(d.as_str()), reference)?;
+        let inner = ManifestDoc::from_slice(&bytes, &format!("manifest {d}"))?;
+        (Some(first), d, inner)
+    } else {
+        (None, first, doc)
+    };
+    let (config_desc, layer_descs) = doc.image_parts(&format!("manifest {manifest_digest}"))?;
+    if config_desc.size > MAX_JSON_BYTES as i64 {
+        return Err(Error::Image {
+            what: format!("config {}", config_desc.digest),
+            reason: format!(
+                "{} bytes exceeds the {MAX_JSON_BYTES}-byte limit",
+                config_desc.size
+            ),
+        });
+    }
+    let config_digest = Digest::parse(&config_desc.digest)?;
+    let mut config_bytes = Vec::new();
+    client
+        .pull_blob(&r, &oci_desc(&config_desc), &mut config_bytes)
+        .await
+        .map_err(reg_err(&registry, format!("config blob {config_digest}")))?;
+    config_digest.verify(&config_bytes, "config blob")?;
+    let config = OciImageConfig::from_slice(&config_bytes, &format!("config {config_digest}"))?;
+
+    let cache = BlobCache::new(&opts.cache_dir);
+    let mut layers = Vec::with_capacity(layer_descs.len());
+    for (i, l) in layer_descs.iter().enumerate() {
+        let d = Digest::parse(&l.digest)?;
+        let path = match cache.get(&d) {
+            Some(p) => {
+                debug!(layer = %d, "layer cache hit");
+                p
+            }
+            None => fetch_layer(&client, &r, &registry, l, &d, i, &cache).await?,
+        };
+        layers.push(LayerFile {
+            digest: Some(d),
+            media_type: l.media_type.clone(),
+            path,
+        });
+    }
+    Ok(ResolvedImage {
+        reference: reference.to_owned(),
+        manifest_digest: Some(manifest_digest),
+        index_digest,
+        config_digest,
+        config,
+        layers,
+    })
+}
+
+fn verify_manifest(
+    bytes: &[u8],
+    got: &str,
+    wanted: Option<&str>,
+    reference: &str,
+) -> Result<Digest> {
+    let actual = Digest::of(bytes);
+    if let Some(w) = wanted {
+        Digest::parse(w)?.check(&actual, &format!("manifest of {reference}"))?;
+    }
+    // The registry's Docker-Content-Digest (oci-client checked it too).
+    if let Ok(g) = Digest::parse(got) {
+        g.check(&actual, &format!("manifest of {reference}"))?;
+    }
+    Ok(actual)
+}
+
+fn oci_desc(d: &Descriptor) -> OciDescriptor {
+    OciDescriptor {
+        media_type: d.media_type.clone(),
+        digest: d.digest.clone(),
+        size: d.size,
+        ..Default::default()
+    }
+}
+
+async fn fetch_layer(
+    client: &Client,
+    r: &Reference,
+    registry: &str,
+    l: &Descriptor,
+    d: &Digest,
+    index: usize,
+    cache: &BlobCache,
+) -> Result<PathBuf> {
+    let dest = cache.path(d);
+    let parent = dest.parent().unwrap_or(Path::new("."));
+    tokio::fs::create_dir_all(parent)
+        .await
+        .map_err(Error::io("create", parent))?;
+    let tmp = parent.join(format!(".{}.partial", d.hex()));
+    let file = tokio::fs::File::create(&tmp)
+        .await
+        .map_err(Error::io("create", &tmp))?;
+    info!(layer = index, digest = %d, size = l.size, "fetching layer");
+    let res = client
+        .pull_blob(r, &oci_desc(l), file)
+        .await
+        .map_err(reg_err(registry, format!("layer {index} blob {d}")));
+    if let Err(e) = res {
+        let _ = tokio::fs::remove_file(&tmp).await;
+        return Err(e);
+    }
+    // Our own check, independent of the client's.
+    let check = {
+        let tmp2 = tmp.clone();
+        let d = d.clone();
+        tokio::task::spawn_blocking(move || d.verify_file(&tmp2, &format!("layer {index} blob")))
+            .await
+            .map_err(|e| Error::Io {
+                op: "join hashing task",
+                path: tmp.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })?
+    };
+    if let Err(e) = check {
+        let _ = tokio::fs::remove_file(&tmp).await;
+        return Err(e);
+    }
+    tokio::fs::rename(&tmp, &dest)
+        .await
+        .map_err(Error::io("rename", &dest))?;
+    Ok(dest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_rule() {
+        assert!(is_loopback_registry("127.0.0.1:5000"));
+        assert!(is_loopback_registry("localhost:5000"));
+        assert!(is_loopback_registry("[::1]:5000"));
+        assert!(is_loopback_registry("localhost"));
+        assert!(!is_loopback_registry("docker.io"));
+        assert!(!is_loopback_registry("10.0.0.1:5000"));
+    }
+
+    #[test]
+    fn credentials_debug_hides_password() {
+        let c = Credentials::Basic {
+            user: "u".into(),
+            password: "hunter2".into(),
+        };
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+}
