@@ -1,3 +1,38 @@
-//! VM drivers behind one trait: Firecracker, QEMU microvm, namespace sandbox.
+//! VM drivers behind one trait — Firecracker, QEMU microvm, a namespace sandbox — and the
+//! guest kernel they boot.
 //!
-//! (Being written; see the crate README.)
+//! - [`VmSpec`]: what to boot (kernel, drives, vCPUs, memory, network, metadata).
+//! - [`Driver`]: `prepare` → `start` → `wait(timeout)` → `stop`, plus the console log path;
+//!   implemented by [`QemuDriver`], [`FirecrackerDriver`] and [`SandboxDriver`].
+//! - [`kernel::KernelBuilder`] / [`kernel::Kernel`]: Debian's cloud kernel fetched through apt,
+//!   an initramfs that loads the virtio modules, and the ELF `vmlinux`, cached per version.
+//!
+//! ```
+//! use firebuild_vmm::{Driver, Metadata, Network, QemuDriver, QemuOptions, VmSpec};
+//!
+//! let dir = std::env::temp_dir();
+//! let mut spec = VmSpec::new("demo", &dir, dir.join("rootfs.ext4"));
+//! spec.network = Network::User;
+//! spec.metadata = Metadata::Server("127.0.0.1:8080".parse().unwrap());
+//! let driver = QemuDriver::new(spec, QemuOptions::default());
+//! assert_eq!(driver.name(), "qemu");
+//! assert!(driver.console_log().ends_with("console.log"));
+//! // driver.run(Duration::from_secs(120)) boots it (needs a prepared kernel and the image).
+//! ```
+
+mod driver;
+mod error;
+pub mod firecracker;
+pub mod kernel;
+mod process;
+pub mod qemu;
+pub mod sandbox;
+mod spec;
+
+pub use driver::{Driver, RunOutcome, VmExit};
+pub use error::{Error, Result};
+pub use firecracker::{FirecrackerDriver, FirecrackerOptions};
+pub use process::which;
+pub use qemu::{Accel, QemuDriver, QemuOptions};
+pub use sandbox::{SandboxDriver, SandboxOptions};
+pub use spec::{Drive, KernelFiles, Metadata, Network, TapConfig, VmSpec};

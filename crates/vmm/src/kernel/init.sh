@@ -1,0 +1,70 @@
+#!/bin/busybox sh
+# firebuild initramfs /init: load the virtio modules, configure eth0 from ip=, mount root=,
+# switch_root to init=. Errors are printed to the console and the VM powers off.
+/bin/busybox --install -s /bin
+export PATH=/bin
+say() { echo "firebuild-initramfs: $*"; }
+die() { echo "firebuild-initramfs: error: $*"; sleep 1; poweroff -f; exit 1; }
+
+mount -t devtmpfs devtmpfs /dev 2>/dev/null || say "devtmpfs mount failed"
+mount -t proc proc /proc || die "cannot mount /proc"
+mount -t sysfs sysfs /sys || die "cannot mount /sys"
+case " $(cat /proc/cmdline) " in
+    *" firebuild.probe "*) say "probe ok"; poweroff -f; exit 0 ;;
+esac
+
+root=/dev/vda rootfstype=ext4 rootflags=rw init=/sbin/vminit ipcfg= rootwait=50
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in
+        root=*) root="${arg#root=}" ;;
+        rootfstype=*) rootfstype="${arg#rootfstype=}" ;;
+        ro) rootflags=ro ;;
+        rw) rootflags=rw ;;
+        init=*) init="${arg#init=}" ;;
+        ip=*) ipcfg="${arg#ip=}" ;;
+    esac
+done
+
+say "loading modules"
+while read -r m; do
+    [ -n "$m" ] || continue
+    insmod "/lib/modules/$m.ko" || die "insmod $m failed"
+done < /lib/modules/order
+
+ip link set lo up
+if [ -n "$ipcfg" ] && [ "$ipcfg" != off ] && [ "$ipcfg" != none ]; then
+    IFS=: read -r client server gw mask host dev auto <<IPEOF
+$ipcfg
+IPEOF
+    dev="${dev:-eth0}"
+    n=0
+    while [ ! -e "/sys/class/net/$dev" ] && [ $n -lt 50 ]; do sleep 0.1; n=$((n + 1)); done
+    [ -e "/sys/class/net/$dev" ] || die "network device $dev did not appear (ip=$ipcfg)"
+    if [ -n "$client" ]; then
+        prefix=32
+        [ -n "$mask" ] && eval "$(ipcalc -p "$client" "$mask")" && prefix="$PREFIX"
+        ip addr add "$client/$prefix" dev "$dev" || die "ip addr add $client/$prefix dev $dev failed"
+    fi
+    ip link set "$dev" up || die "ip link set $dev up failed"
+    [ -n "$gw" ] && { ip route add default via "$gw" dev "$dev" || die "default route via $gw failed"; }
+    [ -n "$host" ] && hostname "$host"
+    say "network: $dev ${client:-unconfigured}/${prefix:-} gw ${gw:-none}"
+fi
+
+case "$root" in
+    LABEL=*|UUID=*) dev_root="$(findfs "$root")" || die "root device $root not found" ;;
+    *) dev_root="$root" ;;
+esac
+n=0
+while [ ! -b "$dev_root" ] && [ $n -lt $rootwait ]; do sleep 0.1; n=$((n + 1)); done
+[ -b "$dev_root" ] || die "root device $dev_root did not appear (root=$root)"
+mount -t "$rootfstype" -o "$rootflags" "$dev_root" /newroot || die "cannot mount $dev_root ($rootfstype, $rootflags) on /newroot"
+[ -x "/newroot$init" ] || [ -L "/newroot$init" ] || die "init $init not found or not executable in the root filesystem"
+
+if [ -d /newroot/dev ]; then mount --move /dev /newroot/dev || umount /dev; else umount /dev; fi
+umount /sys
+read -r up _ < /proc/uptime
+say "uptime ${up}s: switching to $init on $dev_root"
+umount /proc
+exec switch_root /newroot "$init"
+die "switch_root to $init failed"

@@ -1,0 +1,427 @@
+//! The guest kernel: Debian's `linux-image-cloud-amd64` fetched through apt, an initramfs that
+//! loads the virtio modules and switches to the root filesystem, and the ELF `vmlinux`
+//! Firecracker needs, cached per package version.
+//!
+//! [`KernelBuilder::prepare`] does the work once; [`Kernel::find`] and [`Kernel::find_default`]
+//! find a prepared kernel (the drivers call the latter when a [`crate::VmSpec`] names no kernel).
+
+pub mod bzimage;
+pub mod cpio;
+mod lz4;
+pub mod modules;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::process;
+
+/// The `/init` script of the initramfs (busybox `sh`).
+///
+/// It loads the modules listed in `/lib/modules/order`, configures the interface named by the
+/// kernel's `ip=` parameter (`client::gw:netmask:host:dev:autoconf`), mounts `root=` (default
+/// `/dev/vda`, `rootfstype=` default ext4) and `switch_root`s to `init=` (default `/sbin/vminit`).
+/// Every failure prints `firebuild-initramfs: error: ...` and powers the VM off.
+pub const INIT_SCRIPT: &str = include_str!("init.sh");
+
+/// The modules the initramfs loads, with their dependencies added from the modules' `.modinfo`.
+pub const MODULES: &[&str] = &[
+    "virtio_mmio",
+    "virtio_blk",
+    "virtio_net",
+    "vmw_vsock_virtio_transport",
+];
+
+/// The Debian metapackage that tracks the current cloud kernel.
+pub const DEFAULT_PACKAGE: &str = "linux-image-cloud-amd64";
+
+/// A prepared kernel: the files in one cache directory and where they came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Kernel {
+    /// The cache directory holding the files below.
+    #[serde(skip)]
+    pub dir: PathBuf,
+    /// The versioned package the kernel came from (`linux-image-6.1.0-56-cloud-amd64`).
+    pub package: String,
+    /// Its Debian version (`6.1.192-2`), which names the cache directory.
+    pub version: String,
+    /// The kernel release (`uname -r`: `6.1.0-56-cloud-amd64`).
+    pub release: String,
+    /// The modules in the initramfs, in load order.
+    pub modules: Vec<String>,
+}
+
+impl Kernel {
+    /// The compressed kernel (`bzImage`), what QEMU boots.
+    pub fn bzimage(&self) -> PathBuf {
+        self.dir.join("vmlinuz")
+    }
+
+    /// The uncompressed ELF kernel, what Firecracker boots.
+    pub fn vmlinux(&self) -> PathBuf {
+        self.dir.join("vmlinux")
+    }
+
+    /// The initramfs (newc cpio).
+    pub fn initramfs(&self) -> PathBuf {
+        self.dir.join("initramfs.cpio")
+    }
+
+    /// Loads the kernel prepared in `dir` (a `<cache>/<version>` directory).
+    pub fn load(dir: &Path) -> Result<Self> {
+        let manifest = dir.join(MANIFEST);
+        let text = std::fs::read(&manifest).map_err(Error::io(&manifest))?;
+        let mut kernel: Kernel = serde_json::from_slice(&text).map_err(|source| Error::Json {
+            what: manifest.display().to_string(),
+            source,
+        })?;
+        kernel.dir = dir.to_path_buf();
+        Ok(kernel)
+    }
+
+    /// The most recently prepared kernel under `cache` (what its `current` link names).
+    pub fn find(cache: &Path) -> Result<Self> {
+        let link = cache.join(CURRENT);
+        let target = std::fs::read_link(&link).map_err(Error::io(&link))?;
+        Self::load(&cache.join(target))
+    }
+
+    /// [`Kernel::find`] in [`default_cache_dir`].
+    pub fn find_default() -> Result<Self> {
+        Self::find(&default_cache_dir()?)
+    }
+}
+
+const MANIFEST: &str = "kernel.json";
+const CURRENT: &str = "current";
+
+/// `$XDG_CACHE_HOME/firebuild/kernel`, or `~/.cache/firebuild/kernel`.
+///
+/// This is the one place the crate reads the environment: the XDG lookup every caller would
+/// otherwise repeat.
+pub fn default_cache_dir() -> Result<PathBuf> {
+    let base = match std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+            Some(home) => PathBuf::from(home).join(".cache"),
+            None => {
+                return Err(Error::Spec(
+                    "neither XDG_CACHE_HOME nor HOME is set: give a kernel cache directory"
+                        .to_owned(),
+                ));
+            }
+        },
+    };
+    Ok(base.join("firebuild").join("kernel"))
+}
+
+/// Prepares a kernel into a cache directory: `apt-get download`, `dpkg-deb -x`, initramfs,
+/// `vmlinux`; atomically (a temporary directory renamed into place).
+#[derive(Debug, Clone)]
+pub struct KernelBuilder {
+    cache: PathBuf,
+    package: String,
+    busybox: PathBuf,
+    force: bool,
+}
+
+impl KernelBuilder {
+    /// A builder caching under `cache` (e.g. [`default_cache_dir`]).
+    pub fn new(cache: impl Into<PathBuf>) -> Self {
+        Self {
+            cache: cache.into(),
+            package: DEFAULT_PACKAGE.to_owned(),
+            busybox: PathBuf::from("/usr/bin/busybox"),
+            force: false,
+        }
+    }
+
+    /// The package to resolve (default [`DEFAULT_PACKAGE`]); a metapackage is followed to the
+    /// versioned `linux-image-*` package it depends on.
+    pub fn package(mut self, package: impl Into<String>) -> Self {
+        self.package = package.into();
+        self
+    }
+
+    /// The static busybox put in the initramfs (default `/usr/bin/busybox`, from `busybox-static`).
+    pub fn busybox(mut self, busybox: impl Into<PathBuf>) -> Self {
+        self.busybox = busybox.into();
+        self
+    }
+
+    /// Rebuild even when the version is already cached.
+    pub fn force(mut self, force: bool) -> Self {
+        self.force = force;
+        self
+    }
+
+    /// Resolves the package through apt and returns the cached kernel, preparing it first when
+    /// that version is not cached yet.
+    pub fn prepare(&self) -> Result<Kernel> {
+        let (package, version) = resolve_package(&self.package)?;
+        let dir = self.cache.join(&version);
+        if !self.force
+            && let Ok(kernel) = Kernel::load(&dir)
+        {
+            tracing::debug!(dir = %dir.display(), "kernel already cached");
+            set_current(&self.cache, &version)?;
+            return Ok(kernel);
+        }
+        std::fs::create_dir_all(&self.cache).map_err(Error::io(&self.cache))?;
+        let work = tempfile::Builder::new()
+            .prefix(".prepare-")
+            .tempdir_in(&self.cache)
+            .map_err(Error::io(&self.cache))?;
+        tracing::info!(%package, %version, "preparing guest kernel");
+        let out = work.path().join("out");
+        std::fs::create_dir(&out).map_err(Error::io(&out))?;
+        let mut kernel = self.build(&package, &version, work.path(), &out)?;
+        let manifest = serde_json::to_vec_pretty(&kernel).map_err(|source| Error::Json {
+            what: MANIFEST.to_owned(),
+            source,
+        })?;
+        write(&out.join(MANIFEST), &manifest)?;
+        if dir.exists() {
+            let old = work.path().join("old");
+            std::fs::rename(&dir, &old).map_err(Error::io(&dir))?;
+        }
+        std::fs::rename(&out, &dir).map_err(Error::io(&dir))?;
+        set_current(&self.cache, &version)?;
+        kernel.dir = dir;
+        Ok(kernel)
+    }
+
+    fn build(&self, package: &str, version: &str, work: &Path, out: &Path) -> Result<Kernel> {
+        let apt = process::require("fetching the kernel package", "apt-get")?;
+        process::run(
+            Command::new(apt)
+                .args(["download", "-q", &format!("{package}={version}")])
+                .current_dir(work),
+        )?;
+        let deb = find_file(work, |name| {
+            name.starts_with(package) && name.ends_with(".deb")
+        })?
+        .ok_or_else(|| pkg_err(package, "apt-get download produced no .deb"))?;
+        let root = work.join("pkg");
+        let dpkg = process::require("unpacking the kernel package", "dpkg-deb")?;
+        process::run(Command::new(dpkg).arg("-x").arg(&deb).arg(&root))?;
+        let boot = root.join("boot");
+        let vmlinuz = find_file(&boot, |name| name.starts_with("vmlinuz-"))?
+            .ok_or_else(|| pkg_err(package, "no boot/vmlinuz-* in the package"))?;
+        let release = vmlinuz
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("vmlinuz-"))
+            .unwrap_or_default()
+            .to_owned();
+        let modules_dir = ["lib", "usr/lib"]
+            .iter()
+            .map(|lib| root.join(lib).join("modules").join(&release))
+            .find(|d| d.is_dir())
+            .ok_or_else(|| pkg_err(package, &format!("no lib/modules/{release} in the package")))?;
+        let modules = modules::resolve(&modules_dir, MODULES)?;
+        let initramfs = build_initramfs(&self.busybox, &modules)?;
+        write(&out.join("initramfs.cpio"), &initramfs)?;
+        std::fs::copy(&vmlinuz, out.join("vmlinuz")).map_err(Error::io(&vmlinuz))?;
+        let vmlinux = bzimage::extract_vmlinux(&vmlinuz)?;
+        write(&out.join("vmlinux"), &vmlinux)?;
+        Ok(Kernel {
+            dir: out.to_path_buf(),
+            package: package.to_owned(),
+            version: version.to_owned(),
+            release,
+            modules: modules.into_iter().map(|m| m.name).collect(),
+        })
+    }
+}
+
+fn pkg_err(package: &str, reason: &str) -> Error {
+    Error::Package {
+        package: package.to_owned(),
+        reason: reason.to_owned(),
+    }
+}
+
+fn write(path: &Path, data: &[u8]) -> Result<()> {
+    std::fs::write(path, data).map_err(Error::io(path))
+}
+
+fn find_file(dir: &Path, pred: impl Fn(&str) -> bool) -> Result<Option<PathBuf>> {
+    for entry in std::fs::read_dir(dir).map_err(Error::io(dir))? {
+        let entry = entry.map_err(Error::io(dir))?;
+        if entry.file_name().to_str().is_some_and(&pred) {
+            return Ok(Some(entry.path()));
+        }
+    }
+    Ok(None)
+}
+
+/// Points `<cache>/current` at `version`, atomically (a new link renamed over the old).
+fn set_current(cache: &Path, version: &str) -> Result<()> {
+    let link = cache.join(CURRENT);
+    if std::fs::read_link(&link).is_ok_and(|t| t == Path::new(version)) {
+        return Ok(());
+    }
+    let tmp = cache.join(format!(".current-{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(version, &tmp).map_err(Error::io(&tmp))?;
+    std::fs::rename(&tmp, &link).map_err(Error::io(&link))
+}
+
+/// Follows a metapackage to the versioned image package it depends on and asks apt for its
+/// candidate version: `(package, version)`.
+pub fn resolve_package(package: &str) -> Result<(String, String)> {
+    let apt_cache = process::require("resolving the kernel package", "apt-cache")?;
+    let show = |pkg: &str| -> Result<String> {
+        let out = process::run(Command::new(&apt_cache).args(["show", "--no-all-versions", pkg]))?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let field = |text: &str, name: &str| -> Option<String> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .map(|v| v.trim().to_owned())
+    };
+    let meta = show(package)?;
+    let image = field(&meta, "Depends")
+        .and_then(|deps| {
+            deps.split(',')
+                .map(|d| d.split_whitespace().next().unwrap_or_default().to_owned())
+                .find(|d| d.starts_with("linux-image-") && d != package)
+        })
+        .unwrap_or_else(|| package.to_owned());
+    let text = if image == package {
+        meta
+    } else {
+        show(&image)?
+    };
+    let version =
+        field(&text, "Version").ok_or_else(|| pkg_err(&image, "apt-cache show gave no Version"))?;
+    if version.contains('/') || version.starts_with('.') {
+        return Err(pkg_err(&image, &format!("unexpected version {version:?}")));
+    }
+    Ok((image, version))
+}
+
+/// Builds the initramfs: busybox (static), `/init` ([`INIT_SCRIPT`]), the modules in load order,
+/// `/dev/console`, and the mount points.
+pub fn build_initramfs(busybox: &Path, modules: &[modules::Module]) -> Result<Vec<u8>> {
+    let bb = std::fs::read(busybox).map_err(Error::io(busybox))?;
+    if !is_static_elf(&bb) {
+        return Err(Error::Spec(format!(
+            "{} is not a static ELF executable: install busybox-static",
+            busybox.display()
+        )));
+    }
+    let mut w = cpio::CpioWriter::new(Vec::with_capacity(bb.len() + (4 << 20)));
+    let io = |e| Error::io("initramfs")(e);
+    for dir in [
+        "bin",
+        "dev",
+        "proc",
+        "sys",
+        "newroot",
+        "lib",
+        "lib/modules",
+        "tmp",
+    ] {
+        w.dir(dir, 0o755).map_err(io)?;
+    }
+    w.char_dev("dev/console", 0o600, 5, 1).map_err(io)?;
+    w.char_dev("dev/null", 0o666, 1, 3).map_err(io)?;
+    w.file("bin/busybox", 0o755, &bb).map_err(io)?;
+    w.symlink("bin/sh", "busybox").map_err(io)?;
+    w.file("init", 0o755, INIT_SCRIPT.as_bytes()).map_err(io)?;
+    let mut order = String::new();
+    for m in modules {
+        w.file(&format!("lib/modules/{}.ko", m.name), 0o644, &m.object)
+            .map_err(io)?;
+        order.push_str(&m.name);
+        order.push('\n');
+    }
+    w.file("lib/modules/order", 0o644, order.as_bytes())
+        .map_err(io)?;
+    w.finish().map_err(io)
+}
+
+/// Whether `elf` is an x86-64 ELF executable without a `PT_INTERP` program header.
+pub fn is_static_elf(elf: &[u8]) -> bool {
+    let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u32_at = |o: usize| {
+        elf.get(o..o + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let u64_at = |o: usize| {
+        elf.get(o..o + 8)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_le_bytes)
+    };
+    if !elf.starts_with(bzimage::ELF_MAGIC) || elf.get(4) != Some(&2) {
+        return false;
+    }
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
+    else {
+        return false;
+    };
+    let Ok(phoff) = usize::try_from(phoff) else {
+        return false;
+    };
+    (0..usize::from(phnum))
+        .all(|i| u32_at(phoff + i * usize::from(phentsize)).is_some_and(|t| t != 3))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn initramfs_holds_init_busybox_modules_and_order() {
+        let Some(bb) =
+            process::which("busybox").filter(|p| std::fs::read(p).is_ok_and(|b| is_static_elf(&b)))
+        else {
+            eprintln!("skipping: no static busybox (install busybox-static)");
+            return;
+        };
+        let mods = vec![
+            modules::Module {
+                name: "virtio".into(),
+                object: b"a".to_vec(),
+            },
+            modules::Module {
+                name: "virtio_mmio".into(),
+                object: b"b".to_vec(),
+            },
+        ];
+        let img = build_initramfs(&bb, &mods).unwrap();
+        let text = String::from_utf8_lossy(&img);
+        assert!(text.contains("lib/modules/virtio_mmio.ko"));
+        assert!(text.contains("virtio\nvirtio_mmio\n"), "load order file");
+        assert!(text.contains("switch_root /newroot"));
+        assert!(text.contains("TRAILER!!!"));
+    }
+
+    #[test]
+    fn dynamic_executables_are_not_static() {
+        let sh = std::fs::read("/bin/sh").unwrap();
+        assert!(
+            !is_static_elf(&sh),
+            "/bin/sh is dynamically linked on Debian"
+        );
+        assert!(!is_static_elf(b"#!/bin/sh\n"));
+    }
+
+    #[test]
+    fn init_script_parses() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("init");
+        std::fs::write(&path, INIT_SCRIPT).unwrap();
+        let out = Command::new("sh").arg("-n").arg(&path).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

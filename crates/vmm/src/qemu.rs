@@ -1,0 +1,511 @@
+//! The QEMU `-M microvm` driver: virtio-mmio devices, KVM when a probe boots, else TCG.
+//!
+//! Networking is QEMU user mode on `169.254.0.0/16`: the host's `127.0.0.1:PORT` is the guest's
+//! `169.254.0.2:PORT`, and the guest's `169.254.169.254:80` is relayed by a command QEMU spawns
+//! per connection (`guestfwd=...-cmd:`) to the embedded MMDS server
+//! ([`Metadata::Server`](crate::Metadata::Server)). The default relay is
+//! `busybox nc 127.0.0.1 PORT` (busybox-static is already needed for the initramfs).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::driver::{Driver, VmExit, kill_child, wait_child};
+use crate::error::{Error, Result};
+use crate::kernel::Kernel;
+use crate::spec::{KernelFiles, Metadata, Network, VmSpec};
+
+/// The guest's address under user networking.
+pub const GUEST_IP: &str = "169.254.0.15";
+/// The host as the guest sees it under user networking.
+pub const HOST_IP: &str = "169.254.0.2";
+
+/// The kernel command line used when the spec gives none (before `tsc_early_khz`).
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 ip=169.254.0.15::169.254.0.2:255.255.0.0::eth0:off root=/dev/vda init=/sbin/vminit";
+
+/// The relay command template; `{port}` becomes the metadata server's port.
+pub const DEFAULT_RELAY: &str = "busybox nc 127.0.0.1 {port}";
+
+/// How long the KVM probe may take to boot to the initramfs.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// QEMU acceleration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Accel {
+    /// KVM if [`probe_kvm`] boots a guest with it, else TCG.
+    Auto,
+    /// Hardware virtualisation.
+    Kvm,
+    /// Software emulation.
+    Tcg,
+}
+
+/// Options of the QEMU driver.
+#[derive(Debug, Clone)]
+pub struct QemuOptions {
+    /// The QEMU binary.
+    pub qemu: PathBuf,
+    /// Acceleration choice.
+    pub accel: Accel,
+    /// The metadata relay command; `{port}` is replaced by the server's port.
+    pub relay: String,
+    /// Where the KVM probe result is cached (a small file); `None`: in memory only.
+    pub probe_cache: Option<PathBuf>,
+}
+
+impl Default for QemuOptions {
+    fn default() -> Self {
+        Self {
+            qemu: PathBuf::from("qemu-system-x86_64"),
+            accel: Accel::Auto,
+            relay: DEFAULT_RELAY.to_owned(),
+            probe_cache: None,
+        }
+    }
+}
+
+/// Runs a [`VmSpec`] in QEMU microvm.
+#[derive(Debug)]
+pub struct QemuDriver {
+    spec: VmSpec,
+    opts: QemuOptions,
+    console: PathBuf,
+    kernel: Option<KernelFiles>,
+    accel: Option<Accel>,
+    child: Option<Child>,
+    exit: Option<VmExit>,
+}
+
+impl QemuDriver {
+    /// A driver for `spec`.
+    pub fn new(spec: VmSpec, opts: QemuOptions) -> Self {
+        let console = spec.console_log_path();
+        Self {
+            spec,
+            opts,
+            console,
+            kernel: None,
+            accel: None,
+            child: None,
+            exit: None,
+        }
+    }
+
+    /// The acceleration chosen by `prepare` (KVM or TCG).
+    pub fn accel(&self) -> Option<Accel> {
+        self.accel
+    }
+
+    /// The kernel command line for `accel`.
+    pub fn cmdline(&self, accel: Accel) -> String {
+        let mut cmdline = self.spec.cmdline.clone().unwrap_or_else(|| {
+            if self.spec.network == Network::None {
+                DEFAULT_CMDLINE.replace(" ip=169.254.0.15::169.254.0.2:255.255.0.0::eth0:off", "")
+            } else {
+                DEFAULT_CMDLINE.to_owned()
+            }
+        });
+        if accel == Accel::Tcg
+            && !cmdline.contains("tsc_early_khz=")
+            && let Some(khz) = host_cpu_khz()
+        {
+            cmdline.push_str(&format!(" tsc_early_khz={khz}"));
+        }
+        cmdline
+    }
+
+    /// The full QEMU command for `accel` (after `prepare` resolved the kernel).
+    pub fn command(&self, accel: Accel) -> Result<Command> {
+        let kernel = self.kernel_files()?;
+        let spec = &self.spec;
+        let mut cmd = Command::new(&self.opts.qemu);
+        cmd.args(["-M", "microvm,x-option-roms=off,rtc=off"])
+            .args(["-accel", if accel == Accel::Kvm { "kvm" } else { "tcg" }])
+            .args(["-cpu", if accel == Accel::Kvm { "host" } else { "max" }])
+            .args(["-smp", &spec.vcpus.max(1).to_string()])
+            .args(["-m", &format!("{}M", spec.memory_mib)])
+            .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
+            .arg("-serial")
+            .arg(format!("file:{}", self.console.display()))
+            .arg("-kernel")
+            .arg(&kernel.kernel);
+        if let Some(initrd) = &kernel.initrd {
+            cmd.arg("-initrd").arg(initrd);
+        }
+        cmd.arg("-append").arg(self.cmdline(accel));
+        for (i, drive) in spec.drives.iter().enumerate() {
+            let mut opt = format!(
+                "id={},file={},format=raw,if=none,cache=unsafe",
+                drive.id,
+                qemu_escape(&drive.path.to_string_lossy())
+            );
+            if drive.read_only {
+                opt.push_str(",readonly=on");
+            }
+            cmd.arg("-drive")
+                .arg(opt)
+                .arg("-device")
+                .arg(format!("virtio-blk-device,drive={}", drive.id));
+            let _ = i;
+        }
+        match &spec.network {
+            Network::None => {}
+            Network::User => {
+                let mut netdev = format!("user,id=n0,net=169.254.0.0/16,host={HOST_IP}");
+                if let Metadata::Server(addr) = &spec.metadata {
+                    let relay = self.opts.relay.replace("{port}", &addr.port().to_string());
+                    netdev.push_str(&format!(
+                        ",guestfwd=tcp:169.254.169.254:80-cmd:{}",
+                        qemu_escape(&relay)
+                    ));
+                }
+                cmd.arg("-netdev")
+                    .arg(netdev)
+                    .args(["-device", "virtio-net-device,netdev=n0"]);
+            }
+            Network::Tap(_) => {
+                return Err(Error::Spec(
+                    "the qemu driver uses user networking (Network::User), not a tap".to_owned(),
+                ));
+            }
+        }
+        if let Metadata::Firecracker(_) = spec.metadata {
+            return Err(Error::Spec(
+                "the qemu driver serves metadata through Metadata::Server, not Firecracker's MMDS"
+                    .to_owned(),
+            ));
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        Ok(cmd)
+    }
+
+    fn kernel_files(&self) -> Result<&KernelFiles> {
+        self.kernel.as_ref().ok_or(Error::State {
+            driver: "qemu",
+            reason: "prepare() has not run".to_owned(),
+        })
+    }
+}
+
+impl Driver for QemuDriver {
+    fn name(&self) -> &'static str {
+        "qemu"
+    }
+
+    fn prepare(&mut self) -> Result<()> {
+        let kernel = match &self.spec.kernel {
+            Some(files) => files.clone(),
+            None => {
+                let k = Kernel::find_default()?;
+                KernelFiles {
+                    kernel: k.bzimage(),
+                    initrd: Some(k.initramfs()),
+                }
+            }
+        };
+        for drive in &self.spec.drives {
+            if !drive.path.is_file() {
+                return Err(Error::Spec(format!(
+                    "drive {}: {} is not a file",
+                    drive.id,
+                    drive.path.display()
+                )));
+            }
+        }
+        self.kernel = Some(kernel.clone());
+        let accel = match self.opts.accel {
+            Accel::Auto => {
+                if probe_kvm(
+                    &self.opts.qemu,
+                    &kernel,
+                    self.opts.probe_cache.as_deref(),
+                    &self.spec.work_dir,
+                ) {
+                    Accel::Kvm
+                } else {
+                    Accel::Tcg
+                }
+            }
+            other => other,
+        };
+        tracing::debug!(?accel, "qemu acceleration");
+        self.accel = Some(accel);
+        Ok(())
+    }
+
+    fn start(&mut self) -> Result<()> {
+        if self.child.is_some() {
+            return Err(Error::State {
+                driver: "qemu",
+                reason: "already started".to_owned(),
+            });
+        }
+        let accel = self.accel.ok_or(Error::State {
+            driver: "qemu",
+            reason: "prepare() has not run".to_owned(),
+        })?;
+        let mut cmd = self.command(accel)?;
+        tracing::info!(name = %self.spec.name, ?accel, console = %self.console.display(), "starting qemu");
+        tracing::debug!(command = %crate::process::describe(&cmd), "qemu command");
+        let child = cmd.spawn().map_err(|source| Error::Spawn {
+            program: self.opts.qemu.display().to_string(),
+            source,
+        })?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    fn wait(&mut self, timeout: Duration) -> Result<Option<VmExit>> {
+        if let Some(exit) = self.exit {
+            return Ok(Some(exit));
+        }
+        let Some(child) = self.child.as_mut() else {
+            return Err(Error::State {
+                driver: "qemu",
+                reason: "wait() before start()".to_owned(),
+            });
+        };
+        let Some(status) = wait_child(child, timeout, "qemu")? else {
+            return Ok(None);
+        };
+        if !status.success() {
+            let mut stderr = String::new();
+            if let Some(mut err) = child.stderr.take() {
+                use std::io::Read;
+                let _ = err.read_to_string(&mut stderr);
+            }
+            tracing::warn!(%status, stderr = %stderr.trim(), "qemu exited with an error");
+        }
+        let exit = VmExit {
+            status,
+            stopped: false,
+        };
+        self.exit = Some(exit);
+        Ok(Some(exit))
+    }
+
+    fn stop(&mut self) -> Result<Option<VmExit>> {
+        if let Some(exit) = self.exit {
+            return Ok(Some(exit));
+        }
+        let Some(child) = self.child.as_mut() else {
+            return Ok(None);
+        };
+        let status = kill_child(child)?;
+        let exit = VmExit {
+            status,
+            stopped: true,
+        };
+        self.exit = Some(exit);
+        Ok(Some(exit))
+    }
+
+    fn console_log(&self) -> &Path {
+        &self.console
+    }
+}
+
+impl Drop for QemuDriver {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut()
+            && self.exit.is_none()
+        {
+            let _ = kill_child(child);
+        }
+    }
+}
+
+/// Doubles commas, QEMU's escape inside an option value.
+fn qemu_escape(s: &str) -> String {
+    s.replace(',', ",,")
+}
+
+/// The host CPU frequency in kHz from `/proc/cpuinfo` (`cpu MHz`).
+pub fn host_cpu_khz() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    parse_cpu_khz(&text)
+}
+
+fn parse_cpu_khz(cpuinfo: &str) -> Option<u64> {
+    let mhz: f64 = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("cpu MHz")?.split(':').nth(1))?
+        .trim()
+        .parse()
+        .ok()?;
+    (mhz > 0.0).then(|| (mhz * 1000.0).round() as u64)
+}
+
+static PROBE: Mutex<Option<bool>> = Mutex::new(None);
+
+/// Whether QEMU with KVM boots `kernel` to its initramfs (`firebuild.probe` on the command line
+/// makes the initramfs print `probe ok` and power off).
+///
+/// The answer is kept for the process and, when `cache` is given, in that file. A missing
+/// `/dev/kvm` answers `false` without running anything.
+pub fn probe_kvm(qemu: &Path, kernel: &KernelFiles, cache: Option<&Path>, scratch: &Path) -> bool {
+    let Ok(mut memo) = PROBE.lock() else {
+        return false;
+    };
+    if let Some(known) = *memo {
+        return known;
+    }
+    if let Some(cached) = cache.and_then(|c| std::fs::read_to_string(c).ok()) {
+        let known = cached.trim() == "kvm";
+        *memo = Some(known);
+        return known;
+    }
+    let works = Path::new("/dev/kvm").exists() && run_probe(qemu, kernel, scratch);
+    tracing::info!(kvm = works, "kvm probe");
+    *memo = Some(works);
+    if let Some(cache) = cache {
+        let _ = std::fs::write(cache, if works { "kvm\n" } else { "tcg\n" });
+    }
+    works
+}
+
+fn run_probe(qemu: &Path, kernel: &KernelFiles, scratch: &Path) -> bool {
+    let log = scratch.join("kvm-probe.log");
+    let mut cmd = Command::new(qemu);
+    cmd.args([
+        "-M",
+        "microvm,x-option-roms=off,rtc=off",
+        "-accel",
+        "kvm",
+        "-cpu",
+        "host",
+        "-m",
+        "256M",
+    ])
+    .args([
+        "-nodefaults",
+        "-no-user-config",
+        "-nographic",
+        "-no-reboot",
+        "-serial",
+    ])
+    .arg(format!("file:{}", log.display()))
+    .arg("-kernel")
+    .arg(&kernel.kernel)
+    .args(["-append", "console=ttyS0 reboot=k panic=-1 firebuild.probe"])
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    if let Some(initrd) = &kernel.initrd {
+        cmd.arg("-initrd").arg(initrd);
+    }
+    let Ok(mut child) = cmd.spawn() else {
+        return false;
+    };
+    let exited = wait_child(&mut child, PROBE_TIMEOUT, "qemu").ok().flatten();
+    if exited.is_none() {
+        let _ = kill_child(&mut child);
+    }
+    let ok =
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("firebuild-initramfs: probe ok"));
+    let _ = std::fs::remove_file(&log);
+    ok
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::spec::Drive;
+
+    fn driver(dir: &Path, network: Network, metadata: Metadata) -> QemuDriver {
+        let mut spec = VmSpec::new("t", dir, dir.join("root.ext4"));
+        spec.kernel = Some(KernelFiles {
+            kernel: dir.join("vmlinuz"),
+            initrd: Some(dir.join("initrd")),
+        });
+        spec.network = network;
+        spec.metadata = metadata;
+        spec.drives.push(Drive {
+            id: "data".into(),
+            path: dir.join("a,b.img"),
+            read_only: true,
+        });
+        let mut d = QemuDriver::new(spec, QemuOptions::default());
+        d.kernel = d.spec.kernel.clone();
+        d
+    }
+
+    fn args(cmd: &Command) -> Vec<String> {
+        cmd.get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn tcg_command_has_microvm_devices_relay_and_tsc() {
+        let dir = Path::new("/w");
+        let d = driver(
+            dir,
+            Network::User,
+            Metadata::Server("127.0.0.1:4567".parse().unwrap()),
+        );
+        let a = args(&d.command(Accel::Tcg).unwrap());
+        let joined = a.join(" ");
+        assert!(joined.contains("-M microvm"), "{joined}");
+        assert!(joined.contains("-accel tcg"));
+        assert!(joined.contains("-no-reboot"));
+        assert!(joined.contains("-serial file:/w/console.log"));
+        assert!(joined.contains("-drive id=rootfs,file=/w/root.ext4,format=raw,if=none"));
+        assert!(joined.contains("-device virtio-blk-device,drive=rootfs"));
+        assert!(
+            joined.contains("file=/w/a,,b.img"),
+            "commas escaped: {joined}"
+        );
+        assert!(joined.contains(",readonly=on"));
+        assert!(joined.contains(
+            "user,id=n0,net=169.254.0.0/16,host=169.254.0.2,guestfwd=tcp:169.254.169.254:80-cmd:busybox nc 127.0.0.1 4567"
+        ));
+        assert!(joined.contains("virtio-net-device,netdev=n0"));
+        let append = &a[a.iter().position(|x| x == "-append").unwrap() + 1];
+        assert!(append.starts_with(DEFAULT_CMDLINE), "{append}");
+        if host_cpu_khz().is_some() {
+            assert!(append.contains(" tsc_early_khz="), "{append}");
+        }
+    }
+
+    #[test]
+    fn kvm_command_has_no_tsc_and_no_network_without_user_net() {
+        let d = driver(Path::new("/w"), Network::None, Metadata::None);
+        let a = args(&d.command(Accel::Kvm).unwrap());
+        let joined = a.join(" ");
+        assert!(joined.contains("-accel kvm"));
+        assert!(!joined.contains("tsc_early_khz"));
+        assert!(!joined.contains("-netdev"));
+        assert!(
+            !joined.contains(" ip="),
+            "no ip= without a network: {joined}"
+        );
+    }
+
+    #[test]
+    fn tap_networking_is_refused() {
+        let tap = Network::Tap(crate::spec::TapConfig {
+            name: "fb0".into(),
+            guest_mac: "06:00:00:00:00:01".into(),
+            host_cidr: None,
+        });
+        let err = driver(Path::new("/w"), tap, Metadata::None)
+            .command(Accel::Tcg)
+            .unwrap_err();
+        assert!(err.to_string().contains("user networking"), "{err}");
+    }
+
+    #[test]
+    fn cpu_mhz_becomes_khz() {
+        assert_eq!(
+            parse_cpu_khz("processor : 0\ncpu MHz\t\t: 2499.982\n"),
+            Some(2_499_982)
+        );
+        assert_eq!(parse_cpu_khz("processor : 0\n"), None);
+    }
+}
