@@ -389,6 +389,19 @@ mod tests {
         );
         assert_eq!(doc["users"][1]["name"], "app");
         assert_eq!(doc["firstboot"]["script"], "#!/bin/sh\necho hi\n");
+        // The mapped document is valid schema.
+        let found = crate::source::Found::new(
+            "cpio",
+            Document {
+                json: doc,
+                revision: None,
+                origin: "/dev/vdb".into(),
+            },
+        )
+        .unwrap();
+        assert_eq!(found.metadata.instance_id.as_deref(), Some("i-1"));
+        assert_eq!(found.metadata.users[0].ssh_authorized_keys.len(), 2);
+        assert!(found.metadata.firstboot.is_some());
 
         // Without metadata.json: root is created with the keys; network skip=false keeps all.
         let a = encode(

@@ -40,6 +40,7 @@ mod mmds;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+pub use firebuild_mmds::schema::Metadata;
 use futures::future::BoxFuture;
 
 pub use files::{CpioSource, FileSource, InlineSource, document_from_cpio};
@@ -163,8 +164,29 @@ pub trait MetadataSource: Send + Sync {
 pub struct Found {
     /// The name of the source that answered.
     pub source: String,
-    /// The document.
+    /// The document as the source gave it.
     pub document: Document,
+    /// The document decoded, validated, and its `user-data` parts merged
+    /// ([`Metadata::effective`]).
+    pub metadata: Metadata,
+}
+
+impl Found {
+    /// Decodes and validates `document` from `source`.
+    pub fn new(source: &str, document: Document) -> Result<Self, SourceError> {
+        let metadata = Metadata::from_value(document.json.clone())
+            .and_then(|m| m.effective())
+            .map_err(|e| SourceError::Invalid {
+                source_name: source.to_owned(),
+                origin: document.origin.clone(),
+                source: Box::new(e),
+            })?;
+        Ok(Self {
+            source: source.to_owned(),
+            document,
+            metadata,
+        })
+    }
 }
 
 /// What [`Sources::resolve`] concluded.
@@ -172,7 +194,7 @@ pub struct Found {
 #[non_exhaustive]
 pub enum Outcome {
     /// A source has metadata.
-    Found(Found),
+    Found(Box<Found>),
     /// Every source answered and none has metadata (or metadata is switched off).
     NoMetadata,
     /// Nothing was found and at least one source could not be asked: an outage. The guest's
@@ -296,10 +318,10 @@ impl Sources {
             match fetched {
                 Ok(Fetch::Found(document)) => {
                     tracing::info!(source = source.name(), origin = %document.origin, revision = document.revision.as_deref().unwrap_or("-"), "metadata found");
-                    return Ok(Outcome::Found(Found {
-                        source: source.name().to_owned(),
+                    return Ok(Outcome::Found(Box::new(Found::new(
+                        source.name(),
                         document,
-                    }));
+                    )?)));
                 }
                 Ok(Fetch::Absent) => {
                     tracing::debug!(source = source.name(), "no metadata here");
@@ -425,6 +447,7 @@ mod tests {
             panic!("not found")
         };
         assert_eq!(f.source, "b");
+        assert_eq!(f.metadata.hostname.as_deref(), Some("h"));
         assert_eq!(f.document.json["hostname"], "h");
         assert_eq!(f.document.revision.as_deref(), Some("\"e1\""));
     }
@@ -475,6 +498,27 @@ mod tests {
                 "hangs: no answer before the deadline",
                 "later: no answer before the deadline"
             ]
+        );
+    }
+
+    #[tokio::test]
+    async fn schema_violations_are_invalid_not_outages() {
+        let s = Sources::new().with(Fixed("cpio", || {
+            Ok(Fetch::Found(Document {
+                json: serde_json::json!({"users": [{"name": "root", "uid": "zero"}]}),
+                revision: None,
+                origin: "/dev/vdb".into(),
+            }))
+        }));
+        let err = s.resolve(soon()).await.unwrap_err();
+        let ResolveError::Source(e) = &err else {
+            panic!("{err}")
+        };
+        assert!(!e.is_outage());
+        let chain = error_chain(&err);
+        assert!(
+            chain.starts_with("metadata source failed: cpio: invalid metadata from /dev/vdb: cannot decode metadata at `users[0].uid`"),
+            "{chain}"
         );
     }
 
