@@ -6,5 +6,6 @@ mod error;
 pub mod passwd;
 pub mod paths;
 pub mod source;
+pub mod step;
 
 pub use error::{Error, Result};

@@ -1,0 +1,500 @@
+//! Running one `RUN` step: user, env, workdir, shell or argv, output line by line.
+//!
+//! [`RunRequest::from_step`] turns a plan [`Step`] into what to execute (argv through the step's
+//! shell for the shell form, the argv as is for the exec form, heredocs as buildkit runs them);
+//! [`run`] executes it under a guest root and reports each stdout/stderr line to a callback as it
+//! comes, then the [`Exit`].
+//!
+//! Docker semantics kept: the environment is exactly the step's (args, then env; nothing inherited
+//! from vminit), `PATH` defaults to `/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin`
+//! and `HOME` to the user's home from the guest's `/etc/passwd`; the user spec is resolved in the
+//! guest's own `/etc/passwd` and `/etc/group` (see [`UserDb::resolve`]); a missing workdir is
+//! created (mode 0755, owned by the step's user, as buildkit's WORKDIR does); stdin is
+//! `/dev/null`.
+//!
+//! In the child, before `exec`: `chroot(root)` when the root is not `/`, `chdir(workdir)`,
+//! `setgroups`, `setgid`, `setuid` (in that order, so privileges are dropped last and nothing of
+//! vminit's credentials leaks). The program is looked up in the step's `PATH` inside the root.
+//!
+//! When the step's process exits while a background process it started still holds the output
+//! pipes open, output is drained for [`DRAIN_AFTER_EXIT`] more and the step is reported finished.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use firebuild_plan::{Command, Step, StepKind};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::error::{Error, Result};
+use crate::passwd::{Identity, UserDb};
+use crate::paths;
+
+/// Docker's default `PATH` for a step that sets none.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// Longest line delivered at once; longer lines arrive in pieces of this size.
+pub const MAX_LINE: usize = 64 * 1024;
+/// How long output is still read after the step's process exited.
+pub const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
+
+/// Which output stream a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// How a step's process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// It exited with this code.
+    Code(i32),
+    /// It was killed by this signal.
+    Signal(i32),
+}
+
+impl Exit {
+    /// Exit code 0.
+    pub fn success(self) -> bool {
+        self == Exit::Code(0)
+    }
+
+    /// The code a shell would report (`128 + signal` for a signal).
+    pub fn code(self) -> i32 {
+        match self {
+            Exit::Code(c) => c,
+            Exit::Signal(s) => 128 + s,
+        }
+    }
+}
+
+/// A script file the step runs (a heredoc starting with `#!`), written under `/tmp` in the guest
+/// for the step's duration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Script {
+    /// The file name (the heredoc's delimiter).
+    pub name: String,
+    /// The content.
+    pub content: String,
+}
+
+/// What to execute for one RUN.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunRequest {
+    /// The argv. When `script` is set, an empty argv means "run the script".
+    pub argv: Vec<String>,
+    /// The environment, in order (later entries win).
+    pub env: Vec<(String, String)>,
+    /// Guest working directory (absolute).
+    pub workdir: String,
+    /// The `USER` spec; root when `None`.
+    pub user: Option<String>,
+    /// A heredoc script to run instead of `argv`.
+    pub script: Option<Script>,
+}
+
+impl RunRequest {
+    /// A request running `argv` as root in `/` with no environment.
+    pub fn new(argv: Vec<String>) -> Self {
+        RunRequest {
+            argv,
+            env: Vec::new(),
+            workdir: "/".into(),
+            user: None,
+            script: None,
+        }
+    }
+
+    /// What a plan step runs: buildkit's rules for the shell form, the exec form and heredocs.
+    pub fn from_step(step: &Step) -> Result<Self> {
+        let StepKind::Run(run) = &step.kind else {
+            return Err(Error::Invalid {
+                what: "step",
+                value: step.kind.name().to_owned(),
+                reason: "only RUN steps execute",
+            });
+        };
+        let ctx = &step.context;
+        let mut script = None;
+        let argv = match (&run.command, run.heredocs.as_slice()) {
+            (Command::Shell(cmd), [doc]) if is_lone_heredoc(cmd) => {
+                if doc.content.starts_with("#!") {
+                    script = Some(Script {
+                        name: doc.name.clone(),
+                        content: doc.content.clone(),
+                    });
+                    Vec::new()
+                } else {
+                    Command::Shell(doc.content.clone()).argv(&ctx.shell)
+                }
+            }
+            (Command::Shell(cmd), docs) if !docs.is_empty() => {
+                let mut full = cmd.clone();
+                for d in docs {
+                    full.push('\n');
+                    full.push_str(&d.content);
+                    full.push_str(&d.name);
+                }
+                Command::Shell(full).argv(&ctx.shell)
+            }
+            (c, _) => c.argv(&ctx.shell),
+        };
+        if argv.is_empty() && script.is_none() {
+            return Err(Error::Invalid {
+                what: "command",
+                value: String::new(),
+                reason: "RUN has nothing to execute",
+            });
+        }
+        Ok(RunRequest {
+            argv,
+            env: ctx
+                .process_env()
+                .into_iter()
+                .map(|v| (v.name, v.value))
+                .collect(),
+            workdir: ctx.workdir.clone(),
+            user: ctx.user.clone(),
+            script,
+        })
+    }
+}
+
+/// `<<EOF`, `<<-EOF`, `<<"EOF"`: a command that is only a heredoc.
+fn is_lone_heredoc(cmd: &str) -> bool {
+    let c = cmd.trim();
+    c.starts_with("<<") && !c[2..].trim().contains(char::is_whitespace)
+}
+
+/// Runs a plan RUN step under `root`; see [`run`].
+pub async fn run_step(
+    root: &Path,
+    step: &Step,
+    on_line: impl FnMut(Stream, &[u8]),
+) -> Result<Exit> {
+    run(root, &RunRequest::from_step(step)?, on_line).await
+}
+
+/// Everything the child needs, prepared before `fork` (no allocation happens in the child).
+struct ChildSetup {
+    chroot: Option<CString>,
+    workdir: CString,
+    identity: Option<Identity>,
+}
+
+/// Runs `req` under `root`, calling `on_line` with every output line (without its `\n`; a final
+/// line without one is delivered at the end) in the order each stream produced them.
+pub async fn run(
+    root: &Path,
+    req: &RunRequest,
+    mut on_line: impl FnMut(Stream, &[u8]),
+) -> Result<Exit> {
+    let db = UserDb::load(root)?;
+    let identity = db.resolve(req.user.as_deref().unwrap_or(""))?;
+    let workdir = paths::normalize(&req.workdir);
+    paths::create_dirs(root, &workdir, 0o755, identity.uid, identity.gid)?;
+
+    let mut script_host = None;
+    let mut argv = req.argv.clone();
+    if let Some(s) = &req.script {
+        let name = format!(
+            "/tmp/.firebuild-heredoc-{}-{}",
+            std::process::id(),
+            s.name.replace('/', "_")
+        );
+        paths::create_dirs(root, "/tmp", 0o1777, 0, 0)?;
+        let host = paths::resolve_nofollow(root, &name)?;
+        let meta = paths::FileMeta {
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+        };
+        paths::write_atomic(&host, s.content.as_bytes(), Some(meta), meta)?;
+        script_host = Some(host);
+        argv.insert(0, name);
+    }
+    let result = spawn_and_wait(root, &argv, req, &workdir, identity, &mut on_line).await;
+    if let Some(h) = script_host {
+        let _ = std::fs::remove_file(h);
+    }
+    result
+}
+
+async fn spawn_and_wait(
+    root: &Path,
+    argv: &[String],
+    req: &RunRequest,
+    workdir: &str,
+    identity: Identity,
+    on_line: &mut impl FnMut(Stream, &[u8]),
+) -> Result<Exit> {
+    let Some(program) = argv.first() else {
+        return Err(Error::Invalid {
+            what: "command",
+            value: String::new(),
+            reason: "empty argv",
+        });
+    };
+    let nul = |what: &'static str, v: &[u8]| Error::Invalid {
+        what,
+        value: String::from_utf8_lossy(v).into_owned(),
+        reason: "contains a NUL byte",
+    };
+    let setup = ChildSetup {
+        chroot: if paths::is_real_root(root) {
+            None
+        } else {
+            let r = root.as_os_str().as_bytes();
+            Some(CString::new(r).map_err(|_| nul("root", r))?)
+        },
+        workdir: CString::new(workdir).map_err(|_| nul("workdir", workdir.as_bytes()))?,
+        identity: (rustix::process::geteuid().as_raw() == 0).then_some(identity.clone()),
+    };
+    if setup.identity.is_none() && identity.uid != rustix::process::geteuid().as_raw() {
+        return Err(Error::Invalid {
+            what: "user",
+            value: identity.uid.to_string(),
+            reason: "switching users needs root",
+        });
+    }
+
+    let mut env: Vec<(String, String)> = Vec::with_capacity(req.env.len() + 2);
+    for (k, v) in &req.env {
+        match env.iter_mut().find(|(n, _)| n == k) {
+            Some(e) => e.1.clone_from(v),
+            None => env.push((k.clone(), v.clone())),
+        }
+    }
+    if !env.iter().any(|(k, _)| k == "PATH") {
+        env.push(("PATH".into(), DEFAULT_PATH.into()));
+    }
+    if !env.iter().any(|(k, _)| k == "HOME") {
+        env.push(("HOME".into(), identity.home.clone()));
+    }
+
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(&argv[1..])
+        .env_clear()
+        .envs(env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    install_child_setup(&mut cmd, setup);
+    tracing::debug!(program = %program, uid = identity.uid, gid = identity.gid, workdir, "run");
+    let mut child = cmd.spawn().map_err(|source| Error::Spawn {
+        program: program.clone(),
+        source,
+    })?;
+    let (Some(mut out), Some(mut err)) = (child.stdout.take(), child.stderr.take()) else {
+        return Err(Error::Spawn {
+            program: program.clone(),
+            source: std::io::Error::other("no output pipes"),
+        });
+    };
+    let mut lo = LineBuf::default();
+    let mut le = LineBuf::default();
+    let mut out_open = true;
+    let mut err_open = true;
+    let mut status = None;
+    let deadline = tokio::time::sleep(Duration::from_secs(u64::from(u32::MAX)));
+    tokio::pin!(deadline);
+    let mut bo = vec![0u8; 16 * 1024];
+    let mut be = vec![0u8; 16 * 1024];
+    while out_open || err_open {
+        tokio::select! {
+            r = read_some(&mut out, &mut bo), if out_open => {
+                let n = r.map_err(Error::io("read stdout of", program))?;
+                if n == 0 {
+                    out_open = false;
+                    lo.finish(|l| on_line(Stream::Stdout, l));
+                } else {
+                    lo.push(&bo[..n], |l| on_line(Stream::Stdout, l));
+                }
+            }
+            r = read_some(&mut err, &mut be), if err_open => {
+                let n = r.map_err(Error::io("read stderr of", program))?;
+                if n == 0 {
+                    err_open = false;
+                    le.finish(|l| on_line(Stream::Stderr, l));
+                } else {
+                    le.push(&be[..n], |l| on_line(Stream::Stderr, l));
+                }
+            }
+            s = child.wait(), if status.is_none() => {
+                status = Some(s.map_err(Error::io("wait for", program))?);
+                deadline.as_mut().reset(tokio::time::Instant::now() + DRAIN_AFTER_EXIT);
+            }
+            () = &mut deadline, if status.is_some() => {
+                tracing::warn!(program = %program, "step exited but its output is still open (background process?); not waiting for it");
+                lo.finish(|l| on_line(Stream::Stdout, l));
+                le.finish(|l| on_line(Stream::Stderr, l));
+                break;
+            }
+        }
+    }
+    let status = match status {
+        Some(s) => s,
+        None => child.wait().await.map_err(Error::io("wait for", program))?,
+    };
+    Ok(match (status.code(), status.signal()) {
+        (Some(c), _) => Exit::Code(c),
+        (None, Some(s)) => Exit::Signal(s),
+        (None, None) => Exit::Code(-1),
+    })
+}
+
+async fn read_some(r: &mut (impl AsyncRead + Unpin), buf: &mut [u8]) -> std::io::Result<usize> {
+    r.read(buf).await
+}
+
+#[allow(unsafe_code)]
+fn install_child_setup(cmd: &mut tokio::process::Command, setup: ChildSetup) {
+    use rustix::process::{Gid, Uid};
+    let groups: Vec<Gid> = setup
+        .identity
+        .as_ref()
+        .map(|i| i.groups.iter().map(|&g| Gid::from_raw(g)).collect())
+        .unwrap_or_default();
+    // SAFETY: the closure runs in the forked child before exec. It only makes raw system calls
+    // through rustix (chroot, chdir, setgroups, setgid, setuid) on data prepared before the fork
+    // (C strings, a Vec of gids): no allocation, no lock, nothing that is not async-signal-safe.
+    // rustix's set_thread_* are the raw per-thread syscalls, correct here because the child has
+    // exactly one thread.
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some(root) = &setup.chroot {
+                rustix::process::chroot(root.as_c_str())?;
+            }
+            rustix::process::chdir(setup.workdir.as_c_str())?;
+            if let Some(id) = &setup.identity {
+                rustix::thread::set_thread_groups(&groups)?;
+                rustix::thread::set_thread_gid(Gid::from_raw(id.gid))?;
+                rustix::thread::set_thread_uid(Uid::from_raw(id.uid))?;
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Splits a byte stream into lines of at most [`MAX_LINE`] bytes.
+#[derive(Debug, Default)]
+struct LineBuf {
+    buf: Vec<u8>,
+}
+
+impl LineBuf {
+    fn push(&mut self, mut data: &[u8], mut emit: impl FnMut(&[u8])) {
+        while let Some(i) = data.iter().position(|&b| b == b'\n') {
+            if self.buf.is_empty() {
+                emit(&data[..i]);
+            } else {
+                self.buf.extend_from_slice(&data[..i]);
+                emit(&self.buf);
+                self.buf.clear();
+            }
+            data = &data[i + 1..];
+        }
+        self.buf.extend_from_slice(data);
+        while self.buf.len() >= MAX_LINE {
+            emit(&self.buf[..MAX_LINE]);
+            self.buf.drain(..MAX_LINE);
+        }
+    }
+
+    fn finish(&mut self, mut emit: impl FnMut(&[u8])) {
+        if !self.buf.is_empty() {
+            emit(&self.buf);
+            self.buf.clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use firebuild_plan::{EnvVar, Heredoc, Run, Span, StepContext};
+
+    fn lines(chunks: &[&[u8]]) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut lb = LineBuf::default();
+        for c in chunks {
+            lb.push(c, |l| out.push(l.to_vec()));
+        }
+        lb.finish(|l| out.push(l.to_vec()));
+        out
+    }
+
+    #[test]
+    fn line_splitting_joins_pieces_and_flushes_the_tail() {
+        assert_eq!(
+            lines(&[b"a\nb", b"c\n\nd"]),
+            vec![b"a".to_vec(), b"bc".to_vec(), b"".to_vec(), b"d".to_vec()]
+        );
+        let long = vec![b'x'; MAX_LINE + 5];
+        let got = lines(&[&long, b"\n"]);
+        assert_eq!(got.len(), 2);
+        assert_eq!((got[0].len(), got[1].len()), (MAX_LINE, 5));
+    }
+
+    fn step(cmd: Command, heredocs: Vec<Heredoc>) -> Step {
+        let mut run = Run::new(cmd);
+        run.heredocs = heredocs;
+        Step {
+            index: 0,
+            span: Span::lines(1, 1),
+            context: StepContext {
+                env: vec![EnvVar::new("A", "env")],
+                args: vec![EnvVar::new("A", "arg"), EnvVar::new("B", "arg")],
+                workdir: "/w".into(),
+                user: Some("u".into()),
+                ..StepContext::default()
+            },
+            kind: StepKind::Run(run),
+        }
+    }
+
+    #[test]
+    fn requests_follow_buildkit_rules() {
+        let r = RunRequest::from_step(&step(Command::Shell("echo $A".into()), vec![])).unwrap();
+        assert_eq!(r.argv, ["/bin/sh", "-c", "echo $A"]);
+        assert_eq!(
+            r.env,
+            vec![("A".into(), "env".into()), ("B".into(), "arg".into())]
+        );
+        assert_eq!((r.workdir.as_str(), r.user.as_deref()), ("/w", Some("u")));
+        let doc = |c: &str| Heredoc {
+            name: "EOF".into(),
+            content: c.into(),
+            expand: true,
+        };
+        let r = RunRequest::from_step(&step(
+            Command::Shell("<<EOF".into()),
+            vec![doc("echo hi\n")],
+        ))
+        .unwrap();
+        assert_eq!(r.argv, ["/bin/sh", "-c", "echo hi\n"]);
+        let r = RunRequest::from_step(&step(
+            Command::Shell("<<EOF".into()),
+            vec![doc("#!/bin/busybox sh\necho hi\n")],
+        ))
+        .unwrap();
+        assert!(r.argv.is_empty());
+        assert_eq!(r.script.unwrap().name, "EOF");
+        let r = RunRequest::from_step(&step(Command::Shell("cat <<EOF".into()), vec![doc("x\n")]))
+            .unwrap();
+        assert_eq!(r.argv[2], "cat <<EOF\nx\nEOF");
+    }
+
+    #[test]
+    fn exit_codes() {
+        assert!(Exit::Code(0).success());
+        assert_eq!(Exit::Signal(9).code(), 137);
+    }
+}
