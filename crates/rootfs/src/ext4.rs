@@ -151,6 +151,8 @@ pub fn make_ext4(
         "mkfs.ext4".into(),
         "-q".into(),
         "-F".into(),
+        "-b".into(),
+        "4096".into(),
         "-m".into(),
         "0".into(),
         "-N".into(),
@@ -170,7 +172,8 @@ pub fn make_ext4(
     let result = if side.is_empty() {
         run(&mkfs[0], mkfs[1..].iter().map(String::as_str))
     } else {
-        // Replay the side table and run mkfs in one fakeroot session.
+        // Replay owners/modes/nodes and run mkfs in one fakeroot session (xattrs are written
+        // into the image afterwards with debugfs: fakeroot keeps its own xattr table).
         let script_path = out.with_extension("fakeroot.sh");
         let mut script = replay_script(dir, side)?;
         script.push_str("exec ");
@@ -204,6 +207,7 @@ pub fn make_ext4(
         }
         return Err(e);
     }
+    set_xattrs(out, side)?;
     fsck(out)?;
     Ok(Ext4Image {
         path: out.to_path_buf(),
@@ -227,16 +231,54 @@ fn replay_script(dir: &Path, side: &SideTable) -> Result<String> {
         if !meta.symlink {
             s.push_str(&format!("chmod {:o} {p}\n", meta.mode));
         }
+    }
+    Ok(s)
+}
+
+/// Writes the side table's xattrs into the image with `debugfs -w` (`ea_set -f`), which needs
+/// no privilege on an image file.
+fn set_xattrs(image: &Path, side: &SideTable) -> Result<()> {
+    let with: Vec<_> = side
+        .entries
+        .iter()
+        .filter(|(_, m)| !m.xattrs.is_empty())
+        .collect();
+    if with.is_empty() {
+        return Ok(());
+    }
+    let tmp = image.with_extension("xattrs");
+    fs::create_dir_all(&tmp).map_err(Error::io("create", &tmp))?;
+    let mut cmds = String::new();
+    let mut n = 0;
+    for (rel, meta) in with {
+        let p = path_str(&Path::new("/").join(rel))?;
+        if p.contains('"') {
+            tracing::warn!(path = %p, "xattrs not kept: path has a double quote");
+            continue;
+        }
         for (name, value) in &meta.xattrs {
-            s.push_str(&format!(
-                "setfattr -h -n {} -v 0x{} {p} || echo 'firebuild-rootfs: xattr {} not kept (setfattr missing?)' >&2\n",
-                shell_quote(name),
-                hex::encode(value),
-                name.replace('\'', "")
+            let vf = tmp.join(n.to_string());
+            n += 1;
+            fs::write(&vf, value).map_err(Error::io("write", &vf))?;
+            cmds.push_str(&format!(
+                "ea_set -f \"{}\" \"{p}\" \"{name}\"\n",
+                path_str(&vf)?
             ));
         }
     }
-    Ok(s)
+    let cf = tmp.join("cmds");
+    fs::write(&cf, cmds).map_err(Error::io("write", &cf))?;
+    let r = run(
+        "debugfs",
+        [
+            "-w",
+            "-f",
+            path_str(&cf)?.as_str(),
+            path_str(image)?.as_str(),
+        ],
+    );
+    let _ = fs::remove_dir_all(&tmp);
+    r.map(|_| ())
 }
 
 fn shell_quote(s: &str) -> String {
@@ -315,6 +357,8 @@ pub fn shrink(image: &Path) -> Result<u64> {
 }
 
 /// Grows the image file and its filesystem to `size` bytes (no-op when already that big).
+/// Returns the filesystem's new size, which can be a little under `size` when the last block
+/// group would be too small to hold its own metadata; the file is `size` bytes.
 pub fn grow(image: &Path, size: u64) -> Result<u64> {
     let cur = fs::metadata(image).map_err(Error::io("stat", image))?.len();
     if size <= cur {
@@ -330,7 +374,8 @@ pub fn grow(image: &Path, size: u64) -> Result<u64> {
     run("e2fsck", ["-fy", p.as_str()])?;
     run("resize2fs", [p.as_str()])?;
     fsck(image)?;
-    Ok(size)
+    // resize2fs may leave out a last block group too small for its metadata.
+    fs_bytes(image)
 }
 
 #[cfg(test)]

@@ -298,7 +298,8 @@ pub async fn prepare(source: &BaseSource, out: &Path, opts: &PrepareOptions) -> 
                         needed: size,
                     });
                 }
-                size = ext4::grow(out, want)?;
+                ext4::grow(out, want)?;
+                size = want;
             }
             (
                 Ext4Image {

@@ -1,0 +1,257 @@
+//! Local sources: OCI layout (directory and tar), `docker save` archive, directory, ext4 image,
+//! scratch; the unprivileged path (side table replayed under fakeroot); shrink and grow.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::fs;
+use std::path::Path;
+
+use firebuild_rootfs::layer::Ownership;
+use firebuild_rootfs::{BaseSource, Digest, Error, PrepareOptions, ext4, prepare};
+use support::*;
+
+fn tools_ok() -> bool {
+    require_root()
+        && ["mkfs.ext4", "e2fsck", "debugfs", "resize2fs"]
+            .iter()
+            .all(|t| require_tool(t))
+}
+
+fn check_image(img: &Path) {
+    assert!(fsck_clean(img), "e2fsck -fn reports problems");
+    assert_eq!(
+        owner_mode(img, "/home/app/file.txt"),
+        (1000, 1000, "0640".into())
+    );
+    assert_eq!(owner_mode(img, "/usr/bin/tool"), (0, 0, "04755".into()));
+    assert_eq!(owner_mode(img, "/usr/bin/sg"), (0, 50, "02755".into()));
+    assert_eq!(owner_mode(img, "/tmp"), (0, 0, "01777".into()));
+    assert_eq!(
+        owner_mode(img, "/home/app/second"),
+        (1000, 1000, "0600".into())
+    );
+    let a = debugfs(img, "stat /usr/bin/tool");
+    let b = debugfs(img, "stat /usr/bin/tool-hard");
+    assert_eq!(field(&a, "Inode:"), field(&b, "Inode:"), "hardlink lost");
+    let null = debugfs(img, "stat /dev/null");
+    assert!(null.contains("Device major/minor number: 01:03"), "{null}");
+    assert!(debugfs(img, "stat /home/app/file.txt").contains("user.firebuild (3) = \"yes\""));
+    assert!(!exists(img, "/etc/doomed"));
+    assert!(!exists(img, "/opt/d/old"));
+    assert_eq!(debugfs(img, "cat /opt/d/new"), "new\n");
+}
+
+/// Writes an OCI image layout holding `img` tagged `v1`.
+fn write_layout(dir: &Path, img: &TestImage) {
+    let blobs = dir.join("blobs/sha256");
+    fs::create_dir_all(&blobs).unwrap();
+    let put = |b: &[u8]| fs::write(blobs.join(Digest::of(b).hex()), b).unwrap();
+    for (blob, _, _) in &img.layers {
+        put(blob);
+    }
+    put(&img.config);
+    put(&img.manifest);
+    fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": img.manifest_digest().to_string(), "size": img.manifest.len(),
+        "annotations": {"org.opencontainers.image.ref.name": "v1"}}]});
+    fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+}
+
+fn tar_of(dir: &Path, out: &Path) {
+    let mut b = tar::Builder::new(fs::File::create(out).unwrap());
+    b.append_dir_all(".", dir).unwrap();
+    b.finish().unwrap();
+}
+
+/// A legacy `docker save` archive: `<hex>.json` config, `<id>/layer.tar` uncompressed layers.
+fn write_docker_save(dir: &Path, img: &TestImage, tamper: bool) {
+    fs::create_dir_all(dir).unwrap();
+    let cfg = format!("{}.json", img.config_digest().hex());
+    fs::write(dir.join(&cfg), &img.config).unwrap();
+    let mut layers = Vec::new();
+    for (i, (blob, _, _)) in img.layers.iter().enumerate() {
+        let mut plain = Vec::new();
+        std::io::copy(
+            &mut firebuild_rootfs::layer::decompress(&blob[..]).unwrap(),
+            &mut plain,
+        )
+        .unwrap();
+        if tamper && i == 1 {
+            // Same tar, one more zero block: still a valid archive, different diff id.
+            plain.extend_from_slice(&[0u8; 512]);
+        }
+        let name = format!("layer{i}/layer.tar");
+        fs::create_dir_all(dir.join(format!("layer{i}"))).unwrap();
+        fs::write(dir.join(&name), plain).unwrap();
+        layers.push(name);
+    }
+    let manifest =
+        serde_json::json!([{"Config": cfg, "RepoTags": ["test/img:v1"], "Layers": layers}]);
+    fs::write(
+        dir.join("manifest.json"),
+        serde_json::to_vec(&manifest).unwrap(),
+    )
+    .unwrap();
+}
+
+#[tokio::test]
+async fn oci_layout_dir_and_archive() {
+    if !tools_ok() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let img = make_image(&work.path().join("img"), "amd64");
+    let layout = work.path().join("layout");
+    write_layout(&layout, &img);
+    let opts = PrepareOptions::new(work.path().join("cache"), work.path().join("w"));
+
+    let src: BaseSource = format!("oci:{}:v1", layout.display()).parse().unwrap();
+    let out = work.path().join("layout.ext4");
+    let p = prepare(&src, &out, &opts).await.unwrap();
+    check_image(&out);
+    assert_eq!(p.base.kind, "oci-layout");
+    assert_eq!(
+        p.base.manifest_digest.as_deref(),
+        Some(img.manifest_digest().as_str())
+    );
+    assert_eq!(p.config.user.as_deref(), Some("app"));
+
+    let archive = work.path().join("layout.tar");
+    tar_of(&layout, &archive);
+    let src: BaseSource = format!("oci:{}", archive.display()).parse().unwrap();
+    let out = work.path().join("archive.ext4");
+    prepare(&src, &out, &opts).await.unwrap();
+    check_image(&out);
+
+    // A blob that does not match its name is refused.
+    let victim = layout
+        .join("blobs/sha256")
+        .join(Digest::of(&img.layers[0].0).hex());
+    let mut bytes = fs::read(&victim).unwrap();
+    bytes[10] ^= 1;
+    fs::write(&victim, bytes).unwrap();
+    let src: BaseSource = format!("oci:{}:v1", layout.display()).parse().unwrap();
+    let err = prepare(&src, &work.path().join("bad.ext4"), &opts)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::DigestMismatch { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn docker_save_archive_with_diff_id_check() {
+    if !tools_ok() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let img = make_image(&work.path().join("img"), "amd64");
+    let save = work.path().join("save");
+    write_docker_save(&save, &img, false);
+    let archive = work.path().join("save.tar");
+    tar_of(&save, &archive);
+    let opts = PrepareOptions::new(work.path().join("cache"), work.path().join("w"));
+    let src: BaseSource = format!("docker-archive:{}:v1", archive.display())
+        .parse()
+        .unwrap();
+    let out = work.path().join("save.ext4");
+    let p = prepare(&src, &out, &opts).await.unwrap();
+    check_image(&out);
+    assert_eq!(
+        p.base.config_digest.as_deref(),
+        Some(img.config_digest().as_str())
+    );
+    assert_eq!(p.config.workdir.as_deref(), Some("/home/app"));
+
+    // A layer whose content does not match the config's diff id is refused.
+    let bad = work.path().join("bad");
+    write_docker_save(&bad, &img, true);
+    let src = BaseSource::DockerArchive {
+        path: bad,
+        tag: None,
+    };
+    let err = prepare(&src, &work.path().join("bad.ext4"), &opts)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("diff_id"), "{err}");
+}
+
+#[tokio::test]
+async fn unprivileged_path_replays_side_table_under_fakeroot() {
+    if !tools_ok() || !require_tool("fakeroot") {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let img = make_image(&work.path().join("img"), "amd64");
+    let layout = work.path().join("layout");
+    write_layout(&layout, &img);
+    // What a non-root user gets: no chown, no mknod on the tree; fakeroot replays them.
+    let mut opts = PrepareOptions::new(work.path().join("cache"), work.path().join("w"));
+    opts.ownership = Ownership::SideTable;
+    let src: BaseSource = format!("oci:{}:v1", layout.display()).parse().unwrap();
+    let out = work.path().join("fakeroot.ext4");
+    prepare(&src, &out, &opts).await.unwrap();
+    check_image(&out);
+    assert_eq!(owner_mode(&out, "/home/app"), (1000, 1000, "0750".into()));
+}
+
+#[tokio::test]
+async fn dir_scratch_ext4_sources_shrink_and_grow() {
+    if !tools_ok() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("tree");
+    fs::create_dir_all(tree.join("srv")).unwrap();
+    fs::write(tree.join("srv/data"), vec![7u8; 3 << 20]).unwrap();
+    std::os::unix::fs::chown(tree.join("srv"), Some(33), Some(33)).unwrap();
+    let opts = PrepareOptions::new(work.path().join("cache"), work.path().join("w"));
+
+    let dir_img = work.path().join("dir.ext4");
+    let p = prepare(&BaseSource::Dir(tree.clone()), &dir_img, &opts)
+        .await
+        .unwrap();
+    assert_eq!(owner_mode(&dir_img, "/srv").0, 33);
+    assert_eq!(owner_mode(&dir_img, "/").0, 0);
+    let default = p.image.size;
+    assert_eq!(fs::metadata(&dir_img).unwrap().len(), default);
+    // Default size = content + headroom (>= 64 MiB of headroom).
+    assert!(default >= (3 << 20) + (64 << 20), "{default}");
+
+    let shrunk = ext4::shrink(&dir_img).unwrap();
+    assert!(shrunk < default, "{shrunk} !< {default}");
+    assert_eq!(fs::metadata(&dir_img).unwrap().len(), shrunk);
+    assert!(fsck_clean(&dir_img));
+    assert_eq!(debugfs(&dir_img, "cat /srv/data").len(), 3 << 20);
+
+    // ext4 source: copied, grown to the requested size, content kept.
+    let mut grow = opts.clone();
+    grow.ext4.size = Some(shrunk + (32 << 20));
+    let copy = work.path().join("copy.ext4");
+    let p = prepare(&BaseSource::Ext4(dir_img.clone()), &copy, &grow)
+        .await
+        .unwrap();
+    assert_eq!(p.image.size, shrunk + (32 << 20));
+    assert_eq!(fs::metadata(&copy).unwrap().len(), shrunk + (32 << 20));
+    let stats = debugfs(&copy, "stats");
+    let blocks: u64 = field(&stats, "Block count:").parse().unwrap();
+    let bsize: u64 = field(&stats, "Block size:").parse().unwrap();
+    let fs_bytes = blocks * bsize;
+    assert!(
+        fs_bytes > shrunk + (31 << 20) && fs_bytes <= shrunk + (32 << 20),
+        "filesystem not grown: {fs_bytes}"
+    );
+    assert_eq!(owner_mode(&copy, "/srv").0, 33);
+    assert_eq!(
+        fs::metadata(&dir_img).unwrap().len(),
+        shrunk,
+        "the source image was modified"
+    );
+
+    // scratch: an empty, clean filesystem owned by root.
+    let s = work.path().join("scratch.ext4");
+    prepare(&BaseSource::Scratch, &s, &opts).await.unwrap();
+    assert!(fsck_clean(&s));
+    assert_eq!(owner_mode(&s, "/"), (0, 0, "0755".into()));
+}
