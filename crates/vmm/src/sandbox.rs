@@ -1,35 +1,378 @@
-//! Sandbox driver (being written).
-#![allow(missing_docs)]
-use crate::{Driver, Error, Result, VmExit, VmSpec};
+//! The namespace sandbox: no VM, just Linux namespaces around a root directory.
+//!
+//! `unshare(1)` creates user (root mapped to the caller), mount, PID, UTS, IPC and network
+//! namespaces; a host shell inside them mounts `/proc`, `/sys` and the host's `/dev` into the
+//! root directory and `chroot`s to the init (PID 1 of the new PID namespace). The network
+//! namespace is private: it has only `lo`, on which the driver adds `169.254.0.2` and
+//! `169.254.169.254` and forwards connections to the host so the guest sees the same addresses
+//! as under QEMU: `169.254.169.254:80` reaches the [`Metadata::Server`](crate::Metadata::Server)
+//! and `169.254.0.2:P` reaches the host's `127.0.0.1:P` for each port in
+//! [`SandboxOptions::forward_ports`].
+//!
+//! **This is weaker isolation than a VM**: the guest shares the host kernel, sees the host's
+//! `/dev`, and a kernel bug or a namespace escape is a host compromise. Use it where no
+//! virtualization is available, for trusted builds. A guest `poweroff` ends the PID namespace
+//! (its init is killed with `SIGINT`), which ends `unshare`.
+
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
-#[derive(Debug, Clone, Default)]
-pub struct SandboxOptions {}
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::driver::{Driver, VmExit, kill_child, wait_child};
+use crate::error::{Error, Result};
+use crate::spec::{Metadata, Network, VmSpec};
+
+/// The host as the sandbox sees it.
+pub const HOST_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 0, 2);
+/// The metadata address.
+pub const MMDS_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
+
+/// Runs inside the namespaces (host `/bin/sh`, before the chroot): waits for the driver to set
+/// up networking, mounts, then execs the init. `$1` root, `$2` hostname, `$3...` init and args.
+const INNER: &str = r#"set -e
+root="$1"; name="$2"; shift 2
+read -r go
+[ "$go" = go ] || { echo "firebuild-sandbox: error: host setup failed" >&2; exit 1; }
+[ -d "$root/proc" ] && mount -t proc proc "$root/proc"
+[ -d "$root/sys" ] && { mount -t sysfs sysfs "$root/sys" 2>/dev/null || mount --rbind /sys "$root/sys"; }
+[ -d "$root/dev" ] && mount --rbind /dev "$root/dev"
+[ -d "$root/run" ] && mount -t tmpfs tmpfs "$root/run"
+hostname "$name"
+echo "firebuild-sandbox: starting $1"
+exec chroot "$root" "$@" </dev/null
+"#;
+
+/// Options of the sandbox driver.
+#[derive(Debug, Clone)]
+pub struct SandboxOptions {
+    /// The `unshare` binary (util-linux).
+    pub unshare: PathBuf,
+    /// The init inside the root directory.
+    pub init: String,
+    /// Arguments to the init.
+    pub init_args: Vec<String>,
+    /// Host loopback ports the guest reaches at `169.254.0.2:PORT`.
+    pub forward_ports: Vec<u16>,
+}
+
+impl Default for SandboxOptions {
+    fn default() -> Self {
+        Self {
+            unshare: PathBuf::from("unshare"),
+            init: "/sbin/vminit".to_owned(),
+            init_args: Vec::new(),
+            forward_ports: Vec::new(),
+        }
+    }
+}
+
+/// Runs a [`VmSpec`] whose first drive is a root **directory** in Linux namespaces.
 #[derive(Debug)]
 pub struct SandboxDriver {
     spec: VmSpec,
+    opts: SandboxOptions,
     console: PathBuf,
+    child: Option<Child>,
+    exit: Option<VmExit>,
+    stop_flag: Arc<AtomicBool>,
+    forwards: Vec<JoinHandle<()>>,
 }
+
 impl SandboxDriver {
-    pub fn new(spec: VmSpec, _o: SandboxOptions) -> Self {
+    /// A driver for `spec`.
+    pub fn new(spec: VmSpec, opts: SandboxOptions) -> Self {
         let console = spec.console_log_path();
-        Self { spec, console }
+        Self {
+            spec,
+            opts,
+            console,
+            child: None,
+            exit: None,
+            stop_flag: Arc::new(AtomicBool::new(false)),
+            forwards: Vec::new(),
+        }
+    }
+
+    fn root(&self) -> Result<&Path> {
+        let Some(drive) = self.spec.drives.first() else {
+            return Err(Error::Spec(
+                "the sandbox needs a root directory as its first drive".to_owned(),
+            ));
+        };
+        if !drive.path.is_dir() {
+            return Err(Error::Spec(format!(
+                "the sandbox runs a root directory, and {} is not one",
+                drive.path.display()
+            )));
+        }
+        Ok(&drive.path)
+    }
+
+    /// The (listen inside the sandbox, connect on the host) pairs.
+    fn forward_list(&self) -> Vec<(SocketAddr, SocketAddr)> {
+        let mut list = Vec::new();
+        if let Metadata::Server(target) = &self.spec.metadata {
+            list.push((SocketAddr::V4(SocketAddrV4::new(MMDS_IP, 80)), *target));
+        }
+        for port in &self.opts.forward_ports {
+            list.push((
+                SocketAddr::V4(SocketAddrV4::new(HOST_IP, *port)),
+                SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, *port)),
+            ));
+        }
+        list
+    }
+
+    fn setup_network(&mut self, pid: u32) -> Result<()> {
+        let netns = PathBuf::from(format!("/proc/{pid}/ns/net"));
+        let own =
+            std::fs::read_link("/proc/self/ns/net").map_err(Error::io("/proc/self/ns/net"))?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if std::fs::read_link(&netns).is_ok_and(|ns| ns != own) {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(Error::State {
+                    driver: "sandbox",
+                    reason: format!("network namespace of pid {pid} did not appear"),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let nsenter = crate::process::require("sandbox networking", "nsenter")?;
+        let ip = |args: &[&str]| {
+            crate::process::run(
+                Command::new(&nsenter)
+                    .arg(format!("--net={}", netns.display()))
+                    .arg("--")
+                    .arg("ip")
+                    .args(args),
+            )
+        };
+        ip(&["link", "set", "lo", "up"])?;
+        if self.spec.network != Network::None {
+            ip(&["addr", "add", "169.254.0.2/32", "dev", "lo"])?;
+            ip(&["addr", "add", "169.254.169.254/32", "dev", "lo"])?;
+            ip(&["addr", "add", "169.254.0.15/16", "dev", "lo"])?;
+            for (listen, target) in self.forward_list() {
+                let listener = listen_in(&netns, listen)?;
+                let stop = Arc::clone(&self.stop_flag);
+                self.forwards
+                    .push(std::thread::spawn(move || forward(listener, target, &stop)));
+            }
+        }
+        Ok(())
+    }
+
+    fn release(&mut self) {
+        self.stop_flag.store(true, Ordering::SeqCst);
+        for handle in self.forwards.drain(..) {
+            let _ = handle.join();
+        }
     }
 }
+
+/// Binds `addr` inside the network namespace `netns` from a helper thread (sockets keep the
+/// namespace they were created in), leaving this process's namespaces untouched.
+fn listen_in(netns: &Path, addr: SocketAddr) -> Result<TcpListener> {
+    let netns = netns.to_path_buf();
+    let bind = std::thread::spawn(move || -> std::io::Result<TcpListener> {
+        let target = std::fs::File::open(&netns)?;
+        // This thread ends right after binding, so it never needs to move back.
+        rustix::thread::move_into_link_name_space(
+            target.as_fd(),
+            Some(rustix::thread::LinkNameSpaceType::Network),
+        )?;
+        let listener = TcpListener::bind(addr)?;
+        listener.set_nonblocking(true)?;
+        Ok(listener)
+    });
+    match bind.join() {
+        Ok(Ok(listener)) => Ok(listener),
+        Ok(Err(source)) => Err(Error::Io {
+            path: PathBuf::from(format!("sandbox listener {addr}")),
+            source,
+        }),
+        Err(_) => Err(Error::State {
+            driver: "sandbox",
+            reason: "listener thread panicked".to_owned(),
+        }),
+    }
+}
+
+/// Accepts in the sandbox, connects on the host, and copies both ways until `stop`.
+fn forward(listener: TcpListener, target: SocketAddr, stop: &AtomicBool) {
+    while !stop.load(Ordering::SeqCst) {
+        match listener.accept() {
+            Ok((inside, _)) => {
+                let _ = inside.set_nonblocking(false);
+                match TcpStream::connect(target) {
+                    Ok(outside) => splice(inside, outside),
+                    Err(e) => {
+                        tracing::warn!(%target, error = %e, "sandbox forward: connect failed")
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => {
+                tracing::warn!(%target, error = %e, "sandbox forward: accept failed");
+                return;
+            }
+        }
+    }
+}
+
+fn splice(a: TcpStream, b: TcpStream) {
+    let (Ok(a2), Ok(b2)) = (a.try_clone(), b.try_clone()) else {
+        return;
+    };
+    let pump = |mut from: TcpStream, mut to: TcpStream| {
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut from, &mut to);
+            let _ = to.shutdown(std::net::Shutdown::Write);
+        })
+    };
+    pump(a, b2);
+    pump(b, a2);
+}
+
 impl Driver for SandboxDriver {
     fn name(&self) -> &'static str {
         "sandbox"
     }
+
+    fn prepare(&mut self) -> Result<()> {
+        let root = self.root()?;
+        let init = root.join(self.opts.init.trim_start_matches('/'));
+        if std::fs::symlink_metadata(&init).is_err() {
+            return Err(Error::Spec(format!(
+                "init {} not found in {}",
+                self.opts.init,
+                root.display()
+            )));
+        }
+        if let Network::Tap(_) = self.spec.network {
+            return Err(Error::Spec("the sandbox has no tap networking".to_owned()));
+        }
+        if let Metadata::Firecracker(_) = self.spec.metadata {
+            return Err(Error::Spec(
+                "the sandbox serves metadata through Metadata::Server".to_owned(),
+            ));
+        }
+        crate::process::require("the sandbox", &self.opts.unshare.to_string_lossy())?;
+        Ok(())
+    }
+
     fn start(&mut self) -> Result<()> {
-        Err(Error::Spec(format!("{} unwritten", self.spec.name)))
+        if self.child.is_some() {
+            return Err(Error::State {
+                driver: "sandbox",
+                reason: "already started".to_owned(),
+            });
+        }
+        let root = self.root()?.to_path_buf();
+        let console = std::fs::File::create(&self.console).map_err(Error::io(&self.console))?;
+        let console2 = console.try_clone().map_err(Error::io(&self.console))?;
+        let mut cmd = Command::new(&self.opts.unshare);
+        cmd.args([
+            "--user",
+            "--map-root-user",
+            "--mount",
+            "--pid",
+            "--uts",
+            "--ipc",
+            "--net",
+            "--fork",
+            "--kill-child",
+            "--",
+            "/bin/sh",
+            "-c",
+            INNER,
+            "sh",
+        ])
+        .arg(&root)
+        .arg(&self.spec.name)
+        .arg(&self.opts.init)
+        .args(&self.opts.init_args)
+        .stdin(Stdio::piped())
+        .stdout(console)
+        .stderr(console2);
+        tracing::info!(name = %self.spec.name, root = %root.display(), "starting sandbox");
+        let child = cmd.spawn().map_err(|source| Error::Spawn {
+            program: self.opts.unshare.display().to_string(),
+            source,
+        })?;
+        let pid = child.id();
+        self.child = Some(child);
+        let setup = self.setup_network(pid);
+        let go: &[u8] = if setup.is_ok() { b"go\n" } else { b"fail\n" };
+        if let Some(mut stdin) = self.child.as_mut().and_then(|c| c.stdin.take()) {
+            let _ = stdin.write_all(go);
+        }
+        if let Err(e) = setup {
+            let _ = self.stop();
+            return Err(e);
+        }
+        Ok(())
     }
-    fn wait(&mut self, _t: Duration) -> Result<Option<VmExit>> {
-        Ok(None)
+
+    fn wait(&mut self, timeout: Duration) -> Result<Option<VmExit>> {
+        if let Some(exit) = self.exit {
+            return Ok(Some(exit));
+        }
+        let Some(child) = self.child.as_mut() else {
+            return Err(Error::State {
+                driver: "sandbox",
+                reason: "wait() before start()".to_owned(),
+            });
+        };
+        let Some(status) = wait_child(child, timeout, "sandbox")? else {
+            return Ok(None);
+        };
+        let exit = VmExit {
+            status,
+            stopped: false,
+        };
+        self.exit = Some(exit);
+        self.release();
+        Ok(Some(exit))
     }
+
     fn stop(&mut self) -> Result<Option<VmExit>> {
-        Ok(None)
+        if let Some(exit) = self.exit {
+            return Ok(Some(exit));
+        }
+        let Some(child) = self.child.as_mut() else {
+            return Ok(None);
+        };
+        // SIGKILL to unshare; --kill-child takes the namespace's init (and so all of it) down.
+        let status = kill_child(child)?;
+        let exit = VmExit {
+            status,
+            stopped: true,
+        };
+        self.exit = Some(exit);
+        self.release();
+        Ok(Some(exit))
     }
+
     fn console_log(&self) -> &Path {
         &self.console
+    }
+}
+
+impl Drop for SandboxDriver {
+    fn drop(&mut self) {
+        let _ = self.stop();
+        self.release();
     }
 }

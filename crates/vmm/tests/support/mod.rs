@@ -1,0 +1,120 @@
+//! Shared helpers of the firebuild-vmm integration tests.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// Returns the path of `tool`, or `None` after printing why the test is skipped; panics under CI.
+pub fn need(tool: &str, why: &str) -> Option<PathBuf> {
+    match firebuild_vmm::which(tool) {
+        Some(p) => Some(p),
+        None => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{tool} is required ({why}) and missing: scripts/test.sh installs it"
+            );
+            eprintln!("skipping: {tool} not found ({why})");
+            None
+        }
+    }
+}
+
+/// A static busybox, or `None` (skip) / panic under CI.
+pub fn static_busybox() -> Option<PathBuf> {
+    let bb = need("busybox", "guest userland")?;
+    let bytes = std::fs::read(&bb).unwrap();
+    if firebuild_vmm::kernel::is_static_elf(&bytes) {
+        Some(bb)
+    } else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "busybox is not static: install busybox-static"
+        );
+        eprintln!(
+            "skipping: {} is not static (install busybox-static)",
+            bb.display()
+        );
+        None
+    }
+}
+
+/// A root directory with busybox in /bin and the usual mount points; `init` at `init_path`.
+pub fn busybox_root(dir: &Path, busybox: &Path, init_path: &str, init: &str) -> PathBuf {
+    let root = dir.join("root");
+    for d in ["bin", "sbin", "proc", "sys", "dev", "tmp", "etc", "run"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy(busybox, root.join("bin/busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", root.join("bin/sh")).unwrap();
+    let init_file = root.join(init_path.trim_start_matches('/'));
+    std::fs::create_dir_all(init_file.parent().unwrap()).unwrap();
+    std::fs::write(&init_file, init).unwrap();
+    std::fs::set_permissions(
+        &init_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    root
+}
+
+/// A tiny HTTP/1.0 server on 127.0.0.1: answers every request with `body_for(method, path)`,
+/// records `METHOD PATH` lines.
+pub struct HttpServer {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<String>>>,
+}
+
+pub fn http_server(body_for: fn(&str, &str) -> (u16, String)) -> HttpServer {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = Arc::clone(&seen);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let record = Arc::clone(&record);
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                if reader.read_line(&mut line).is_err() {
+                    return;
+                }
+                let mut parts = line.split_whitespace();
+                let method = parts.next().unwrap_or("").to_owned();
+                let path = parts.next().unwrap_or("").to_owned();
+                let mut len = 0usize;
+                loop {
+                    let mut h = String::new();
+                    if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+                        break;
+                    }
+                    if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0; len];
+                let _ = reader.read_exact(&mut body);
+                record.lock().unwrap().push(format!("{method} {path}"));
+                let (status, reply) = body_for(&method, &path);
+                let _ = write!(
+                    stream,
+                    "HTTP/1.0 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}",
+                    reply.len()
+                );
+            });
+        }
+    });
+    HttpServer { addr, seen }
+}
+
+/// Prints the console log (for failures) and returns its text.
+pub fn console(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    eprintln!(
+        "---- console log {} ----\n{text}\n---- end ----",
+        path.display()
+    );
+    text
+}
