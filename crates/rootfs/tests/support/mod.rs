@@ -189,18 +189,29 @@ pub fn make_image(work: &Path, arch: &str) -> TestImage {
 
     let t1 = tar_dir(&l1, &[("home/app/file.txt", "user.firebuild", b"yes")]);
     let t2 = tar_dir(&l2, &[]);
-    let layers = vec![
-        (
-            gzip(&t1),
-            "application/vnd.oci.image.layer.v1.tar+gzip",
-            Digest::of(&t1),
-        ),
-        (
-            zstd(&t2),
-            "application/vnd.oci.image.layer.v1.tar+zstd",
-            Digest::of(&t2),
-        ),
+    build(
+        vec![gzip(&t1), zstd(&t2)],
+        vec![Digest::of(&t1), Digest::of(&t2)],
+        arch,
+    )
+}
+
+/// An image (gzip layer then zstd layer) from compressed blobs and their diff ids.
+pub fn image_from_tars(blobs: &[Vec<u8>; 2], diff_ids: &[Digest; 2]) -> TestImage {
+    build(blobs.to_vec(), diff_ids.to_vec(), "amd64")
+}
+
+fn build(blobs: Vec<Vec<u8>>, diff_ids: Vec<Digest>, arch: &str) -> TestImage {
+    let types = [
+        "application/vnd.oci.image.layer.v1.tar+gzip",
+        "application/vnd.oci.image.layer.v1.tar+zstd",
     ];
+    let layers: Vec<(Vec<u8>, &'static str, Digest)> = blobs
+        .into_iter()
+        .zip(diff_ids)
+        .enumerate()
+        .map(|(i, (b, d))| (b, types[i % 2], d))
+        .collect();
     let config = serde_json::json!({
         "architecture": arch, "os": "linux",
         "config": {
