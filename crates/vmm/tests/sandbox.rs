@@ -18,8 +18,8 @@ fn busybox_init_reaches_host_and_metadata_then_powers_off() {
     {
         return;
     }
-    let host = support::http_server(|_, path| (200, format!("host saw {path}\n")));
-    let mmds = support::http_server(|_, path| (200, format!("metadata for {path}\n")));
+    let host = support::http_server(|_, path, _| (200, format!("host saw {path}\n")));
+    let mmds = support::http_server(|_, path, _| (200, format!("metadata for {path}\n")));
     let port = host.addr.port();
     let dir = tempfile::tempdir().unwrap();
     let init = format!(

@@ -59,14 +59,15 @@ pub fn busybox_root(dir: &Path, busybox: &Path, init_path: &str, init: &str) -> 
     root
 }
 
-/// A tiny HTTP/1.0 server on 127.0.0.1: answers every request with `body_for(method, path)`,
+/// A tiny HTTP/1.0 server on 127.0.0.1: answers every request with
+/// `body_for(method, path, lowercased header lines)`,
 /// records `METHOD PATH` lines.
 pub struct HttpServer {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<String>>>,
 }
 
-pub fn http_server(body_for: fn(&str, &str) -> (u16, String)) -> HttpServer {
+pub fn http_server(body_for: fn(&str, &str, &[String]) -> (u16, String)) -> HttpServer {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -85,11 +86,13 @@ pub fn http_server(body_for: fn(&str, &str) -> (u16, String)) -> HttpServer {
                 let method = parts.next().unwrap_or("").to_owned();
                 let path = parts.next().unwrap_or("").to_owned();
                 let mut len = 0usize;
+                let mut headers = Vec::new();
                 loop {
                     let mut h = String::new();
                     if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
                         break;
                     }
+                    headers.push(h.trim().to_ascii_lowercase());
                     if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
                         len = v.trim().parse().unwrap_or(0);
                     }
@@ -97,7 +100,7 @@ pub fn http_server(body_for: fn(&str, &str) -> (u16, String)) -> HttpServer {
                 let mut body = vec![0; len];
                 let _ = reader.read_exact(&mut body);
                 record.lock().unwrap().push(format!("{method} {path}"));
-                let (status, reply) = body_for(&method, &path);
+                let (status, reply) = body_for(&method, &path, &headers);
                 let _ = write!(
                     stream,
                     "HTTP/1.0 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}",
@@ -117,4 +120,71 @@ pub fn console(path: &Path) -> String {
         path.display()
     );
     text
+}
+
+/// A stand-in for an MMDS V2 server: `PUT /latest/api/token` gives `test-token`; GETs need it.
+pub fn fake_mmds() -> HttpServer {
+    http_server(|method, path, headers| match (method, path) {
+        ("PUT", "/latest/api/token") => {
+            if headers
+                .iter()
+                .any(|h| h.starts_with("x-metadata-token-ttl-seconds:"))
+            {
+                (200, "test-token".to_owned())
+            } else {
+                (400, "missing ttl".to_owned())
+            }
+        }
+        ("GET", _) if headers.iter().any(|h| h == "x-metadata-token: test-token") => {
+            (200, format!("metadata at {path}"))
+        }
+        _ => (401, "unauthorized".to_owned()),
+    })
+}
+
+/// The prepared guest kernel (cached under the default cache dir; the first run downloads it).
+pub fn kernel() -> Option<firebuild_vmm::kernel::Kernel> {
+    need("apt-get", "fetching the guest kernel")?;
+    let cache = firebuild_vmm::kernel::default_cache_dir().unwrap();
+    match firebuild_vmm::kernel::KernelBuilder::new(&cache).prepare() {
+        Ok(k) => Some(k),
+        Err(e) => {
+            let mut msg = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                msg.push_str(&format!(": {s}"));
+                src = s.source();
+            }
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "preparing the guest kernel: {msg}"
+            );
+            eprintln!("skipping: cannot prepare the guest kernel: {msg}");
+            None
+        }
+    }
+}
+
+/// `mkfs.ext4 -d root` into `image` (`size_mib`).
+pub fn make_ext4(root: &Path, image: &Path, size_mib: u32) {
+    let out = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-E", "root_owner=0:0", "-d"])
+        .arg(root)
+        .arg(image)
+        .arg(format!("{size_mib}M"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mkfs.ext4: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Keeps the console log of a failed boot: copies it under the target dir and prints where.
+pub fn keep_console(path: &Path, name: &str) -> PathBuf {
+    let keep = std::env::temp_dir().join(format!("firebuild-vmm-{name}-console.log"));
+    let _ = std::fs::copy(path, &keep);
+    eprintln!("console log kept at {}", keep.display());
+    keep
 }
