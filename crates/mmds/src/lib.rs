@@ -4,6 +4,10 @@
 //! - [`schema::Metadata`]: what the host writes and the guest obeys (versioned, validated,
 //!   named user-data parts merged in a documented order). Its `bootstrap` section is the only
 //!   thing this crate carries about builds.
+//! - [`client::Client`]: the guest side (V2 tokens, JSON and IMDS text, one deadline with
+//!   backoff, long-poll).
+//! - [`server::Server`]: an MMDS-compatible server for VMMs without one (QEMU, sandbox) and for
+//!   tests, driven over a host Unix socket or in process through [`server::ServerHandle`].
 //!
 //! ```
 //! use firebuild_mmds::schema::Metadata;
@@ -13,7 +17,50 @@
 //! assert!(!md.is_build_mode());
 //! # Ok::<(), firebuild_mmds::schema::Error>(())
 //! ```
+//!
+//! A server and a client on loopback:
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use firebuild_mmds::client::{Client, ClientConfig};
+//! use firebuild_mmds::server::Server;
+//!
+//! let server = Server::builder()
+//!     .initial_data(serde_json::json!({"hostname": "vm1"}))
+//!     .start()
+//!     .await?;
+//! let client = Client::new(ClientConfig::with_addr(server.local_addr()));
+//! let (md, _etag) = client.fetch_metadata().await?;
+//! assert_eq!(md.hostname.as_deref(), Some("vm1"));
+//! server.delete("/hostname")?;
+//! assert!(matches!(
+//!     client.get_json("/hostname").await,
+//!     Err(firebuild_mmds::client::Error::NotFound { .. })
+//! ));
+//! server.shutdown().await;
+//! # Ok(()) }
+//! ```
 
+pub mod client;
+mod http;
+pub mod imds;
 pub mod schema;
+pub mod server;
+pub mod store;
+mod token;
 
+pub use http::TransportError;
 pub use schema::Metadata;
+pub use token::{MAX_TOKEN_LEN, MAX_TTL_SECS, MIN_TTL_SECS};
+
+/// MMDS protocol version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(u8)]
+pub enum MmdsVersion {
+    /// No session tokens.
+    V1 = 1,
+    /// Session tokens required for GET (the default).
+    #[default]
+    V2 = 2,
+}

@@ -1,0 +1,98 @@
+//! Test helpers: a plain HTTP/1 client over TCP or a Unix socket.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt as _, Full};
+
+/// A reply with its body.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        String::from_utf8(self.body.to_vec()).unwrap()
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+    }
+    pub fn etag(&self) -> String {
+        self.header("etag").expect("response without ETag")
+    }
+}
+
+async fn exchange<IO>(io: IO, req: Request<Full<Bytes>>) -> Reply
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let resp = tx.send_request(req).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.unwrap().to_bytes(),
+    }
+}
+
+pub fn request(
+    method: Method,
+    uri: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Request<Full<Bytes>> {
+    let mut b = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("host", "localhost");
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(Full::new(Bytes::from(body.to_owned()))).unwrap()
+}
+
+/// One request to the guest side.
+pub async fn guest(addr: SocketAddr, method: Method, uri: &str, headers: &[(&str, &str)]) -> Reply {
+    let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    exchange(s, request(method, uri, headers, "")).await
+}
+
+/// One request to the host API socket.
+pub async fn host(
+    sock: &Path,
+    method: Method,
+    uri: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Reply {
+    let s = tokio::net::UnixStream::connect(sock).await.unwrap();
+    exchange(s, request(method, uri, headers, body)).await
+}
+
+/// A V2 token with a one-hour TTL.
+pub async fn token(addr: SocketAddr) -> String {
+    let r = guest(
+        addr,
+        Method::PUT,
+        "/latest/api/token",
+        &[("x-metadata-token-ttl-seconds", "3600")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    r.text()
+}
