@@ -5,6 +5,7 @@
 mod error;
 pub mod passwd;
 pub mod paths;
+pub mod place;
 pub mod source;
 pub mod step;
 

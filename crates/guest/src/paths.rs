@@ -151,10 +151,22 @@ pub fn create_dirs(root: &Path, guest: &str, mode: u32, uid: u32, gid: u32) -> R
                 });
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::create_dir(&host).map_err(Error::io("create directory", &host))?;
-                fs::set_permissions(&host, Permissions::from_mode(mode))
-                    .map_err(Error::io("chmod", &host))?;
-                chown(&host, uid, gid)?;
+                // `host` is symlink-free from the first missing component on (a followed link
+                // may have led to a path with several missing components): create them all.
+                let rel = host.strip_prefix(root).map_err(|_| Error::Resolve {
+                    path: prefix.clone(),
+                    reason: "resolved outside the root",
+                })?;
+                let mut at = root.to_path_buf();
+                for c in rel.components() {
+                    at.push(c);
+                    if fs::symlink_metadata(&at).is_err() {
+                        fs::create_dir(&at).map_err(Error::io("create directory", &at))?;
+                        fs::set_permissions(&at, Permissions::from_mode(mode))
+                            .map_err(Error::io("chmod", &at))?;
+                        chown(&at, uid, gid)?;
+                    }
+                }
             }
             Err(e) => return Err(Error::io("stat", &host)(e)),
         }
