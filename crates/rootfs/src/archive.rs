@@ -139,7 +139,17 @@ fn confined(root: &Path, name: &str) -> Result<PathBuf> {
             reason: format!("path {name:?} escapes the archive"),
         });
     }
-    Ok(root.join(name))
+    // Symlinks inside the archive (docker save links duplicate layers) must stay inside it.
+    let full = root.join(name);
+    let real = fs::canonicalize(&full).map_err(Error::io("resolve", &full))?;
+    let real_root = fs::canonicalize(root).map_err(Error::io("resolve", root))?;
+    if !real.starts_with(&real_root) {
+        return Err(Error::Image {
+            what: "manifest.json".into(),
+            reason: format!("path {name:?} resolves outside the archive"),
+        });
+    }
+    Ok(real)
 }
 
 /// Resolves an image from an unpacked `docker save` archive (`manifest.json` at its top).

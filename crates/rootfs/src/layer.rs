@@ -243,6 +243,12 @@ impl Applier {
             return Ok(());
         }
         if let Some(hidden) = name_bytes.strip_prefix(b".wh.") {
+            if matches!(hidden, b"" | b"." | b"..") {
+                return Err(err(format!(
+                    "whiteout names {:?}, not an entry",
+                    String::from_utf8_lossy(hidden)
+                )));
+            }
             let parent = match self.resolve(&parent_rel, false) {
                 Ok(p) => p,
                 Err(_) => return Ok(()), // nothing below to hide
@@ -689,6 +695,22 @@ mod tests {
         assert_eq!(fs::read(inside).unwrap(), b"x");
         assert_eq!(fs::read(dir.path().join("root/pwned2")).unwrap(), b"y");
         assert!(!dir.path().join("pwned2").exists());
+    }
+
+    #[test]
+    fn whiteout_of_dot_dot_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let keep = dir.path().join("keep");
+        fs::write(&keep, b"k").unwrap();
+        let mut a = Applier::new(&root, Ownership::SideTable).unwrap();
+        let t = tar_with(&[(".wh...", EntryType::Regular, b"", "")]);
+        let err = a.apply_reader("l0", &t[..]).unwrap_err();
+        assert!(err.to_string().contains("whiteout"), "{err}");
+        assert!(
+            keep.exists() && root.exists(),
+            "a whiteout deleted outside the root"
+        );
     }
 
     #[test]
