@@ -122,26 +122,6 @@ pub fn console(path: &Path) -> String {
     text
 }
 
-/// A stand-in for an MMDS V2 server: `PUT /latest/api/token` gives `test-token`; GETs need it.
-pub fn fake_mmds() -> HttpServer {
-    http_server(|method, path, headers| match (method, path) {
-        ("PUT", "/latest/api/token") => {
-            if headers
-                .iter()
-                .any(|h| h.starts_with("x-metadata-token-ttl-seconds:"))
-            {
-                (200, "test-token".to_owned())
-            } else {
-                (400, "missing ttl".to_owned())
-            }
-        }
-        ("GET", _) if headers.iter().any(|h| h == "x-metadata-token: test-token") => {
-            (200, format!("metadata at {path}"))
-        }
-        _ => (401, "unauthorized".to_owned()),
-    })
-}
-
 /// The prepared guest kernel (cached under the default cache dir; the first run downloads it).
 pub fn kernel() -> Option<firebuild_vmm::kernel::Kernel> {
     need("apt-get", "fetching the guest kernel")?;
