@@ -13,6 +13,7 @@ mod kernel_cmd;
 mod mmds_cmd;
 mod parse_cmd;
 mod plan_cmd;
+mod rootfs_cmd;
 
 /// Build Firecracker root filesystems from Dockerfiles.
 #[derive(Debug, Parser)]
@@ -32,6 +33,8 @@ enum Cmd {
     Mmds(mmds_cmd::MmdsArgs),
     /// Prepare the guest kernel and initramfs the VM drivers boot.
     Kernel(kernel_cmd::KernelArgs),
+    /// Resolve a base image (registry, OCI layout, docker save, ext4, dir) into an ext4 image.
+    Rootfs(rootfs_cmd::RootfsArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +48,7 @@ fn main() -> ExitCode {
         Cmd::Plan(args) => plan_cmd::run(args),
         Cmd::Mmds(args) => mmds_cmd::run(args),
         Cmd::Kernel(args) => kernel_cmd::run(args),
+        Cmd::Rootfs(args) => rootfs_cmd::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
