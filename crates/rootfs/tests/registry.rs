@@ -91,8 +91,17 @@ async fn from_loopback_registry_by_tag_digest_and_index() {
     .await;
 
     let cache = work.path().join("cache");
-    // What `FROM 127.0.0.1:PORT/test/img:tag` resolves to.
-    let src: BaseSource = format!("{}/test/img:tag", reg.addr).parse().unwrap();
+    // What `FROM 127.0.0.1:PORT/test/img:tag` resolves to, through the Dockerfile planner.
+    let dockerfile = "ARG REG\nFROM ${REG}/test/img:tag\nRUN true\n";
+    let build_args = [("REG".to_string(), reg.addr.clone())];
+    let mut req = firebuild_dockerfile::PlanRequest::new("Dockerfile", dockerfile, work.path());
+    req.build_args = &build_args;
+    let plan = firebuild_dockerfile::plan(&req).unwrap();
+    let firebuild_plan::Base::Image { reference } = &plan.stages[0].base else {
+        panic!("stage 0 base is not an image: {:?}", plan.stages[0].base);
+    };
+    assert_eq!(reference, &format!("{}/test/img:tag", reg.addr));
+    let src: BaseSource = reference.parse().unwrap();
     let opts = PrepareOptions::new(&cache, work.path().join("w1"));
     let out = work.path().join("tag.ext4");
     let p = prepare(&src, &out, &opts).await.unwrap();
@@ -132,10 +141,17 @@ async fn from_loopback_registry_by_tag_digest_and_index() {
             size_bytes: p.image.size,
         },
     );
+    let mut m = m.with_dockerfile(dockerfile.as_bytes());
+    m.build_args.insert("REG".into(), reg.addr.clone());
     m.write(&work.path().join("tag.json")).unwrap();
     let back = Manifest::from_json(&std::fs::read_to_string(work.path().join("tag.json")).unwrap())
         .unwrap();
     assert_eq!(back.base.config_digest, p.base.config_digest);
+    assert_eq!(back.image.user.as_deref(), Some("app"));
+    assert_eq!(
+        back.dockerfile_digest,
+        Some(firebuild_rootfs::Digest::of(dockerfile.as_bytes()).to_string())
+    );
 
     // By digest.
     let src: BaseSource = format!("{}/test/img@{}", reg.addr, amd.manifest_digest())
