@@ -458,7 +458,7 @@ impl Client {
             .map_err(|e| TransportError::Io(std::io::Error::other(e)))?;
         let stream = tokio::net::TcpStream::connect(self.cfg.addr).await?;
         let _ = stream.set_nodelay(true);
-        roundtrip(stream, req, self.cfg.max_body).await
+        roundtrip(stream, req, self.cfg.max_body, false).await
     }
 }
 

@@ -38,12 +38,15 @@ pub(crate) async fn roundtrip<IO>(
     io: IO,
     req: Request<Full<Bytes>>,
     max_body: usize,
+    title_case_headers: bool,
 ) -> Result<Reply, TransportError>
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io)).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+        .title_case_headers(title_case_headers)
+        .handshake(hyper_util::rt::TokioIo::new(io))
+        .await?;
     let driver = tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "mmds http connection ended");

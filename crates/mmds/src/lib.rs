@@ -43,6 +43,7 @@
 //! ```
 
 pub mod client;
+pub mod firecracker;
 mod http;
 pub mod imds;
 pub mod schema;

@@ -165,3 +165,458 @@ async fn long_poll_wakes_on_patch_with_new_data() {
     assert_eq!(r2.etag(), r.etag());
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn token_ttl_bounds_and_put_rules() {
+    let (s, _d) = start().await;
+    let addr = s.local_addr();
+    for (ttl, want) in [
+        (Some("0"), StatusCode::BAD_REQUEST),
+        (Some("1"), StatusCode::OK),
+        (Some("21600"), StatusCode::OK),
+        (Some("21601"), StatusCode::BAD_REQUEST),
+        (Some("-5"), StatusCode::BAD_REQUEST),
+        (Some("abc"), StatusCode::BAD_REQUEST),
+        (None, StatusCode::BAD_REQUEST),
+    ] {
+        let headers: Vec<(&str, &str)> = ttl
+            .map(|t| ("x-metadata-token-ttl-seconds", t))
+            .into_iter()
+            .collect();
+        let r = guest(addr, Method::PUT, "/latest/api/token", &headers).await;
+        assert_eq!(r.status, want, "ttl {ttl:?}: {}", r.text());
+        assert!(r.header("etag").is_some());
+    }
+    // X-Forwarded-For on a PUT: 400, even on the token path.
+    let r = guest(
+        addr,
+        Method::PUT,
+        "/latest/api/token",
+        &[
+            ("x-metadata-token-ttl-seconds", "60"),
+            ("x-forwarded-for", "10.0.0.1"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.text().contains("X-Forwarded-For"));
+    // PUT elsewhere: 404.
+    let r = guest(
+        addr,
+        Method::PUT,
+        "/latest/meta-data",
+        &[("x-metadata-token-ttl-seconds", "60")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    // Other methods: 405 with Allow.
+    for m in [Method::POST, Method::DELETE, Method::PATCH, Method::OPTIONS] {
+        let r = guest(addr, m.clone(), "/latest/meta-data", &[]).await;
+        assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED, "{m}");
+        assert_eq!(r.header("allow").as_deref(), Some("GET, PUT"));
+        assert!(r.header("etag").is_some());
+    }
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn tokens_are_checked() {
+    let (s, _d) = start().await;
+    let (other, _d2) = start().await;
+    let addr = s.local_addr();
+    let path = "/latest/meta-data/instance-id";
+    let r = guest(addr, Method::GET, path, &[]).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(r.header("etag").is_some());
+    let long = "A".repeat(71);
+    let foreign = token(other.local_addr()).await;
+    for bad in ["garbage", long.as_str(), foreign.as_str()] {
+        let r = guest(addr, Method::GET, path, &[("x-metadata-token", bad)]).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{bad}");
+    }
+    // A token with a one-second TTL expires.
+    let r = guest(
+        addr,
+        Method::PUT,
+        "/latest/api/token",
+        &[("x-metadata-token-ttl-seconds", "1")],
+    )
+    .await;
+    let short = r.text();
+    assert_eq!(
+        guest(addr, Method::GET, path, &[("x-metadata-token", &short)])
+            .await
+            .status,
+        StatusCode::OK
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        guest(addr, Method::GET, path, &[("x-metadata-token", &short)])
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+    // 404 and a distinct ETag for absent paths.
+    let t = token(addr).await;
+    let r = guest(addr, Method::GET, "/nope", &[("x-metadata-token", &t)]).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert!(r.header("etag").is_some());
+    s.shutdown().await;
+    other.shutdown().await;
+}
+
+#[tokio::test]
+async fn host_api_mirrors_firecracker() {
+    let (s, d) = start().await;
+    let sock = d.path().join("api.sock");
+    let addr = s.local_addr();
+    let r = host(&sock, Method::GET, "/mmds", &[], "").await;
+    assert_eq!((r.status, r.json()), (StatusCode::OK, data()));
+    let r = host(&sock, Method::PUT, "/mmds", &[], r#"{"k": {"a": "1"}}"#).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let r = host(
+        &sock,
+        Method::PATCH,
+        "/mmds",
+        &[],
+        r#"{"k": {"b": "2", "a": null}, "z": "q"}"#,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        host(&sock, Method::GET, "/mmds", &[], "").await.json(),
+        json!({"k": {"b": "2"}, "z": "q"})
+    );
+    assert_eq!(s.get().data.as_ref(), &json!({"k": {"b": "2"}, "z": "q"}));
+    // Bad JSON: 400 with a Firecracker fault body.
+    let r = host(&sock, Method::PUT, "/mmds", &[], "{nope").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.json()["fault_message"].is_string());
+    // Config: V1 lets tokenless GETs through, V2 closes them again.
+    let path = "/k/b";
+    let r = host(
+        &sock,
+        Method::PUT,
+        "/mmds/config",
+        &[],
+        r#"{"version": "V1", "network_interfaces": ["eth0"]}"#,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert_eq!(guest(addr, Method::GET, path, &[]).await.text(), "2");
+    host(
+        &sock,
+        Method::PUT,
+        "/mmds/config",
+        &[],
+        r#"{"version": "V2", "network_interfaces": ["eth0"]}"#,
+    )
+    .await;
+    assert_eq!(
+        guest(addr, Method::GET, path, &[]).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let r = host(
+        &sock,
+        Method::PUT,
+        "/mmds/config",
+        &[],
+        r#"{"version": "V3"}"#,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    // Pointer CRUD.
+    let r = host(&sock, Method::PUT, "/mmds/new/deep", &[], r#""v""#).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        host(&sock, Method::GET, "/mmds/new", &[], "").await.json(),
+        json!({"deep": "v"})
+    );
+    assert_eq!(
+        host(&sock, Method::GET, "/mmds/absent", &[], "")
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        host(&sock, Method::DELETE, "/mmds/new/deep", &[], "")
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        host(&sock, Method::DELETE, "/mmds/new/deep", &[], "")
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    let r = host(&sock, Method::POST, "/mmds", &[], "").await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(r.header("allow").as_deref(), Some("GET, PUT, PATCH"));
+    assert_eq!(
+        host(&sock, Method::GET, "/elsewhere", &[], "").await.status,
+        StatusCode::NOT_FOUND
+    );
+    s.shutdown().await;
+    assert!(!sock.exists(), "shutdown removes the API socket");
+}
+
+#[tokio::test]
+async fn if_match_compare_and_swap() {
+    let (s, d) = start().await;
+    let sock = d.path().join("api.sock");
+    let r = host(
+        &sock,
+        Method::GET,
+        "/mmds/latest/meta-data/instance-id",
+        &[],
+        "",
+    )
+    .await;
+    let etag = r.etag();
+    let r = host(
+        &sock,
+        Method::PUT,
+        "/mmds/latest/meta-data/instance-id",
+        &[("if-match", "\"0000\"")],
+        r#""i-x""#,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::PRECONDITION_FAILED);
+    assert_eq!(r.etag(), etag, "412 tells the current ETag");
+    let r = host(
+        &sock,
+        Method::PUT,
+        "/mmds/latest/meta-data/instance-id",
+        &[("if-match", &etag)],
+        r#""i-x""#,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let new = r.etag();
+    assert_ne!(new, etag);
+    // The old ETag no longer matches; the whole-document form works the same way.
+    let r = host(
+        &sock,
+        Method::DELETE,
+        "/mmds/latest/meta-data/instance-id",
+        &[("if-match", &etag)],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::PRECONDITION_FAILED);
+    let whole = host(&sock, Method::GET, "/mmds", &[], "").await.etag();
+    assert_eq!(
+        host(
+            &sock,
+            Method::PATCH,
+            "/mmds",
+            &[("if-match", "\"stale\"")],
+            "{}"
+        )
+        .await
+        .status,
+        StatusCode::PRECONDITION_FAILED
+    );
+    assert_eq!(
+        host(
+            &sock,
+            Method::PATCH,
+            "/mmds",
+            &[("if-match", &whole)],
+            r#"{"x": "1"}"#
+        )
+        .await
+        .status,
+        StatusCode::NO_CONTENT
+    );
+    // `*` means "exists".
+    assert_eq!(
+        host(
+            &sock,
+            Method::DELETE,
+            "/mmds/nothing",
+            &[("if-match", "*")],
+            ""
+        )
+        .await
+        .status,
+        StatusCode::PRECONDITION_FAILED
+    );
+    // The guest sees the same ETag for the same value.
+    let t = token(s.local_addr()).await;
+    let g = guest(
+        s.local_addr(),
+        Method::GET,
+        "/latest/meta-data/instance-id",
+        &[("x-metadata-token", &t)],
+    )
+    .await;
+    assert_eq!(g.etag(), new);
+    // In process.
+    assert!(s.compare_and_swap("/x", "\"nope\"", None).is_err());
+    let (_, e) = s.get_at("/x").unwrap();
+    s.compare_and_swap("/x", &e, Some(json!("2"))).unwrap();
+    assert_eq!(s.get_at("/x").unwrap().0, "2");
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn scrub_and_guest_switch() {
+    let (s, d) = start().await;
+    let sock = d.path().join("api.sock");
+    let addr = s.local_addr();
+    let t = token(addr).await;
+    assert_eq!(
+        guest(
+            addr,
+            Method::GET,
+            "/bootstrap/tls-key",
+            &[("x-metadata-token", &t)]
+        )
+        .await
+        .text(),
+        "secret"
+    );
+    assert_eq!(
+        host(&sock, Method::DELETE, "/mmds/bootstrap", &[], "")
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    for p in ["/bootstrap", "/bootstrap/tls-key"] {
+        assert_eq!(
+            guest(addr, Method::GET, p, &[("x-metadata-token", &t)])
+                .await
+                .status,
+            StatusCode::NOT_FOUND,
+            "{p}"
+        );
+    }
+    let r = guest(addr, Method::GET, "/", &[("x-metadata-token", &t)]).await;
+    assert!(!r.text().contains("bootstrap"), "{}", r.text());
+    // The guest switch, over the socket and in process.
+    let r = host(
+        &sock,
+        Method::PUT,
+        "/guest-access",
+        &[],
+        r#"{"enabled": false}"#,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert!(!s.guest_enabled());
+    for (m, h) in [
+        (Method::GET, ("x-metadata-token", t.as_str())),
+        (Method::PUT, ("x-metadata-token-ttl-seconds", "60")),
+    ] {
+        let r = guest(addr, m, "/latest/api/token", &[h]).await;
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(r.header("etag").is_some());
+    }
+    assert_eq!(
+        host(&sock, Method::GET, "/guest-access", &[], "")
+            .await
+            .json(),
+        json!({"enabled": false})
+    );
+    s.set_guest_enabled(true);
+    assert_eq!(
+        guest(addr, Method::GET, "/latest", &[("x-metadata-token", &t)])
+            .await
+            .status,
+        StatusCode::OK
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn size_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("api.sock");
+    let s = Server::builder()
+        .api_socket(&sock)
+        .data_limit(100)
+        .start()
+        .await
+        .unwrap();
+    let big = format!(r#"{{"k": "{}"}}"#, "x".repeat(100));
+    let r = host(&sock, Method::PUT, "/mmds", &[], &big).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(
+        r.json()["fault_message"]
+            .as_str()
+            .unwrap()
+            .contains("limit")
+    );
+    host(&sock, Method::PUT, "/mmds", &[], r#"{"a": "1"}"#).await;
+    // A PATCH that grows the document past the limit is refused and changes nothing.
+    let r = host(
+        &sock,
+        Method::PATCH,
+        "/mmds",
+        &[],
+        &format!(r#"{{"b": "{}"}}"#, "y".repeat(95)),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(s.get().data.as_ref(), &json!({"a": "1"}));
+    assert!(s.put(json!({"k": "x".repeat(200)})).is_err());
+    // A body far past the limit is cut off before it is parsed.
+    let r = host(&sock, Method::PUT, "/mmds", &[], &" ".repeat(10_000)).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    // Guest-side bodies and headers are bounded too.
+    let r = common::guest_with_body(s.local_addr(), "/latest/api/token", &"z".repeat(4096)).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    let huge = "h".repeat(20_000);
+    let status = common::raw_status(
+        s.local_addr(),
+        &format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {huge}\r\n\r\n"),
+    )
+    .await;
+    assert!(status.starts_with("HTTP/1.1 431"), "{status}");
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn connections_are_bounded() {
+    let s = Server::builder()
+        .max_connections(1)
+        .initial_data(json!({"k": "v"}))
+        .version(firebuild_mmds::MmdsVersion::V1)
+        .start()
+        .await
+        .unwrap();
+    let addr = s.local_addr();
+    let hog = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second = tokio::spawn(async move { guest(addr, Method::GET, "/k", &[]).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!second.is_finished(), "served past the connection limit");
+    drop(hog);
+    let r = second.await.unwrap();
+    assert_eq!((r.status, r.text()), (StatusCode::OK, "v".to_owned()));
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn concurrent_guests_are_all_served() {
+    let s = Server::builder()
+        .initial_data(json!({"k": "v"}))
+        .start()
+        .await
+        .unwrap();
+    let addr = s.local_addr();
+    let t = token(addr).await;
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let t = t.clone();
+        tasks.push(tokio::spawn(async move {
+            guest(addr, Method::GET, "/k", &[("x-metadata-token", &t)]).await
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap().text(), "v");
+    }
+    s.shutdown().await;
+}

@@ -96,3 +96,32 @@ pub async fn token(addr: SocketAddr) -> String {
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     r.text()
 }
+
+/// A guest PUT with a body.
+pub async fn guest_with_body(addr: SocketAddr, uri: &str, body: &str) -> Reply {
+    let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    exchange(
+        s,
+        request(
+            Method::PUT,
+            uri,
+            &[("x-metadata-token-ttl-seconds", "60")],
+            body,
+        ),
+    )
+    .await
+}
+
+/// Sends raw bytes, returns the status line of the answer.
+pub async fn raw_status(addr: SocketAddr, raw: &str) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(raw.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 256];
+    let n = s.read(&mut buf).await.unwrap();
+    String::from_utf8_lossy(&buf[..n])
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_owned()
+}
