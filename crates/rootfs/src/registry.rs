@@ -9,6 +9,7 @@
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
+use futures::{StreamExt, TryStreamExt};
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
@@ -19,6 +20,9 @@ use crate::config::{MAX_JSON_BYTES, OciImageConfig};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::image::{Descriptor, LayerFile, MANIFEST_TYPES, ManifestDoc, ResolvedImage};
+
+/// Layers fetched at once.
+const PARALLEL_LAYER_FETCHES: usize = 3;
 
 /// Credentials for a registry.
 #[derive(Clone, Default)]
@@ -198,22 +202,29 @@ pub async fn pull(reference: &str, opts: &PullOptions) -> Result<ResolvedImage> 
     let config = OciImageConfig::from_slice(&config_bytes, &format!("config {config_digest}"))?;
 
     let cache = BlobCache::new(&opts.cache_dir);
-    let mut layers = Vec::with_capacity(layer_descs.len());
-    for (i, l) in layer_descs.iter().enumerate() {
-        let d = Digest::parse(&l.digest)?;
-        let path = match cache.get(&d) {
-            Some(p) => {
-                debug!(layer = %d, "layer cache hit");
-                p
-            }
-            None => fetch_layer(&client, &r, &registry, l, &d, i, &cache).await?,
-        };
-        layers.push(LayerFile {
-            digest: Some(d),
-            media_type: l.media_type.clone(),
-            path,
-        });
-    }
+    let fetches = layer_descs.iter().enumerate().map(|(i, l)| {
+        let (client, r, registry, cache) = (&client, &r, registry.as_str(), &cache);
+        async move {
+            let d = Digest::parse(&l.digest)?;
+            let path = match cache.get(&d) {
+                Some(p) => {
+                    debug!(layer = %d, "layer cache hit");
+                    p
+                }
+                None => fetch_layer(client, r, registry, l, &d, i, cache).await?,
+            };
+            Ok::<_, Error>(LayerFile {
+                digest: Some(d),
+                media_type: l.media_type.clone(),
+                path,
+            })
+        }
+    });
+    // A few layers at a time, results kept in manifest order.
+    let layers: Vec<LayerFile> = futures::stream::iter(fetches)
+        .buffered(PARALLEL_LAYER_FETCHES)
+        .try_collect()
+        .await?;
     Ok(ResolvedImage {
         reference: reference.to_owned(),
         manifest_digest: Some(manifest_digest),
