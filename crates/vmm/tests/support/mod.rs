@@ -168,3 +168,57 @@ pub fn keep_console(path: &Path, name: &str) -> PathBuf {
     eprintln!("console log kept at {}", keep.display());
     keep
 }
+
+/// The static vminit to boot: `$FIREBUILD_VMINIT`, else `target/vminit/vminit` (built by
+/// `scripts/build-vminit.sh`). `None` (skip) when missing; a panic under CI.
+pub fn vminit() -> Option<PathBuf> {
+    let path = std::env::var_os("FIREBUILD_VMINIT").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/vminit/vminit"),
+        PathBuf::from,
+    );
+    let ok = std::fs::read(&path).is_ok_and(|b| firebuild_vmm::kernel::is_static_elf(&b));
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "no static vminit at {} (run scripts/build-vminit.sh or set FIREBUILD_VMINIT)",
+            path.display()
+        );
+        eprintln!(
+            "skipping: no static vminit at {} (run scripts/build-vminit.sh or set FIREBUILD_VMINIT)",
+            path.display()
+        );
+        return None;
+    }
+    Some(path)
+}
+
+/// `debugfs -R "cat PATH" image`.
+pub fn ext4_cat(image: &Path, path: &str) -> String {
+    let out = std::process::Command::new("debugfs")
+        .args(["-R", &format!("cat {path}")])
+        .arg(image)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Guest uptime (seconds) at which the initramfs handed over to init, and the kernel's
+/// timestamp of running the initramfs `/init`, from a console log.
+pub fn boot_times(log: &str) -> (Option<f64>, Option<f64>) {
+    let switch = log.lines().find_map(|l| {
+        let rest = l.split("firebuild-initramfs: uptime ").nth(1)?;
+        rest.split('s').next()?.parse().ok()
+    });
+    let run_init = log.lines().find_map(|l| {
+        if !l.contains("Run /init as init process") {
+            return None;
+        }
+        l.split(']')
+            .next()?
+            .trim_start_matches('[')
+            .trim()
+            .parse()
+            .ok()
+    });
+    (switch, run_init)
+}
