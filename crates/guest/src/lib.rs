@@ -2,6 +2,7 @@
 //!
 //! (Being written; see the crate README.)
 
+pub mod config;
 mod error;
 pub mod passwd;
 pub mod paths;
