@@ -42,7 +42,7 @@ fn vminit_builds_a_one_step_plan_in_qemu() {
 
     let dir = tempfile::tempdir().unwrap();
     let root = support::busybox_root(dir.path(), &busybox, "/sbin/vminit", "");
-    std::fs::copy(&vminit, root.join("sbin/vminit")).unwrap();
+    support::install_binary(&root, &vminit, "/sbin/vminit");
     for applet in ["echo", "cat", "ls", "mount"] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
     }

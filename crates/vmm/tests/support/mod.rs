@@ -176,20 +176,45 @@ pub fn vminit() -> Option<PathBuf> {
         || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/vminit/vminit"),
         PathBuf::from,
     );
-    let ok = std::fs::read(&path).is_ok_and(|b| firebuild_vmm::kernel::is_static_elf(&b));
-    if !ok {
+    if !path.is_file() {
         assert!(
             std::env::var_os("CI").is_none(),
-            "no static vminit at {} (run scripts/build-vminit.sh or set FIREBUILD_VMINIT)",
+            "no vminit at {} (run scripts/build-vminit.sh or set FIREBUILD_VMINIT)",
             path.display()
         );
         eprintln!(
-            "skipping: no static vminit at {} (run scripts/build-vminit.sh or set FIREBUILD_VMINIT)",
+            "skipping: no vminit at {} (run scripts/build-vminit.sh or set FIREBUILD_VMINIT)",
             path.display()
         );
         return None;
     }
     Some(path)
+}
+
+/// Copies `binary` to `dest` inside `root`; a dynamically linked binary gets the libraries
+/// `ldd` lists copied to the same paths (tests may use a host-built vminit).
+pub fn install_binary(root: &Path, binary: &Path, dest: &str) {
+    let target = root.join(dest.trim_start_matches('/'));
+    std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+    std::fs::copy(binary, &target).unwrap();
+    if firebuild_vmm::kernel::is_static_elf(&std::fs::read(binary).unwrap()) {
+        return;
+    }
+    let out = std::process::Command::new("ldd")
+        .arg(binary)
+        .output()
+        .unwrap();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let lib = line
+            .split_whitespace()
+            .find(|w| w.starts_with('/'))
+            .map(Path::new);
+        if let Some(lib) = lib {
+            let dest = root.join(lib.strip_prefix("/").unwrap());
+            std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+            std::fs::copy(lib, &dest).unwrap();
+        }
+    }
 }
 
 /// `debugfs -R "cat PATH" image`.
