@@ -197,6 +197,7 @@ pub fn make_ext4(
         r
     };
     if let Err(e) = result {
+        let _ = fs::remove_file(out);
         if let Error::Tool { stderr, .. } = &e
             && (stderr.contains("No space left") || stderr.contains("Could not allocate"))
         {
@@ -207,8 +208,10 @@ pub fn make_ext4(
         }
         return Err(e);
     }
-    set_xattrs(out, side)?;
-    fsck(out)?;
+    if let Err(e) = set_xattrs(out, side).and_then(|()| fsck(out)) {
+        let _ = fs::remove_file(out);
+        return Err(e);
+    }
     Ok(Ext4Image {
         path: out.to_path_buf(),
         size,

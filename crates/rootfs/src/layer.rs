@@ -281,7 +281,7 @@ impl Applier {
                     fs::create_dir(&path).map_err(|e| err(format!("mkdir: {e}")))?;
                 }
             }
-            EntryType::Regular | EntryType::Continuous => {
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
                 let mut f = fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)

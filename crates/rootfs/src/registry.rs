@@ -123,7 +123,10 @@ fn reg_err(
         oci_client::errors::OciDistributionError::DigestError(
             oci_client::errors::DigestError::VerificationError { expected, actual },
         ) => Error::DigestMismatch {
-            what: op,
+            // `op` names the digest too; say it once.
+            what: op
+                .strip_suffix(&format!(" {expected}"))
+                .map_or_else(|| op.clone(), str::to_owned),
             expected,
             actual,
         },

@@ -224,6 +224,7 @@ async fn corrupted_blob_is_rejected_with_digest_error() {
     let out = work.path().join("bad.ext4");
     let err = prepare(&src, &out, &opts).await.unwrap_err();
     let msg = err.to_string();
+    eprintln!("refused as expected: {msg}");
     assert!(matches!(err, Error::DigestMismatch { .. }), "{msg}");
     assert!(
         msg.contains("digest mismatch") && msg.contains(d.as_str()),
