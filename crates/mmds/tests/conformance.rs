@@ -27,6 +27,9 @@ enum Tok {
     Bad,
 }
 
+/// (name, method, path, headers, token, expected).
+type Row<'a> = (&'a str, Method, &'a str, Vec<(&'a str, &'a str)>, Tok, Want);
+
 #[tokio::test]
 async fn guest_side_matches_firecracker() {
     let data = json!({"latest": {"meta-data": {"ami-id": "ami-1", "count": 3, "ok": true, "arr": ["x"],
@@ -41,7 +44,7 @@ async fn guest_side_matches_firecracker() {
     use Tok::*;
     use Want::*;
     #[rustfmt::skip]
-    let rows: Vec<(&str, Method, &str, Vec<(&str, &str)>, Tok, Want)> = vec![
+    let rows: Vec<Row> = vec![
         ("token ttl 1", Method::PUT, "/latest/api/token", vec![("X-metadata-token-ttl-seconds", "1")], None, Status(StatusCode::OK)),
         ("token ttl 21600", Method::PUT, "/latest/api/token", vec![("X-metadata-token-ttl-seconds", "21600")], None, Status(StatusCode::OK)),
         ("token ttl 0", Method::PUT, "/latest/api/token", vec![("X-metadata-token-ttl-seconds", "0")], None, Status(StatusCode::BAD_REQUEST)),
