@@ -37,6 +37,11 @@ fn check_image(img: &Path) {
     let null = debugfs(img, "stat /dev/null");
     assert!(null.contains("Device major/minor number: 01:03"), "{null}");
     assert!(debugfs(img, "stat /home/app/file.txt").contains("user.firebuild (3) = \"yes\""));
+    let sg = debugfs(img, "stat /usr/bin/sg");
+    assert!(
+        sg.contains("security.capability (20) = 01 00 00 02 00 04 00 00"),
+        "file capability lost:\n{sg}"
+    );
     assert!(!exists(img, "/etc/doomed"));
     assert!(!exists(img, "/opt/d/old"));
     assert_eq!(debugfs(img, "cat /opt/d/new"), "new\n");

@@ -52,6 +52,11 @@ fn check_image(img: &Path) {
         f.contains("user.firebuild (3) = \"yes\""),
         "xattr lost:\n{f}"
     );
+    let sg = debugfs(img, "stat /usr/bin/sg");
+    assert!(
+        sg.contains("security.capability (20) = 01 00 00 02 00 04 00 00"),
+        "file capability lost:\n{sg}"
+    );
     // Whiteout and opaque directory.
     assert!(
         !exists(img, "/etc/doomed"),

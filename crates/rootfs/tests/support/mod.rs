@@ -128,6 +128,11 @@ fn mkdir(dir: &Path, rel: &str, uid: u32, gid: u32, mode: u32) {
     fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
 }
 
+/// `security.capability` v2: effective, permitted `cap_net_bind_service` (bit 10).
+pub const NET_BIND_CAP: [u8; 20] = [
+    0x01, 0, 0, 0x02, 0x00, 0x04, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+];
+
 /// A two-layer test image: blobs, config and manifest bytes.
 pub struct TestImage {
     /// (blob bytes, media type, diff id) per layer, bottom first.
@@ -187,7 +192,13 @@ pub fn make_image(work: &Path, arch: &str) -> TestImage {
     fs::set_permissions(l2.join("home"), fs::Permissions::from_mode(0o755)).unwrap();
     put(&l2, "home/app/second", b"two\n", 1000, 1000, 0o600);
 
-    let t1 = tar_dir(&l1, &[("home/app/file.txt", "user.firebuild", b"yes")]);
+    let t1 = tar_dir(
+        &l1,
+        &[
+            ("home/app/file.txt", "user.firebuild", b"yes"),
+            ("usr/bin/sg", "security.capability", &NET_BIND_CAP),
+        ],
+    );
     let t2 = tar_dir(&l2, &[]);
     build(
         vec![gzip(&t1), zstd(&t2)],
