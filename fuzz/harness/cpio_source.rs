@@ -36,8 +36,14 @@ pub fn run(data: &[u8]) -> Verdict {
     for e in &archive.entries {
         assert!(e.name.len() < LIMITS.max_name, "name limit");
         assert!(!e.name.contains('\0'), "NUL in a name");
-        assert!(e.data.len() as u64 <= LIMITS.max_file_size, "file size limit");
-        assert!(e.kind == Kind::File || e.data.is_empty(), "data on a non-file");
+        assert!(
+            e.data.len() as u64 <= LIMITS.max_file_size,
+            "file size limit"
+        );
+        assert!(
+            e.kind == Kind::File || e.data.is_empty(),
+            "data on a non-file"
+        );
         assert!(e.mode <= 0o7777, "mode keeps only permission bits");
     }
     let total: usize = archive.entries.iter().map(|e| e.data.len()).sum();

@@ -1,3 +1,97 @@
-//! `vminit`: firebuild's guest agent (PID 1). Being written.
+//! `vminit`: firebuild's guest agent.
+//!
+//! As PID 1 it mounts the API file systems, brings up `lo`, starts a copy of itself as the agent
+//! (so that orphans are reparented to PID 1 and reaped there, never stealing the agent's own
+//! children from it), forwards SIGTERM/SIGINT, and when the agent ends syncs, remounts the root
+//! read-only and powers off. The agent:
+//!
+//! 1. configures the interface named by the kernel's `ip=` when it has no address (only when the
+//!    root is `/`);
+//! 2. reads metadata from the sources of [`firebuild_guest::source`] under one deadline;
+//! 3. with a `bootstrap` section runs the build (build mode) and exits 0/1, otherwise runs the
+//!    image's entrypoint/cmd (run mode) and exits with its status; `--watch` keeps re-reading
+//!    metadata and re-applying hostname, SSH keys and files.
+//!
+//! Not PID 1 (tests, images with their own init): `--root DIR` resolves every guest path under
+//! DIR and runs steps chrooted there; `--once` exits instead of waiting.
 
-fn main() {}
+mod agent;
+mod build;
+mod configure;
+mod init;
+mod logging;
+mod net;
+mod netlink;
+mod place;
+mod run;
+mod watch;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Command line of vminit.
+#[derive(Debug, Clone, Parser)]
+#[command(version, about = "firebuild guest agent (PID 1)")]
+pub struct Args {
+    /// The guest's root directory: every guest path is resolved under it and steps run chrooted
+    /// there.
+    #[arg(long, default_value = "/")]
+    pub root: PathBuf,
+    /// Do the work once and exit (tests, images that keep their own init); never powers off.
+    #[arg(long)]
+    pub once: bool,
+    /// After starting the workload, long-poll metadata and re-apply hostname, SSH keys and files.
+    #[arg(long)]
+    pub watch: bool,
+    /// Base URL of the MMDS.
+    #[arg(long, default_value = firebuild_guest::source::DEFAULT_MMDS_URL)]
+    pub metadata_url: String,
+    /// Do not ask MMDS.
+    #[arg(long)]
+    pub no_mmds: bool,
+    /// Read the CPIO config archive from this image file or device instead of scanning block
+    /// devices.
+    #[arg(long)]
+    pub cpio_device: Option<PathBuf>,
+    /// Overall deadline for reading metadata, in seconds.
+    #[arg(long, default_value_t = 30.0)]
+    pub metadata_timeout: f64,
+    /// Skip the guest configuration (hostname, users, keys, files...).
+    #[arg(long)]
+    pub no_configure: bool,
+}
+
+impl Args {
+    fn metadata_deadline(&self) -> Duration {
+        Duration::from_secs_f64(self.metadata_timeout.clamp(0.0, 3600.0))
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    logging::init();
+    if init::is_pid1() && !init::is_agent_child() {
+        return init::pid1(&args);
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("starting the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(agent::run(args)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

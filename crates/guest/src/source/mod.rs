@@ -44,7 +44,7 @@ pub use firebuild_mmds::schema::Metadata;
 use futures::future::BoxFuture;
 
 pub use files::{CpioSource, FileSource, InlineSource, document_from_cpio};
-pub use mmds::MmdsSource;
+pub use mmds::{DEFAULT_URL as DEFAULT_MMDS_URL, MmdsSource};
 
 /// Largest metadata document accepted from a file, the command line or a cpio archive.
 pub const MAX_DOCUMENT: usize = 1 << 20;

@@ -1,0 +1,92 @@
+//! The agent: network from the kernel command line, metadata, then build or run mode.
+
+use std::time::Instant;
+
+use anyhow::Context as _;
+use firebuild_guest::source::{Outcome, Sources, StandardOptions};
+
+use crate::Args;
+use crate::configure::{self, Why};
+
+pub async fn run(args: Args) -> anyhow::Result<u8> {
+    let root = args.root.as_path();
+    let real_root = firebuild_guest::paths::is_real_root(root);
+    tracing::info!(root = %root.display(), "vminit agent {}", env!("CARGO_PKG_VERSION"));
+    if real_root {
+        crate::net::kernel_ip(root);
+    }
+    let options = StandardOptions {
+        mmds_url: (!args.no_mmds).then(|| args.metadata_url.clone()),
+        cpio_device: args.cpio_device.clone(),
+    };
+    let sources = Sources::standard(root, &options).context("choosing metadata sources")?;
+    tracing::info!(sources = ?sources.names(), "reading metadata");
+    let started = Instant::now();
+    let outcome = sources.resolve(started + args.metadata_deadline()).await?;
+    let (metadata, revision, why, from) = match outcome {
+        Outcome::Found(found) => {
+            tracing::info!(
+                source = %found.source,
+                origin = %found.document.origin,
+                revision = found.document.revision.as_deref().unwrap_or("-"),
+                instance_id = found.metadata.instance_id.as_deref().unwrap_or("-"),
+                mode = if found.metadata.is_build_mode() { "build" } else { "run" },
+                "metadata read in {:?}", started.elapsed()
+            );
+            let found = *found;
+            (
+                Some(found.metadata),
+                found.document.revision,
+                Why::Found,
+                Some(found.source),
+            )
+        }
+        Outcome::NoMetadata => {
+            tracing::info!("no metadata from any source");
+            (None, None, Why::NoMetadata, None)
+        }
+        Outcome::Unreachable { errors } => {
+            tracing::warn!("metadata unreachable from {} source(s)", errors.len());
+            (None, None, Why::Outage, None)
+        }
+        _ => (None, None, Why::Outage, None),
+    };
+    if !args.no_configure {
+        configure::apply(root, metadata.as_ref(), why)
+            .await
+            .context("configuring the guest")?;
+    }
+    if let Some(bootstrap) = metadata.as_ref().and_then(|m| m.bootstrap.as_ref()) {
+        let ok = crate::build::run(root, bootstrap).await?;
+        return Ok(if ok { 0 } else { 1 });
+    }
+    let watch = args
+        .watch
+        .then(|| from.as_deref().and_then(|name| sources.get(name)))
+        .flatten();
+    let Some(workload) = crate::run::workload(root, metadata.as_ref())? else {
+        tracing::info!(
+            "nothing to run (no entrypoint/cmd in metadata or {})",
+            crate::run::MANIFEST
+        );
+        if let Some(source) = watch
+            && !args.once
+        {
+            crate::watch::run(root, source, revision).await;
+        }
+        return Ok(0);
+    };
+    let Some(source) = watch else {
+        return crate::run::exec(root, &workload).await;
+    };
+    let exec = crate::run::exec(root, &workload);
+    let watcher = crate::watch::run(root, source, revision);
+    tokio::pin!(exec, watcher);
+    let mut watching = true;
+    loop {
+        tokio::select! {
+            code = &mut exec => return code,
+            () = &mut watcher, if watching => watching = false,
+        }
+    }
+}

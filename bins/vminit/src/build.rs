@@ -1,0 +1,166 @@
+//! Build mode: connect to the bootstrap server, run every step of the plan in order, stream the
+//! output, pull and place ADD/COPY resources, then `Success` or `Abort`.
+
+use std::collections::VecDeque;
+use std::path::Path;
+
+use anyhow::Context as _;
+use firebuild_bootstrap::{
+    BootstrapClient, BootstrapConfig, ClientKey, OutputOptions, OutputReporter, OutputStream,
+    StepRef,
+};
+use firebuild_guest::step::{self, Exit, Stream};
+use firebuild_mmds::schema::Bootstrap;
+use firebuild_plan::{Step, StepKind, Transfer};
+
+/// Lines kept for the `Abort` message of a failed step.
+const LAST_LINES: usize = 20;
+/// Longest `Abort` message.
+const MAX_ABORT: usize = 4096;
+
+/// The client configuration from the metadata's `bootstrap` section.
+pub fn client_config(b: &Bootstrap) -> BootstrapConfig {
+    if let Some(name) = &b.server_name
+        && Some(name.as_str()) != b.grpc_host_port.rsplit_once(':').map(|(h, _)| h)
+    {
+        tracing::warn!(
+            "bootstrap server-name {name:?} is ignored: the client checks the host of grpc-host-port"
+        );
+    }
+    BootstrapConfig {
+        grpc_host_port: b.grpc_host_port.clone(),
+        tls_ca_cert: b.tls_ca_cert.clone(),
+        tls_cert: b.tls_cert.clone(),
+        tls_key: ClientKey::new(b.tls_key.expose().to_owned()),
+    }
+}
+
+/// Runs the build; `Ok(true)` when every step succeeded and `Success` was acknowledged.
+pub async fn run(root: &Path, bootstrap: &Bootstrap) -> anyhow::Result<bool> {
+    tracing::info!(server = %bootstrap.grpc_host_port, "build mode: connecting to the bootstrap server");
+    let client = BootstrapClient::connect(&client_config(bootstrap))
+        .await
+        .context("connecting to the bootstrap server")?;
+    let _heartbeat = client.spawn_heartbeat(None);
+    let commands = client.commands().await.context("fetching the build plan")?;
+    let total = commands.plan.steps().count();
+    tracing::info!(build = %commands.build_id, steps = total, "build plan received");
+    let reporter = client.output(OutputOptions::default());
+    for (n, (stage, step)) in commands.plan.steps().enumerate() {
+        let at = StepRef {
+            stage: stage.index,
+            step: step.index,
+        };
+        client
+            .step_started(at)
+            .await
+            .context("reporting step start")?;
+        tracing::info!("step {}/{total} ({at}): {}", n + 1, describe(step));
+        let result = match &step.kind {
+            StepKind::Run(_) => run_step(root, step, at, &reporter).await,
+            StepKind::Copy(t) | StepKind::Add(t) => place(root, &client, t)
+                .await
+                .map(|()| (Exit::Code(0), VecDeque::new())),
+        };
+        let (exit, last) = match result {
+            Ok(r) => r,
+            Err(e) => (Exit::Code(1), VecDeque::from([format!("{e:#}")])),
+        };
+        client
+            .step_finished(at, exit.code())
+            .await
+            .context("reporting step end")?;
+        if !exit.success() {
+            let what = match exit {
+                Exit::Code(c) => format!("exit code {c}"),
+                Exit::Signal(s) => format!("signal {s}"),
+            };
+            tracing::error!("step {}/{total} ({at}) failed: {what}", n + 1);
+            let _ = reporter.finish().await;
+            let mut message = format!("step {at} failed ({what})");
+            if !last.is_empty() {
+                message.push_str("; last lines:\n");
+                for l in &last {
+                    message.push_str(l);
+                    message.push('\n');
+                }
+            }
+            let message = truncate(message, MAX_ABORT);
+            client
+                .abort(&message, Some(at), Some(exit.code()))
+                .await
+                .context("reporting the failure")?;
+            return Ok(false);
+        }
+    }
+    reporter.finish().await.context("flushing step output")?;
+    client.success().await.context("reporting success")?;
+    tracing::info!("build succeeded");
+    Ok(true)
+}
+
+fn describe(step: &Step) -> String {
+    let mut s = match &step.kind {
+        StepKind::Run(r) => format!("RUN {:?}", r.command),
+        StepKind::Copy(t) => format!("COPY -> {}", t.dest),
+        StepKind::Add(t) => format!("ADD -> {}", t.dest),
+    };
+    s = truncate(s, 200);
+    s
+}
+
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push('…');
+    }
+    s
+}
+
+/// Runs a RUN step, streaming its lines to the server as they come; returns the exit and the
+/// last lines.
+async fn run_step(
+    root: &Path,
+    step: &Step,
+    at: StepRef,
+    reporter: &OutputReporter,
+) -> anyhow::Result<(Exit, VecDeque<String>)> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(OutputStream, String)>();
+    let run = async move {
+        step::run_step(root, step, |stream, line| {
+            let stream = match stream {
+                Stream::Stdout => OutputStream::Stdout,
+                Stream::Stderr => OutputStream::Stderr,
+            };
+            let _ = tx.send((stream, String::from_utf8_lossy(line).into_owned()));
+        })
+        .await
+    };
+    let forward = async {
+        let mut last = VecDeque::with_capacity(LAST_LINES);
+        let mut result = Ok(());
+        while let Some((stream, line)) = rx.recv().await {
+            if last.len() == LAST_LINES {
+                last.pop_front();
+            }
+            last.push_back(line.clone());
+            if result.is_ok() {
+                result = reporter.line(at, stream, line).await;
+            }
+        }
+        (last, result)
+    };
+    let (exit, (last, sent)) = tokio::join!(run, forward);
+    sent.context("streaming step output")?;
+    Ok((exit?, last))
+}
+
+/// Pulls every resource of a COPY/ADD into its target under the root, then applies `--chown`
+/// and `--chmod`.
+async fn place(root: &Path, client: &BootstrapClient, t: &Transfer) -> anyhow::Result<()> {
+    crate::place::transfer(root, client, t).await
+}

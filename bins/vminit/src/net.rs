@@ -1,0 +1,47 @@
+//! The kernel's `ip=<client>::<gw>:<mask>::<dev>:off` applied when the interface has no address
+//! yet (the initramfs usually did it; a guest booted straight into vminit did not).
+
+use std::path::Path;
+
+use firebuild_guest::source::cmdline::Cmdline;
+use firebuild_guest::source::read_cmdline;
+
+pub fn kernel_ip(root: &Path) {
+    let cmdline = Cmdline::parse(&read_cmdline(root));
+    let Some(ip) = cmdline.ip() else {
+        return;
+    };
+    let ip = match ip {
+        Ok(ip) => ip,
+        Err(e) => {
+            tracing::warn!("{e}");
+            return;
+        }
+    };
+    let dev = ip.device.clone().unwrap_or_else(|| "eth0".into());
+    let result = (|| -> std::io::Result<bool> {
+        let mut nl = crate::netlink::Netlink::open()?;
+        let index = nl.index(&dev)?;
+        nl.link_up(index)?;
+        if !nl.ipv4_addresses(index)?.is_empty() {
+            return Ok(false);
+        }
+        nl.add_ipv4(index, ip.client, ip.prefix_len)?;
+        if let Some(gw) = ip.gateway {
+            nl.add_default_route(index, gw)?;
+        }
+        Ok(true)
+    })();
+    match result {
+        Ok(true) => tracing::info!(
+            "network: {dev} {}/{} gateway {}",
+            ip.client,
+            ip.prefix_len,
+            ip.gateway
+                .map(|g| g.to_string())
+                .unwrap_or_else(|| "-".into())
+        ),
+        Ok(false) => tracing::info!("network: {dev} already configured"),
+        Err(e) => tracing::warn!("network: configuring {dev} from ip=: {e}"),
+    }
+}

@@ -1,0 +1,81 @@
+//! COPY/ADD in build mode: each resource is pulled into a staging path inside the guest root
+//! (`/.firebuild-staging/<n>`, same file system) and then placed with Docker's rules by
+//! [`firebuild_guest::place::Placer`] (owners, `--chown`, `--chmod`, archive extraction,
+//! confinement). A transfer that fails half-way leaves the image untouched.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::Context as _;
+use firebuild_bootstrap::BootstrapClient;
+use firebuild_guest::place::Placer;
+use firebuild_plan::{Origin, Source, Transfer};
+use firebuild_transfer::{DirSink, Ownership};
+
+const STAGING: &str = ".firebuild-staging";
+
+static NEXT: AtomicU64 = AtomicU64::new(0);
+
+pub async fn transfer(root: &Path, client: &BootstrapClient, t: &Transfer) -> anyhow::Result<()> {
+    if !matches!(t.origin, Origin::Context)
+        && t.sources
+            .iter()
+            .any(|s| matches!(s, Source::Path { resources, .. } if resources.is_empty()))
+    {
+        anyhow::bail!("COPY --from a stage or an image is not supported inside one build VM");
+    }
+    let placer = Placer::new(root, t).context("preparing COPY/ADD")?;
+    let staging = root.join(STAGING);
+    std::fs::create_dir_all(&staging).with_context(|| format!("creating {}", staging.display()))?;
+    let result = async {
+        for source in &t.sources {
+            match source {
+                Source::Path { resources, .. } => {
+                    for r in resources {
+                        let staged = pull(client, &staging, &r.id).await?;
+                        placer
+                            .place_resource(r, &staged)
+                            .with_context(|| format!("placing {} at {}", r.path, r.target))?;
+                        tracing::info!(resource = %r.id, "placed {}", r.target);
+                    }
+                }
+                Source::Url {
+                    id, target, url, ..
+                } => {
+                    let staged = pull(client, &staging, id).await?;
+                    let name = target.rsplit('/').next().unwrap_or("download");
+                    placer
+                        .place(&staged, target, name)
+                        .with_context(|| format!("placing {url} at {target}"))?;
+                    tracing::info!(resource = %id, "placed {target}");
+                }
+                Source::Heredoc { heredoc } => {
+                    placer
+                        .place_bytes(heredoc.content.as_bytes(), &t.dest, &heredoc.name)
+                        .with_context(|| {
+                            format!("writing heredoc {} at {}", heredoc.name, t.dest)
+                        })?;
+                }
+            }
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&staging);
+    result
+}
+
+async fn pull(
+    client: &BootstrapClient,
+    staging: &Path,
+    id: &str,
+) -> anyhow::Result<std::path::PathBuf> {
+    let staged = staging.join(NEXT.fetch_add(1, Ordering::Relaxed).to_string());
+    let mut sink = DirSink::new(&staged).ownership(Ownership::Never);
+    let outcome = client
+        .pull(id, &mut sink)
+        .await
+        .with_context(|| format!("pulling resource {id}"))?;
+    tracing::debug!(resource = %id, bytes = outcome.bytes, "received");
+    Ok(staged)
+}

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Builds vminit as a static binary (glibc, crt-static) and copies it to target/vminit/vminit,
+# where the VM tests look for it (or set FIREBUILD_VMINIT). Prints its size and the build time.
+#
+# Static glibc: vminit resolves no host names through NSS (the bootstrap address and the MMDS
+# URL are IP literals), so glibc's "getaddrinfo in statically linked applications" caveat does
+# not bite. musl (x86_64-unknown-linux-musl) would need a musl C compiler for aws-lc-sys.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+ensure_rust
+
+target=x86_64-unknown-linux-gnu
+start=$(date +%s)
+# --target keeps RUSTFLAGS off build scripts and proc macros (they must stay dynamic).
+RUSTFLAGS="-C target-feature=+crt-static" \
+    cargo build --locked --release -p vminit --target "$target" "$@"
+mkdir -p target/vminit
+cp "target/$target/release/vminit" target/vminit/vminit
+end=$(date +%s)
+
+if file target/vminit/vminit 2>/dev/null | grep -q "dynamically linked"; then
+    echo "error: target/vminit/vminit is dynamically linked" >&2
+    exit 1
+fi
+size=$(stat -c %s target/vminit/vminit)
+echo "vminit: target/vminit/vminit, static, $size bytes ($((size / 1024)) KiB), built in $((end - start)) s"
