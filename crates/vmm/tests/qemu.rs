@@ -43,9 +43,10 @@ fn busybox_guest_talks_to_mmds_and_host_then_powers_off() {
 mount -t proc proc /proc
 read -r up _ < /proc/uptime
 echo "guest: init at uptime ${{up}}s"
-token=$(printf 'PUT /latest/api/token HTTP/1.0\r\nX-metadata-token-ttl-seconds: 60\r\n\r\n' | nc 169.254.169.254 80 | tail -n 1)
+# nc must not half-close before the answer: keep its stdin open a moment (busybox wget cannot PUT).
+token=$( (printf 'PUT /latest/api/token HTTP/1.0\r\nX-metadata-token-ttl-seconds: 60\r\n\r\n'; sleep 1) | nc 169.254.169.254 80 | tail -n 1)
 [ -n "$token" ] && echo "guest: got a token"
-greeting=$(printf "GET /latest/meta-data/greeting HTTP/1.0\r\nX-metadata-token: $token\r\n\r\n" | nc 169.254.169.254 80 | tail -n 1)
+greeting=$(wget -q -O - --header "X-metadata-token: $token" http://169.254.169.254/latest/meta-data/greeting)
 echo "guest: metadata $greeting"
 wget -q -O - http://169.254.0.2:{port}/hello
 echo
