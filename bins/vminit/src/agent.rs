@@ -28,7 +28,7 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
             tracing::info!(
                 source = %found.source,
                 origin = %found.document.origin,
-                revision = found.document.revision.as_deref().unwrap_or("-"),
+                revision = %found.document.revision.as_deref().unwrap_or("-"),
                 instance_id = found.metadata.instance_id.as_deref().unwrap_or("-"),
                 mode = if found.metadata.is_build_mode() { "build" } else { "run" },
                 "metadata read in {:?}", started.elapsed()

@@ -13,7 +13,7 @@ const POLL: Duration = Duration::from_secs(300);
 pub async fn run(root: &Path, source: &dyn MetadataSource, mut revision: Option<String>) {
     tracing::info!(
         source = source.name(),
-        revision = revision.as_deref().unwrap_or("-"),
+        revision = %revision.as_deref().unwrap_or("-"),
         "watching metadata"
     );
     let mut backoff = Duration::from_millis(500);
@@ -36,7 +36,7 @@ pub async fn run(root: &Path, source: &dyn MetadataSource, mut revision: Option<
                         .await
                         {
                             Ok(_) => tracing::info!(
-                                revision = new_rev.as_deref().unwrap_or("-"),
+                                revision = %new_rev.as_deref().unwrap_or("-"),
                                 "metadata revision applied"
                             ),
                             Err(e) => tracing::error!("re-applying metadata: {e:#}"),

@@ -295,3 +295,115 @@ fn run_mode_runs_the_workload_as_its_user_with_env_and_workdir() {
     assert_eq!(code, 0);
     assert_eq!(stdout.trim(), "from-manifest m");
 }
+
+async fn mmds(data: serde_json::Value) -> firebuild_mmds::server::ServerHandle {
+    firebuild_mmds::server::Server::builder()
+        .listen("127.0.0.1:0".parse().unwrap())
+        .initial_data(data)
+        .start()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mmds_metadata_then_an_mmds_outage_on_reboot_keeps_the_identity() {
+    let Some(guest) = busybox_root() else { return };
+    let root = guest.path();
+    let srv = mmds(json!({"instance-id": "i-mmds", "hostname": "mmds-host"})).await;
+    let url = format!("http://{}", srv.local_addr());
+    let (code, _, stderr) = run_async(vminit(root, &["--metadata-url", &url])).await;
+    assert_eq!(code, 0);
+    assert!(stderr.contains("source=mmds"), "{stderr}");
+    assert!(stderr.contains(&srv.get().etag), "the revision is logged");
+    assert_eq!(
+        fs::read_to_string(root.join("etc/hostname"))
+            .unwrap()
+            .trim(),
+        "mmds-host"
+    );
+    let machine_id = root.join("etc/machine-id");
+    let host_key = root.join("etc/ssh/ssh_host_ed25519_key");
+    let (id1, key1) = (fs::read(&machine_id).unwrap(), fs::read(&host_key).unwrap());
+
+    // Reboot with the metadata service down.
+    srv.shutdown().await;
+    let (code, _, stderr) = run_async(vminit(
+        root,
+        &["--metadata-url", &url, "--metadata-timeout", "1"],
+    ))
+    .await;
+    assert_eq!(code, 0);
+    assert!(stderr.contains("mmds: unreachable"), "{stderr}");
+    assert!(stderr.contains("identity kept"), "{stderr}");
+    assert_eq!(fs::read(&machine_id).unwrap(), id1);
+    assert_eq!(fs::read(&host_key).unwrap(), key1);
+    assert_eq!(
+        fs::read_to_string(root.join("etc/hostname"))
+            .unwrap()
+            .trim(),
+        "mmds-host"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_mode_reapplies_a_changed_hostname_and_keys() {
+    let Some(guest) = busybox_root() else { return };
+    let root = guest.path().to_owned();
+    let srv = mmds(json!({
+        "instance-id": "i-watch",
+        "hostname": "w1",
+        "entrypoint": ["/bin/sh", "-c", "while [ ! -e /stop ]; do sleep 0.1; done; echo stopped"],
+    }))
+    .await;
+    let url = format!("http://{}", srv.local_addr());
+    let child = vminit(&root, &["--metadata-url", &url, "--watch"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let hostname = root.join("etc/hostname");
+    let read = |p: &std::path::Path| fs::read_to_string(p).unwrap_or_default().trim().to_owned();
+    let wait_for = |p: std::path::PathBuf, want: &'static str| async move {
+        for _ in 0..200 {
+            if fs::read_to_string(&p).unwrap_or_default().trim() == want {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        false
+    };
+    assert!(
+        wait_for(hostname.clone(), "w1").await,
+        "first apply: {}",
+        read(&hostname)
+    );
+    let etag = srv
+        .patch(&json!({
+            "hostname": "w2",
+            "users": [{"name": "root", "ssh-authorized-keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIW w@x"]}],
+        }))
+        .unwrap();
+    assert!(
+        wait_for(hostname.clone(), "w2").await,
+        "not re-applied: {}",
+        read(&hostname)
+    );
+    let keys = root.join("root/.ssh/authorized_keys");
+    assert!(
+        wait_for(keys.clone(), "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIW w@x").await,
+        "keys not re-applied"
+    );
+    fs::write(root.join("stop"), "").unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stderr}");
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "stopped");
+    assert!(
+        stderr.contains("metadata revision applied") && stderr.contains(&etag),
+        "the applied revision is logged"
+    );
+    srv.shutdown().await;
+}

@@ -317,7 +317,7 @@ impl Sources {
             };
             match fetched {
                 Ok(Fetch::Found(document)) => {
-                    tracing::info!(source = source.name(), origin = %document.origin, revision = document.revision.as_deref().unwrap_or("-"), "metadata found");
+                    tracing::debug!(source = source.name(), origin = %document.origin, revision = %document.revision.as_deref().unwrap_or("-"), "metadata found");
                     return Ok(Outcome::Found(Box::new(Found::new(
                         source.name(),
                         document,
