@@ -19,7 +19,8 @@ mkdir -p target/vminit
 cp "target/$target/release/vminit" target/vminit/vminit
 end=$(date +%s)
 
-if file target/vminit/vminit 2>/dev/null | grep -q "dynamically linked"; then
+# A static executable has no program interpreter (readelf comes with binutils, gcc's dependency).
+if readelf -l target/vminit/vminit | grep -q "program interpreter"; then
     echo "error: target/vminit/vminit is dynamically linked" >&2
     exit 1
 fi

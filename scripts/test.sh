@@ -14,6 +14,7 @@ if [ ! -d ../shared/conformance ]; then
     echo "note: ../shared/conformance not found: conformance tests will be skipped" >&2
 fi
 
+bash scripts/build-vminit.sh # static vminit for the VM tests (target/vminit/vminit)
 cargo test --workspace --locked "$@"
 
 # The conformance counts (buildkit parser/shell, moby patternmatcher), printed where a reader sees
