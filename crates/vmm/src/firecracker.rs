@@ -370,10 +370,14 @@ impl FirecrackerDriver {
                         "firecracker's MMDS needs a network interface (Network::Tap)".to_owned(),
                     ));
                 };
-                reqs.push(ApiRequest::put(
-                    "/mmds/config",
-                    json!({"version": "V2", "network_interfaces": [iface], "ipv4_address": "169.254.169.254"}),
-                ));
+                // The body type comes from firebuild-mmds (its Firecracker API writer).
+                let mut config = firebuild_mmds::firecracker::MmdsConfig::v2([iface]);
+                config.ipv4_address = Some(std::net::Ipv4Addr::new(169, 254, 169, 254));
+                let body = serde_json::to_value(&config).map_err(|source| Error::Json {
+                    what: "/mmds/config body".to_owned(),
+                    source,
+                })?;
+                reqs.push(ApiRequest::put("/mmds/config", body));
                 reqs.push(ApiRequest::put("/mmds", doc.clone()));
             }
             Metadata::Server(_) => {
