@@ -8,6 +8,11 @@
 //!   backoff, long-poll).
 //! - [`server::Server`]: an MMDS-compatible server for VMMs without one (QEMU, sandbox) and for
 //!   tests, driven over a host Unix socket or in process through [`server::ServerHandle`].
+//! - [`firecracker::FirecrackerApi`]: writes the same metadata into Firecracker's own MMDS over
+//!   its API socket.
+//!
+//! Each module has its own error type; [`Error`] wraps them all for callers that treat them
+//! alike.
 //!
 //! ```
 //! use firebuild_mmds::schema::Metadata;
@@ -54,6 +59,27 @@ mod token;
 pub use http::TransportError;
 pub use schema::Metadata;
 pub use token::{MAX_TOKEN_LEN, MAX_TTL_SECS, MIN_TTL_SECS};
+
+/// Any error of this crate.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Decoding, validating or merging metadata.
+    #[error("metadata")]
+    Schema(#[from] schema::Error),
+    /// The guest client.
+    #[error("mmds client")]
+    Client(#[from] client::Error),
+    /// Starting the server.
+    #[error("mmds server")]
+    Server(#[from] server::Error),
+    /// A refused data store change.
+    #[error("mmds data store")]
+    Store(#[from] store::StoreError),
+    /// Firecracker's API.
+    #[error("firecracker mmds api")]
+    Firecracker(#[from] firecracker::Error),
+}
 
 /// MMDS protocol version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
