@@ -199,3 +199,81 @@ impl Netlink {
 fn libc_eproto() -> i32 {
     71
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    const INNER: &str = "VMINIT_NETNS_INNER";
+
+    /// Runs itself again inside `unshare --net` (a fresh network namespace: only `lo`, down).
+    #[test]
+    fn link_address_and_route_in_a_fresh_network_namespace() {
+        if std::env::var_os(INNER).is_some() {
+            return inner();
+        }
+        let unshare = ["/usr/bin/unshare", "/bin/unshare"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists());
+        let why = if unshare.is_none() {
+            Some("unshare (util-linux) is missing")
+        } else if !rustix::process::geteuid().is_root() {
+            Some("needs root for a network namespace")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            if std::env::var_os("CI").is_some() {
+                panic!("{why}");
+            }
+            eprintln!("skipped: {why}");
+            return;
+        }
+        let out = std::process::Command::new(unshare.unwrap())
+            .args(["--net", "--"])
+            .arg(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "netlink::tests::link_address_and_route_in_a_fresh_network_namespace",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(INNER, "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("netns checks passed"),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn inner() {
+        let mut nl = Netlink::open().unwrap();
+        let lo = nl.index("lo").unwrap();
+        assert!(nl.ipv4_addresses(lo).unwrap().is_empty(), "lo starts down");
+        nl.link_up(lo).unwrap();
+        assert_eq!(nl.ipv4_addresses(lo).unwrap(), [Ipv4Addr::LOCALHOST]);
+        let addr = Ipv4Addr::new(10, 9, 8, 7);
+        nl.add_ipv4(lo, addr, 24).unwrap();
+        nl.add_ipv4(lo, addr, 24).unwrap();
+        assert_eq!(nl.ipv4_addresses(lo).unwrap(), [Ipv4Addr::LOCALHOST, addr]);
+        nl.add_default_route(lo, Ipv4Addr::new(10, 9, 8, 1))
+            .unwrap();
+        nl.add_default_route(lo, Ipv4Addr::new(10, 9, 8, 1))
+            .unwrap();
+        // /proc/net/route: Iface Destination Gateway ... in little-endian hex.
+        let routes = std::fs::read_to_string("/proc/net/route").unwrap();
+        assert!(
+            routes
+                .lines()
+                .any(|l| l.split_whitespace().take(3).collect::<Vec<_>>()
+                    == ["lo", "00000000", "0108090A"]),
+            "{routes}"
+        );
+        assert!(nl.index("nope0").is_err());
+        println!("netns checks passed");
+    }
+}
