@@ -249,6 +249,10 @@ impl Client {
 
     /// Long-polls `path`: returns the new value and ETag as soon as the value's ETag is not
     /// `last_etag`, or `None` if nothing changed within `timeout` (whole seconds, at least 1).
+    ///
+    /// Only this crate's server supports it; Firecracker's own MMDS has no long-poll (poll
+    /// [`Client::get_json`] there and compare ETags, which the client computes itself when the
+    /// server sends none).
     pub async fn wait_for_change(
         &self,
         path: &str,
