@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use firebuild_plan::{Command, EnvVar, ImageConfig};
+use firebuild_plan::{Command, EnvVar, ImageConfig, StepContext, default_shell};
 use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
@@ -109,6 +109,19 @@ impl OciImageConfig {
             .collect()
     }
 
+    /// The step context a stage built `FROM` this image starts in: the image's env, workdir
+    /// (`/` when unset), user and shell (`/bin/sh -c` when unset); no args.
+    pub fn starting_context(&self) -> StepContext {
+        let ic = self.to_image_config();
+        StepContext {
+            env: ic.env,
+            args: Vec::new(),
+            workdir: ic.workdir.unwrap_or_else(|| "/".to_owned()),
+            user: ic.user,
+            shell: ic.shell.unwrap_or_else(default_shell),
+        }
+    }
+
     /// Maps the run configuration onto the build plan's image config: what a stage built
     /// `FROM` this image starts with (env, user, workdir, cmd, entrypoint, ports, labels...).
     pub fn to_image_config(&self) -> ImageConfig {
@@ -165,5 +178,14 @@ mod tests {
             vec!["53/udp".to_string(), "80/tcp".to_string()]
         );
         assert_eq!(ic.labels.get("a").map(String::as_str), Some("b"));
+        let ctx = cfg.starting_context();
+        assert_eq!(ctx.workdir, "/srv");
+        assert_eq!(ctx.user.as_deref(), Some("1000:1000"));
+        assert_eq!(ctx.shell, default_shell());
+        assert_eq!(ctx.env.len(), 2);
+        let bare = OciImageConfig::from_slice(b"{}", "config")
+            .unwrap()
+            .starting_context();
+        assert_eq!(bare, StepContext::default());
     }
 }

@@ -4,7 +4,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use firebuild_plan::ImageConfig;
+use firebuild_plan::{ImageConfig, StepContext};
 use tracing::info;
 
 use crate::archive;
@@ -158,6 +158,8 @@ pub struct Prepared {
     pub image: Ext4Image,
     /// The base's image config: the build plan's starting state.
     pub config: ImageConfig,
+    /// The step context the first step starts in (the base's env, workdir, user, shell).
+    pub context: StepContext,
     /// Where the base came from.
     pub base: BaseProvenance,
 }
@@ -242,7 +244,7 @@ pub async fn prepare(source: &BaseSource, out: &Path, opts: &PrepareOptions) -> 
         ..Default::default()
     };
     let resolved = resolve_image(source, opts).await?;
-    let (image, config) = match (resolved, source) {
+    let (image, config, context) = match (resolved, source) {
         (Some(img), _) => {
             base.manifest_digest = img.manifest_digest.as_ref().map(Digest::to_string);
             base.index_digest = img.index_digest.as_ref().map(Digest::to_string);
@@ -259,10 +261,14 @@ pub async fn prepare(source: &BaseSource, out: &Path, opts: &PrepareOptions) -> 
                 out.to_path_buf(),
                 opts.ext4.clone(),
             );
-            let (image, config) = tokio::task::spawn_blocking(move || -> Result<_> {
+            let (image, config, context) = tokio::task::spawn_blocking(move || -> Result<_> {
                 let side = apply_image(&img, &root2, ownership)?;
                 let image = ext4::make_ext4(&root2, &out2, &side, &ext4_opts)?;
-                Ok((image, img.config.to_image_config()))
+                Ok((
+                    image,
+                    img.config.to_image_config(),
+                    img.config.starting_context(),
+                ))
             })
             .await
             .map_err(|e| Error::Io {
@@ -271,11 +277,12 @@ pub async fn prepare(source: &BaseSource, out: &Path, opts: &PrepareOptions) -> 
                 source: std::io::Error::other(e.to_string()),
             })??;
             let _ = std::fs::remove_dir_all(&root);
-            (image, config)
+            (image, config, context)
         }
         (None, BaseSource::Dir(dir)) => (
             ext4::make_ext4(dir, out, &SideTable::default(), &opts.ext4)?,
             ImageConfig::default(),
+            StepContext::default(),
         ),
         (None, BaseSource::Scratch) => {
             let root = opts.work_dir.join("scratch");
@@ -283,6 +290,7 @@ pub async fn prepare(source: &BaseSource, out: &Path, opts: &PrepareOptions) -> 
             (
                 ext4::make_ext4(&root, out, &SideTable::default(), &opts.ext4)?,
                 ImageConfig::default(),
+                StepContext::default(),
             )
         }
         (None, BaseSource::Ext4(src)) => {
@@ -307,6 +315,7 @@ pub async fn prepare(source: &BaseSource, out: &Path, opts: &PrepareOptions) -> 
                     size,
                 },
                 ImageConfig::default(),
+                StepContext::default(),
             )
         }
         (None, _) => {
@@ -320,6 +329,7 @@ pub async fn prepare(source: &BaseSource, out: &Path, opts: &PrepareOptions) -> 
     Ok(Prepared {
         image,
         config,
+        context,
         base,
     })
 }

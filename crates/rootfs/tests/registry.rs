@@ -131,6 +131,9 @@ async fn from_loopback_registry_by_tag_digest_and_index() {
         Some(Command::Exec(vec!["/usr/bin/tool".into()]))
     );
     assert_eq!(p.config.exposed_ports, vec!["8080/tcp".to_string()]);
+    assert_eq!(p.context.workdir, "/home/app");
+    assert_eq!(p.context.user.as_deref(), Some("app"));
+    assert_eq!(p.context.env[0], EnvVar::new("PATH", "/usr/bin:/bin"));
     // Layers are cached by digest.
     let cached = firebuild_rootfs::registry::BlobCache::new(&cache);
     for (blob, _, _) in &amd.layers {
