@@ -50,6 +50,15 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// No kernel has been prepared in the cache directory.
+    #[error(
+        "no prepared guest kernel in {}: run `firebuild-host kernel prepare` (KernelBuilder)",
+        cache.display()
+    )]
+    NoKernel {
+        /// The cache directory searched.
+        cache: PathBuf,
+    },
     /// The bzImage could not be read or its payload decompressed.
     #[error("bzImage {path}: {reason}")]
     BzImage {

@@ -135,7 +135,7 @@ impl QemuDriver {
             cmd.arg("-initrd").arg(initrd);
         }
         cmd.arg("-append").arg(self.cmdline(accel));
-        for (i, drive) in spec.drives.iter().enumerate() {
+        for drive in &spec.drives {
             let mut opt = format!(
                 "id={},file={},format=raw,if=none,cache=unsafe",
                 drive.id,
@@ -148,7 +148,6 @@ impl QemuDriver {
                 .arg(opt)
                 .arg("-device")
                 .arg(format!("virtio-blk-device,drive={}", drive.id));
-            let _ = i;
         }
         match &spec.network {
             Network::None => {}

@@ -84,7 +84,9 @@ impl Kernel {
     /// The most recently prepared kernel under `cache` (what its `current` link names).
     pub fn find(cache: &Path) -> Result<Self> {
         let link = cache.join(CURRENT);
-        let target = std::fs::read_link(&link).map_err(Error::io(&link))?;
+        let target = std::fs::read_link(&link).map_err(|_| Error::NoKernel {
+            cache: cache.to_path_buf(),
+        })?;
         Self::load(&cache.join(target))
     }
 
@@ -400,6 +402,13 @@ mod tests {
         assert!(text.contains("virtio\nvirtio_mmio\n"), "load order file");
         assert!(text.contains("switch_root /newroot"));
         assert!(text.contains("TRAILER!!!"));
+    }
+
+    #[test]
+    fn an_empty_cache_says_how_to_prepare() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Kernel::find(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("firebuild-host kernel prepare"), "{err}");
     }
 
     #[test]
