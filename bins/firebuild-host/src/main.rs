@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+mod build_cmd;
 mod kernel_cmd;
 mod mmds_cmd;
 mod parse_cmd;
@@ -25,6 +26,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
+    /// Build an ext4 root filesystem from a Dockerfile in a VM (QEMU microvm), with a manifest
+    /// and a Firecracker config.
+    Build(build_cmd::BuildArgs),
     /// Parse a Dockerfile and print its parse tree in buildkit's dump format.
     Parse(parse_cmd::ParseArgs),
     /// Resolve a Dockerfile and its context into a build plan (table, or JSON with --json).
@@ -44,6 +48,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match &cli.command {
+        Cmd::Build(args) => build_cmd::run(args),
         Cmd::Parse(args) => parse_cmd::run(args),
         Cmd::Plan(args) => plan_cmd::run(args),
         Cmd::Mmds(args) => mmds_cmd::run(args),

@@ -30,7 +30,7 @@ pub struct PlanArgs {
 }
 
 /// Parses `--build-arg` values.
-fn build_args(raw: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+pub(crate) fn build_args(raw: &[String]) -> anyhow::Result<Vec<(String, String)>> {
     let mut out = Vec::with_capacity(raw.len());
     for arg in raw {
         match arg.split_once('=') {

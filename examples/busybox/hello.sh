@@ -1,0 +1,2 @@
+#!/bin/sh
+echo "${GREETING:-hello} (kernel $(uname -r), user $(id -un))"
