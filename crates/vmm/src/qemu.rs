@@ -121,7 +121,7 @@ impl QemuDriver {
         let kernel = self.kernel_files()?;
         let spec = &self.spec;
         let mut cmd = Command::new(&self.opts.qemu);
-        cmd.args(["-M", "microvm,x-option-roms=off,rtc=off"])
+        cmd.args(["-M", "microvm,x-option-roms=off,rtc=on"])
             .args(["-accel", if accel == Accel::Kvm { "kvm" } else { "tcg" }])
             .args(["-cpu", if accel == Accel::Kvm { "host" } else { "max" }])
             .args(["-smp", &spec.vcpus.max(1).to_string()])
@@ -372,7 +372,7 @@ fn run_probe(qemu: &Path, kernel: &KernelFiles, scratch: &Path) -> bool {
     let mut cmd = Command::new(qemu);
     cmd.args([
         "-M",
-        "microvm,x-option-roms=off,rtc=off",
+        "microvm,x-option-roms=off,rtc=on",
         "-accel",
         "kvm",
         "-cpu",
@@ -451,6 +451,10 @@ mod tests {
         let a = args(&d.command(Accel::Tcg).unwrap());
         let joined = a.join(" ");
         assert!(joined.contains("-M microvm"), "{joined}");
+        assert!(
+            joined.contains("rtc=on"),
+            "the guest needs the wall clock for TLS: {joined}"
+        );
         assert!(joined.contains("-accel tcg"));
         assert!(joined.contains("-no-reboot"));
         assert!(joined.contains("-serial file:/w/console.log"));
