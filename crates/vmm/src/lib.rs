@@ -4,6 +4,11 @@
 //! - [`VmSpec`]: what to boot (kernel, drives, vCPUs, memory, network, metadata).
 //! - [`Driver`]: `prepare` → `start` → `wait(timeout)` → `stop`, plus the console log path;
 //!   implemented by [`QemuDriver`], [`FirecrackerDriver`] and [`SandboxDriver`].
+//! - Metadata: QEMU relays the guest's `169.254.169.254:80` to a caller-run MMDS server
+//!   ([`Metadata::Server`], e.g. `firebuild_mmds::server`), the sandbox forwards it the same way,
+//!   Firecracker uses its own MMDS V2 ([`Metadata::Firecracker`]). The guest reaches the host's
+//!   loopback ports at `169.254.0.2` under QEMU and in the sandbox.
+//! - The sandbox is **weaker isolation than a VM** (namespaces over the host kernel).
 //! - [`kernel::KernelBuilder`] / [`kernel::Kernel`]: Debian's cloud kernel fetched through apt,
 //!   an initramfs that loads the virtio modules, and the ELF `vmlinux`, cached per version.
 //!
