@@ -3,7 +3,7 @@
 //! Networking is QEMU user mode on `169.254.0.0/16`: the host's `127.0.0.1:PORT` is the guest's
 //! `169.254.0.2:PORT`, and the guest's `169.254.169.254:80` is relayed by a command QEMU spawns
 //! per connection (`guestfwd=...-cmd:`) to the embedded MMDS server
-//! ([`Metadata::Server`](crate::Metadata::Server)). The default relay is
+//! ([`Metadata::Server`]). The default relay is
 //! `busybox nc 127.0.0.1 PORT` (busybox-static is already needed for the initramfs).
 
 use std::path::{Path, PathBuf};

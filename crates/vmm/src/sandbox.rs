@@ -5,7 +5,7 @@
 //! root directory and `chroot`s to the init (PID 1 of the new PID namespace). The network
 //! namespace is private: it has only `lo`, on which the driver adds `169.254.0.2` and
 //! `169.254.169.254` and forwards connections to the host so the guest sees the same addresses
-//! as under QEMU: `169.254.169.254:80` reaches the [`Metadata::Server`](crate::Metadata::Server)
+//! as under QEMU: `169.254.169.254:80` reaches the [`Metadata::Server`]
 //! and `169.254.0.2:P` reaches the host's `127.0.0.1:P` for each port in
 //! [`SandboxOptions::forward_ports`].
 //!
