@@ -1,6 +1,7 @@
 //! The namespace sandbox: no VM, just Linux namespaces around a root directory.
 //!
-//! `unshare(1)` creates user (root mapped to the caller), mount, PID, UTS, IPC and network
+//! `unshare(1)` creates user (run as root: uids/gids 0..65536 mapped to themselves with
+//! `setgroups` allowed; otherwise only the caller, mapped to root), mount, PID, UTS, IPC and network
 //! namespaces; a host shell inside them mounts `/proc`, `/sys` and the host's `/dev` into the
 //! root directory and `chroot`s to the init (PID 1 of the new PID namespace). The network
 //! namespace is private: it has only `lo`, on which the driver adds `169.254.0.2` and
@@ -129,23 +130,20 @@ impl SandboxDriver {
         list
     }
 
+    fn setup_namespaces(&mut self, pid: u32, as_root: bool) -> Result<()> {
+        if as_root {
+            wait_for_ns(pid, "user")?;
+            for file in ["uid_map", "gid_map"] {
+                let path = PathBuf::from(format!("/proc/{pid}/{file}"));
+                std::fs::write(&path, "0 0 65536\n").map_err(Error::io(&path))?;
+            }
+        }
+        self.setup_network(pid)
+    }
+
     fn setup_network(&mut self, pid: u32) -> Result<()> {
         let netns = PathBuf::from(format!("/proc/{pid}/ns/net"));
-        let own =
-            std::fs::read_link("/proc/self/ns/net").map_err(Error::io("/proc/self/ns/net"))?;
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            if std::fs::read_link(&netns).is_ok_and(|ns| ns != own) {
-                break;
-            }
-            if Instant::now() > deadline {
-                return Err(Error::State {
-                    driver: "sandbox",
-                    reason: format!("network namespace of pid {pid} did not appear"),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_for_ns(pid, "net")?;
         let nsenter = crate::process::require("sandbox networking", "nsenter")?;
         let ip = |args: &[&str]| {
             crate::process::run(
@@ -176,6 +174,26 @@ impl SandboxDriver {
         for handle in self.forwards.drain(..) {
             let _ = handle.join();
         }
+    }
+}
+
+/// Waits until process `pid` is in a `kind` namespace (`user`, `net`) other than ours.
+fn wait_for_ns(pid: u32, kind: &str) -> Result<()> {
+    let own_path = format!("/proc/self/ns/{kind}");
+    let own = std::fs::read_link(&own_path).map_err(Error::io(&own_path))?;
+    let theirs = PathBuf::from(format!("/proc/{pid}/ns/{kind}"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if std::fs::read_link(&theirs).is_ok_and(|ns| ns != own) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(Error::State {
+                driver: "sandbox",
+                reason: format!("{kind} namespace of pid {pid} did not appear"),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
@@ -283,9 +301,14 @@ impl Driver for SandboxDriver {
         let console = std::fs::File::create(&self.console).map_err(Error::io(&self.console))?;
         let console2 = console.try_clone().map_err(Error::io(&self.console))?;
         let mut cmd = Command::new(&self.opts.unshare);
+        // As root the driver writes a 0..65536 identity map itself (setgroups allowed, so steps
+        // may switch users and groups); otherwise only the caller is mapped, to root.
+        let as_root = rustix::process::geteuid().is_root();
+        cmd.arg("--user");
+        if !as_root {
+            cmd.arg("--map-root-user");
+        }
         cmd.args([
-            "--user",
-            "--map-root-user",
             "--mount",
             "--pid",
             "--uts",
@@ -313,7 +336,7 @@ impl Driver for SandboxDriver {
         })?;
         let pid = child.id();
         self.child = Some(child);
-        let setup = self.setup_network(pid);
+        let setup = self.setup_namespaces(pid, as_root);
         let go: &[u8] = if setup.is_ok() { b"go\n" } else { b"fail\n" };
         if let Some(mut stdin) = self.child.as_mut().and_then(|c| c.stdin.take()) {
             let _ = stdin.write_all(go);

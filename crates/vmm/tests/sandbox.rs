@@ -77,3 +77,46 @@ fn a_file_instead_of_a_root_directory_is_refused() {
     let err = driver.prepare().unwrap_err().to_string();
     assert!(err.contains("is not one"), "{err}");
 }
+
+#[test]
+fn vminit_builds_a_one_step_plan_in_the_sandbox() {
+    let Some(busybox) = support::static_busybox() else {
+        return;
+    };
+    if support::need("unshare", "namespaces").is_none()
+        || support::need("nsenter", "sandbox networking").is_none()
+    {
+        return;
+    }
+    let Some(vminit) = support::vminit() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let root = support::busybox_root(dir.path(), &busybox, "/sbin/placeholder", "");
+    support::install_binary(&root, &vminit, "/sbin/vminit");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let e2e = support::BootstrapFixture::start(&rt);
+    let mut spec = VmSpec::new("fbsandbox2", dir.path(), &root);
+    spec.network = Network::User;
+    spec.metadata = Metadata::Server(e2e.mmds_addr);
+    let opts = SandboxOptions {
+        forward_ports: vec![e2e.port],
+        ..SandboxOptions::default()
+    };
+    let mut driver = SandboxDriver::new(spec, opts);
+    let outcome = driver.run(Duration::from_secs(60)).unwrap();
+    let host_outcome = e2e.outcome(&rt);
+    let built = std::fs::read_to_string(root.join("built")).unwrap_or_default();
+    if built != "hi\n" {
+        support::console(driver.console_log());
+    }
+    assert!(
+        matches!(outcome, firebuild_vmm::RunOutcome::Exited(e) if !e.stopped),
+        "{outcome:?}"
+    );
+    assert!(
+        matches!(host_outcome, Some(firebuild_bootstrap::Outcome::Succeeded)),
+        "{host_outcome:?}"
+    );
+    assert_eq!(built, "hi\n", "/built in the root directory");
+}

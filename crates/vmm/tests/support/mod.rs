@@ -247,3 +247,96 @@ pub fn boot_times(log: &str) -> (Option<f64>, Option<f64>) {
     });
     (switch, run_init)
 }
+
+/// A one-step plan (`RUN echo hi > /built`), its bootstrap server (PKI with SAN 169.254.0.2) and
+/// an embedded MMDS server holding the `bootstrap` section that points at 169.254.0.2:PORT.
+pub struct BootstrapFixture {
+    pub port: u16,
+    pub mmds_addr: SocketAddr,
+    pub events: Arc<Mutex<Vec<String>>>,
+    server: Option<firebuild_bootstrap::ServerHandle>,
+    _mmds: firebuild_mmds::server::ServerHandle,
+    _context: tempfile::TempDir,
+}
+
+const PLAN: &str = r#"{"schema_version":1,"dockerfile":"Dockerfile","target":0,"stages":[{
+  "index":0,"base":{"kind":"scratch"},"span":{"start_line":1,"start_col":1,"end_line":1,"end_col":1},
+  "config":{},"steps":[
+  {"index":0,"span":{"start_line":2,"start_col":1,"end_line":2,"end_col":1},
+   "context":{"env":[],"args":[],"workdir":"/","shell":["/bin/sh","-c"]},
+   "kind":{"kind":"run","command":{"form":"shell","value":"echo hi > /built && echo step ran"}}}]}]}"#;
+
+impl BootstrapFixture {
+    pub fn start(rt: &tokio::runtime::Runtime) -> Self {
+        use firebuild_bootstrap::{BootstrapServer, DirSource, Event};
+        use firebuild_pki::{BuildId, BuildPki, Validity};
+        let plan: firebuild_plan::BuildPlan = serde_json::from_str(PLAN).unwrap();
+        let context = tempfile::tempdir().unwrap();
+        let build = BuildId::new("vmm-e2e").unwrap();
+        let pki =
+            BuildPki::generate(build.clone(), &["169.254.0.2"], &Validity::default()).unwrap();
+        let (server, mut events) = rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            BootstrapServer::builder()
+                .resources(DirSource::new(&plan, context.path()))
+                .plan(plan.clone())
+                .tls(pki.server.clone())
+                .expected_client(build)
+                .serve(listener)
+                .await
+                .unwrap()
+        });
+        let port = server.local_addr().port();
+        let metadata = serde_json::json!({
+            "bootstrap": {
+                "grpc-host-port": format!("169.254.0.2:{port}"),
+                "tls-ca-cert": pki.client.ca_cert_pem(),
+                "tls-cert": pki.client.cert_pem(),
+                "tls-key": pki.client.key_pem().expose_secret(),
+            }
+        });
+        let mmds = rt
+            .block_on(
+                firebuild_mmds::server::Server::builder()
+                    .initial_data(metadata)
+                    .start(),
+            )
+            .unwrap();
+        let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+        let record = Arc::clone(&seen);
+        rt.spawn(async move {
+            while let Some(event) = events.recv().await {
+                record.lock().unwrap().push(format!("{event:?}"));
+                if let Event::Succeeded = event {
+                    break;
+                }
+            }
+        });
+        Self {
+            port,
+            mmds_addr: mmds.local_addr(),
+            events: seen,
+            server: Some(server),
+            _mmds: mmds,
+            _context: context,
+        }
+    }
+
+    /// The build outcome (waits up to 5 s), then shuts the server down.
+    pub fn outcome(mut self, rt: &tokio::runtime::Runtime) -> Option<firebuild_bootstrap::Outcome> {
+        let mut server = self.server.take()?;
+        let outcome = rt.block_on(async {
+            tokio::time::timeout(std::time::Duration::from_secs(5), server.wait())
+                .await
+                .ok()
+                .flatten()
+        });
+        if !matches!(outcome, Some(firebuild_bootstrap::Outcome::Succeeded)) {
+            eprintln!("host events: {:#?}", self.events.lock().unwrap());
+        }
+        rt.block_on(async {
+            let _ = server.shutdown().await;
+        });
+        outcome
+    }
+}
