@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use clap::Parser as _;
 use rustix::mount::{MountFlags, mount};
 use rustix::process::{Pid, Signal, WaitOptions};
 
@@ -95,8 +96,14 @@ fn supervise() -> anyhow::Result<u8> {
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         let exe = std::env::current_exe()?;
+        // Only arguments that parse are passed on (see `main`: init gets stray kernel words).
+        let args: Vec<_> = if crate::Args::try_parse().is_ok() {
+            std::env::args_os().skip(1).collect()
+        } else {
+            Vec::new()
+        };
         let child = std::process::Command::new(exe)
-            .args(std::env::args_os().skip(1))
+            .args(args)
             .env(AGENT_ENV, "1")
             .spawn()?;
         let agent = Pid::from_raw(i32::try_from(child.id())?)

@@ -71,8 +71,17 @@ impl Args {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
     logging::init();
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        // The kernel hands init every command line word it does not know (`quiet`, `splash`):
+        // PID 1 must not die on them (a dying init panics the kernel).
+        Err(e) if init::is_pid1() || init::is_agent_child() => {
+            tracing::warn!("ignoring init arguments: {}", e.kind());
+            Args::parse_from(["vminit"])
+        }
+        Err(e) => e.exit(),
+    };
     if init::is_pid1() && !init::is_agent_child() {
         return init::pid1(&args);
     }
