@@ -30,6 +30,22 @@
 //! for the whole deadline at every boot (the stall the issue warns about).
 //!
 //! Every path is resolved under a root directory (`/` in a real guest).
+//!
+//! ```
+//! use std::time::{Duration, Instant};
+//! use firebuild_guest::source::{CpioSource, InlineSource, Outcome, Sources};
+//!
+//! let guest = tempfile::tempdir()?;
+//! let sources = Sources::new()
+//!     .with(CpioSource::scan(guest.path())) // no block devices under this root: absent
+//!     .with(InlineSource::new(br#"{"instance-id": "i-1", "hostname": "web-1"}"#.to_vec()));
+//! let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+//! let outcome = rt.block_on(sources.resolve(Instant::now() + Duration::from_secs(5)))?;
+//! let Outcome::Found(found) = outcome else { panic!("no metadata") };
+//! assert_eq!(found.source, "cmdline");
+//! assert_eq!(found.metadata.hostname.as_deref(), Some("web-1"));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 pub mod cmdline;
 pub mod cpio;
