@@ -1,0 +1,194 @@
+//! `firebuild-host build`: the example Dockerfile built in a real VM (QEMU microvm, TCG here),
+//! the image read back with debugfs; and a failing RUN reported with its Dockerfile line.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn host() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_firebuild-host"))
+}
+
+/// The tools and the static vminit a VM build needs; `None` (with the reason printed) outside CI.
+fn prerequisites() -> Option<PathBuf> {
+    let missing: Vec<&str> = ["qemu-system-x86_64", "debugfs", "mkfs.ext4", "apt-get"]
+        .into_iter()
+        .filter(|t| firebuild_vmm::which(t).is_none())
+        .collect();
+    let vminit = std::env::var_os("FIREBUILD_VMINIT").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/vminit/vminit"),
+        PathBuf::from,
+    );
+    let busybox = Path::new("/usr/bin/busybox");
+    let mut why = Vec::new();
+    if !missing.is_empty() {
+        why.push(format!("missing {}", missing.join(", ")));
+    }
+    if !vminit.is_file() {
+        why.push(format!(
+            "no static vminit at {} (bash scripts/build-vminit.sh)",
+            vminit.display()
+        ));
+    }
+    if !busybox.is_file() {
+        why.push("no /usr/bin/busybox (busybox-static)".to_owned());
+    }
+    if why.is_empty() {
+        return Some(vminit);
+    }
+    assert!(std::env::var_os("CI").is_none(), "{}", why.join("; "));
+    eprintln!("skipping: {}", why.join("; "));
+    None
+}
+
+/// A copy of examples/busybox with the static busybox the Dockerfile starts from.
+fn busybox_context(dir: &Path) -> PathBuf {
+    let ctx = dir.join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/busybox");
+    for name in ["Dockerfile", "hello.sh"] {
+        std::fs::copy(example.join(name), ctx.join(name)).unwrap();
+    }
+    std::fs::copy("/usr/bin/busybox", ctx.join("busybox")).unwrap();
+    ctx
+}
+
+fn debugfs(image: &Path, request: &str) -> String {
+    let out = Command::new("debugfs")
+        .args(["-R", request])
+        .arg(image)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn builds_the_busybox_example_in_a_vm() {
+    let Some(vminit) = prerequisites() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = busybox_context(dir.path());
+    let out_dir = dir.path().join("out");
+    let out = host()
+        .args([
+            "build",
+            "--name",
+            "demo",
+            "--build-arg",
+            "GREETING=hi from the test",
+        ])
+        .arg("--vminit")
+        .arg(&vminit)
+        .arg("-o")
+        .arg(&out_dir)
+        .arg(&ctx)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+
+    // The steps' output was streamed back as they ran.
+    assert!(stdout.contains("hi from the test (kernel "), "{stdout}");
+    assert!(stdout.contains("built as app in /home/app"), "{stdout}");
+
+    // The image: files the RUN steps made, with the owners and modes they gave.
+    let image = out_dir.join("demo.ext4");
+    let fsck = Command::new("e2fsck")
+        .arg("-fn")
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
+    let built = debugfs(&image, "cat /home/app/built.txt");
+    assert!(
+        built.starts_with("built as app in /home/app on "),
+        "{built:?}"
+    );
+    let stat = debugfs(&image, "stat /home/app/built.txt");
+    assert!(stat.contains("User:  1000   Group:  1000"), "{stat}");
+    let hello = debugfs(&image, "stat /usr/local/bin/hello");
+    assert!(hello.contains("Mode:  0755"), "{hello}");
+    assert!(hello.contains("User:  1000   Group:  1000"), "{hello}");
+    let vminit_stat = debugfs(&image, "stat /sbin/vminit");
+    assert!(vminit_stat.contains("Mode:  0755"), "{vminit_stat}");
+    let motd = debugfs(&image, "cat /etc/motd");
+    assert!(motd.starts_with("hi from the test (kernel "), "{motd:?}");
+    assert!(stdout.contains(motd.trim_end()), "{stdout}");
+
+    // Manifest and Firecracker config beside it.
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("demo.manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(manifest["rootfs"]["file"], "demo.ext4");
+    assert_eq!(
+        manifest["rootfs"]["size_bytes"].as_u64().unwrap(),
+        std::fs::metadata(&image).unwrap().len()
+    );
+    assert_eq!(manifest["image"]["user"], "app");
+    assert_eq!(manifest["image"]["workdir"], "/home/app");
+    assert_eq!(manifest["build_args"]["GREETING"], "hi from the test");
+    assert_eq!(manifest["base"]["kind"], "scratch");
+    let fc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("demo.firecracker.json")).unwrap())
+            .unwrap();
+    assert_eq!(fc["drives"][0]["path_on_host"], "demo.ext4");
+    assert!(Path::new(fc["boot-source"]["kernel_image_path"].as_str().unwrap()).is_file());
+    // Nothing but the outputs is left behind.
+    let mut names: Vec<String> = std::fs::read_dir(&out_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["demo.ext4", "demo.firecracker.json", "demo.manifest.json"]
+    );
+}
+
+#[test]
+fn a_failing_run_names_its_dockerfile_line_and_exit_code() {
+    let Some(vminit) = prerequisites() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = dir.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::copy("/usr/bin/busybox", ctx.join("busybox")).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nRUN echo about to fail && exit 3\nRUN echo never\n",
+    )
+    .unwrap();
+    let out_dir = dir.path().join("out");
+    let out = host()
+        .args(["build", "--name", "broken"])
+        .arg("--vminit")
+        .arg(&vminit)
+        .arg("-o")
+        .arg(&out_dir)
+        .arg(&ctx)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(stdout.contains("about to fail"), "{stdout}");
+    assert!(!stdout.contains("never"), "{stdout}");
+    assert!(
+        stderr.contains("Dockerfile:4: build failed with exit code 3"),
+        "{stderr}"
+    );
+    // No image is written for a failed build; the console log is kept for diagnosis.
+    assert!(!out_dir.join("broken.ext4").exists());
+    assert!(out_dir.join("broken.console.log").is_file());
+}
