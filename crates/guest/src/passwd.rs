@@ -208,6 +208,7 @@ pub struct UserDb {
     group: DbFile<Group>,
     shadow: DbFile<Shadow>,
     gshadow: DbFile<Vec<String>>,
+    sync: bool,
 }
 
 impl UserDb {
@@ -221,7 +222,14 @@ impl UserDb {
             gshadow: load(root, "/etc/gshadow", 4, |f| {
                 Ok(f.iter().map(|s| (*s).to_owned()).collect())
             })?,
+            sync: true,
         })
+    }
+
+    /// Whether [`UserDb::save`] fsyncs each file (default: yes). A caller that syncs the file
+    /// system itself before recording the change (the configuration journal) turns it off.
+    pub fn set_sync(&mut self, yes: bool) {
+        self.sync = yes;
     }
 
     /// All users in file order.
@@ -519,7 +527,7 @@ impl UserDb {
     fn write(&self, guest: &str, text: &str, default: FileMeta) -> Result<()> {
         paths::create_dirs(&self.root, "/etc", 0o755, 0, 0)?;
         let host = paths::resolve(&self.root, guest)?;
-        paths::write_atomic(&host, text.as_bytes(), None, default)
+        paths::write_atomic_with(&host, text.as_bytes(), None, default, self.sync)
     }
 }
 

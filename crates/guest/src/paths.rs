@@ -199,6 +199,19 @@ pub fn write_atomic(
     meta: Option<FileMeta>,
     default: FileMeta,
 ) -> Result<()> {
+    write_atomic_with(path, data, meta, default, true)
+}
+
+/// [`write_atomic`] with the `fsync` before the rename optional: without it the new content is
+/// still never seen half-written (rename is atomic), but may be lost in a crash; callers that
+/// batch many writes call [`sync_fs`] once before committing a record of them.
+pub fn write_atomic_with(
+    path: &Path,
+    data: &[u8],
+    meta: Option<FileMeta>,
+    default: FileMeta,
+    sync: bool,
+) -> Result<()> {
     let meta = match meta {
         Some(m) => m,
         None => match fs::metadata(path) {
@@ -232,7 +245,9 @@ pub fn write_atomic(
         f.set_permissions(Permissions::from_mode(meta.mode))
             .map_err(Error::io("chmod", &tmp))?;
         f.write_all(data).map_err(Error::io("write", &tmp))?;
-        f.sync_all().map_err(Error::io("sync", &tmp))?;
+        if sync {
+            f.sync_all().map_err(Error::io("sync", &tmp))?;
+        }
         fs::rename(&tmp, path).map_err(Error::io("rename", path))?;
         Ok(())
     })();
@@ -240,6 +255,12 @@ pub fn write_atomic(
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// Flushes the file system holding `root` (`syncfs(2)`).
+pub fn sync_fs(root: &Path) -> Result<()> {
+    let dir = File::open(root).map_err(Error::io("open", root))?;
+    rustix::fs::syncfs(&dir).map_err(|e| Error::io("sync", root)(e.into()))
 }
 
 /// Reads a host file of at most `limit` bytes; `Ok(None)` when it does not exist.

@@ -65,6 +65,9 @@ pub struct Journal {
     /// The swap file set up for this instance (enabled again on every boot).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub swap_path: Option<String>,
+    /// Changed since loaded or saved.
+    #[serde(skip)]
+    dirty: bool,
 }
 
 impl Journal {
@@ -89,9 +92,11 @@ impl Journal {
         paths::resolve(root, JOURNAL_PATH)
     }
 
-    /// Writes the journal atomically, mode 0600.
-    pub fn save(&self, root: &Path) -> Result<()> {
+    /// Writes the journal atomically, mode 0600, after flushing the file system (so whatever
+    /// the recorded steps wrote without `fsync` is on disk before the record is).
+    pub fn save(&mut self, root: &Path) -> Result<()> {
         paths::create_dirs(root, "/var/lib/firebuild", 0o700, 0, 0)?;
+        paths::sync_fs(root)?;
         let host = Self::host_path(root)?;
         let mut text = serde_json::to_vec_pretty(self).map_err(|e| Error::Config {
             step: "journal",
@@ -103,7 +108,19 @@ impl Journal {
             uid: 0,
             gid: 0,
         };
-        paths::write_atomic(&host, &text, Some(meta), meta)
+        paths::write_atomic(&host, &text, Some(meta), meta)?;
+        self.dirty = false;
+        Ok(())
+    }
+
+    /// Whether there are changes not saved yet.
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
+    /// Marks the journal changed (after editing a public field).
+    pub fn mark_dirty(&mut self) {
+        self.dirty = true;
     }
 
     /// Whether `step` was applied with exactly `digest`.
@@ -120,6 +137,7 @@ impl Journal {
                 applied_at: now(),
             },
         );
+        self.dirty = true;
     }
 }
 
