@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use clap::Args;
 use firebuild_bootstrap::{BootstrapServer, DirSource, Event, Outcome, OutputStream};
-use firebuild_dockerfile::{PlanRequest, plan};
 use firebuild_pki::{BuildId, BuildPki, Validity};
 use firebuild_plan::{Base, BuildPlan, ImageConfig, Origin, StepKind};
 use firebuild_rootfs::{BaseSource, Manifest, PrepareOptions, RootfsInfo};
@@ -30,15 +29,8 @@ const HOST_IN_GUEST: &str = "169.254.0.2";
 /// Arguments of `firebuild-host build`.
 #[derive(Debug, Args)]
 pub struct BuildArgs {
-    /// The Dockerfile (default: CONTEXT/Dockerfile).
-    #[arg(short = 'f', long = "file", value_name = "DOCKERFILE")]
-    pub file: Option<PathBuf>,
-    /// A build arg, `NAME=VALUE` (repeatable; `NAME` alone takes the value from the environment).
-    #[arg(long = "build-arg", value_name = "NAME=VALUE")]
-    pub build_args: Vec<String>,
-    /// The stage to build (default: the last).
-    #[arg(long)]
-    pub target: Option<String>,
+    #[command(flatten)]
+    pub input: crate::plan_cmd::DockerfileArgs,
     /// Where the image, its manifest and its Firecracker config are written.
     #[arg(short = 'o', long, default_value = "out")]
     pub out: PathBuf,
@@ -67,9 +59,6 @@ pub struct BuildArgs {
     /// Give up after this many seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 1800)]
     pub timeout: u64,
-    /// The build context directory.
-    #[arg(value_name = "CONTEXT")]
-    pub context: PathBuf,
 }
 
 /// Runs the subcommand.
@@ -78,21 +67,9 @@ pub fn run(args: &BuildArgs) -> anyhow::Result<()> {
     rt.block_on(build(args))
 }
 
-/// Resolves and checks the plan: one stage, based on an image or scratch.
-fn resolve_plan(args: &BuildArgs, file: &Path, text: &str) -> anyhow::Result<BuildPlan> {
-    let build_args = crate::plan_cmd::build_args(&args.build_args)?;
-    let shown = file.display().to_string();
-    let req = PlanRequest {
-        dockerfile_path: &shown,
-        dockerfile: text,
-        context_dir: &args.context,
-        build_args: &build_args,
-        target: args.target.as_deref(),
-    };
-    let plan = plan(&req).map_err(|e| anyhow::anyhow!("{e}"))?;
-    for w in &plan.warnings {
-        eprintln!("warning: {w}");
-    }
+/// Checks that `build` can run the plan: one stage, based on an image or scratch.
+fn check_plan(plan: &BuildPlan, file: &Path) -> anyhow::Result<()> {
+    let shown = file.display();
     let stage = plan
         .target_stage()
         .context("the plan has no target stage")?;
@@ -115,7 +92,7 @@ fn resolve_plan(args: &BuildArgs, file: &Path, text: &str) -> anyhow::Result<Bui
             );
         }
     }
-    Ok(plan)
+    Ok(())
 }
 
 /// Finds the static vminit to install in the image.
@@ -264,20 +241,21 @@ fn firecracker_config(
 
 async fn build(args: &BuildArgs) -> anyhow::Result<()> {
     let started = Instant::now();
-    let file = args
-        .file
-        .clone()
-        .unwrap_or_else(|| args.context.join("Dockerfile"));
-    let text = std::fs::read_to_string(&file)
-        .with_context(|| format!("cannot read Dockerfile {}", file.display()))?;
-    let plan = resolve_plan(args, &file, &text)?;
+    let crate::plan_cmd::Resolved {
+        file,
+        text,
+        build_args,
+        plan,
+    } = args.input.resolve()?;
+    check_plan(&plan, &file)?;
+    let context = &args.input.context;
     let stage = plan
         .target_stage()
         .context("the plan has no target stage")?
         .clone();
     let name = match &args.name {
         Some(n) => n.clone(),
-        None => std::fs::canonicalize(&args.context)
+        None => std::fs::canonicalize(context)
             .ok()
             .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
             .unwrap_or_else(|| "rootfs".to_owned()),
@@ -328,7 +306,7 @@ async fn build(args: &BuildArgs) -> anyhow::Result<()> {
     let pki = BuildPki::generate(build_id.clone(), &[HOST_IN_GUEST], &Validity::default())?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let (mut server, mut events) = BootstrapServer::builder()
-        .resources(DirSource::new(&plan, &args.context))
+        .resources(DirSource::new(&plan, context))
         .plan(plan.clone())
         .tls(pki.server.clone())
         .expected_client(build_id)
@@ -496,9 +474,7 @@ async fn build(args: &BuildArgs) -> anyhow::Result<()> {
         },
     )
     .with_dockerfile(text.as_bytes());
-    manifest.build_args = crate::plan_cmd::build_args(&args.build_args)?
-        .into_iter()
-        .collect();
+    manifest.build_args = build_args.into_iter().collect();
     let manifest_path = args.out.join(format!("{name}.manifest.json"));
     manifest.write(&manifest_path)?;
     let fc_path = args.out.join(format!("{name}.firecracker.json"));

@@ -8,9 +8,9 @@ use clap::Args;
 use firebuild_dockerfile::{PlanRequest, plan};
 use firebuild_plan::{BuildPlan, Command, Source, StepKind};
 
-/// Arguments of `firebuild-host plan`.
+/// The Dockerfile, its context, build args and target: what `plan` and `build` share.
 #[derive(Debug, Args)]
-pub struct PlanArgs {
+pub struct DockerfileArgs {
     /// The Dockerfile (default: CONTEXT/Dockerfile).
     #[arg(short = 'f', long = "file", value_name = "DOCKERFILE")]
     pub file: Option<PathBuf>,
@@ -21,16 +21,68 @@ pub struct PlanArgs {
     /// The stage to build (default: the last).
     #[arg(long)]
     pub target: Option<String>,
-    /// Print the plan as JSON (pretty) instead of a table.
-    #[arg(long)]
-    pub json: bool,
     /// The build context directory.
     #[arg(value_name = "CONTEXT")]
     pub context: PathBuf,
 }
 
+/// A Dockerfile read and resolved into a plan.
+#[derive(Debug)]
+pub struct Resolved {
+    /// The Dockerfile's path.
+    pub file: PathBuf,
+    /// Its text.
+    pub text: String,
+    /// The build args in force.
+    pub build_args: Vec<(String, String)>,
+    /// The plan.
+    pub plan: BuildPlan,
+}
+
+impl DockerfileArgs {
+    /// Reads the Dockerfile and resolves it against the context; prints the plan's warnings.
+    pub fn resolve(&self) -> anyhow::Result<Resolved> {
+        let file = self
+            .file
+            .clone()
+            .unwrap_or_else(|| self.context.join("Dockerfile"));
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("cannot read Dockerfile {}", file.display()))?;
+        let build_args = build_args(&self.build_args)?;
+        let shown = file.display().to_string();
+        let req = PlanRequest {
+            dockerfile_path: &shown,
+            dockerfile: &text,
+            context_dir: &self.context,
+            build_args: &build_args,
+            target: self.target.as_deref(),
+        };
+        // The error's Display carries file:line:col and the caret snippet.
+        let plan = plan(&req).map_err(|e| anyhow::anyhow!("{e}"))?;
+        for w in &plan.warnings {
+            eprintln!("warning: {w}");
+        }
+        Ok(Resolved {
+            file,
+            text,
+            build_args,
+            plan,
+        })
+    }
+}
+
+/// Arguments of `firebuild-host plan`.
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// Print the plan as JSON (pretty) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub input: DockerfileArgs,
+}
+
 /// Parses `--build-arg` values.
-pub(crate) fn build_args(raw: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+fn build_args(raw: &[String]) -> anyhow::Result<Vec<(String, String)>> {
     let mut out = Vec::with_capacity(raw.len());
     for arg in raw {
         match arg.split_once('=') {
@@ -49,26 +101,7 @@ pub(crate) fn build_args(raw: &[String]) -> anyhow::Result<Vec<(String, String)>
 
 /// Runs the subcommand: prints the plan to stdout and warnings to stderr.
 pub fn run(args: &PlanArgs) -> anyhow::Result<()> {
-    let file = args
-        .file
-        .clone()
-        .unwrap_or_else(|| args.context.join("Dockerfile"));
-    let text = std::fs::read_to_string(&file)
-        .with_context(|| format!("cannot read Dockerfile {}", file.display()))?;
-    let build_args = build_args(&args.build_args)?;
-    let shown = file.display().to_string();
-    let req = PlanRequest {
-        dockerfile_path: &shown,
-        dockerfile: &text,
-        context_dir: &args.context,
-        build_args: &build_args,
-        target: args.target.as_deref(),
-    };
-    // The error's Display carries file:line:col and the caret snippet.
-    let plan = plan(&req).map_err(|e| anyhow::anyhow!("{e}"))?;
-    for w in &plan.warnings {
-        eprintln!("warning: {w}");
-    }
+    let plan = args.input.resolve()?.plan;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&plan)?);
     } else {

@@ -62,6 +62,32 @@ fn debugfs(image: &Path, request: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Runs `firebuild-host build --name NAME [EXTRA...] --vminit V -o OUT CTX`: (exit code, stdout,
+/// stderr).
+fn build(
+    name: &str,
+    extra: &[&str],
+    vminit: &Path,
+    out_dir: &Path,
+    ctx: &Path,
+) -> (Option<i32>, String, String) {
+    let out = host()
+        .args(["build", "--name", name])
+        .args(extra)
+        .arg("--vminit")
+        .arg(vminit)
+        .arg("-o")
+        .arg(out_dir)
+        .arg(ctx)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[test]
 fn builds_the_busybox_example_in_a_vm() {
     let Some(vminit) = prerequisites() else {
@@ -70,24 +96,14 @@ fn builds_the_busybox_example_in_a_vm() {
     let dir = tempfile::tempdir().unwrap();
     let ctx = busybox_context(dir.path());
     let out_dir = dir.path().join("out");
-    let out = host()
-        .args([
-            "build",
-            "--name",
-            "demo",
-            "--build-arg",
-            "GREETING=hi from the test",
-        ])
-        .arg("--vminit")
-        .arg(&vminit)
-        .arg("-o")
-        .arg(&out_dir)
-        .arg(&ctx)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let (code, stdout, stderr) = build(
+        "demo",
+        &["--build-arg", "GREETING=hi from the test"],
+        &vminit,
+        &out_dir,
+        &ctx,
+    );
+    assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
 
     // The steps' output was streamed back as they ran.
     assert!(stdout.contains("hi from the test (kernel "), "{stdout}");
@@ -166,22 +182,8 @@ fn a_failing_run_names_its_dockerfile_line_and_exit_code() {
     )
     .unwrap();
     let out_dir = dir.path().join("out");
-    let out = host()
-        .args(["build", "--name", "broken"])
-        .arg("--vminit")
-        .arg(&vminit)
-        .arg("-o")
-        .arg(&out_dir)
-        .arg(&ctx)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "stdout:\n{stdout}\nstderr:\n{stderr}"
-    );
+    let (code, stdout, stderr) = build("broken", &[], &vminit, &out_dir, &ctx);
+    assert_eq!(code, Some(1), "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(stdout.contains("about to fail"), "{stdout}");
     assert!(!stdout.contains("never"), "{stdout}");
     assert!(
@@ -191,4 +193,25 @@ fn a_failing_run_names_its_dockerfile_line_and_exit_code() {
     // No image is written for a failed build; the console log is kept for diagnosis.
     assert!(!out_dir.join("broken.ext4").exists());
     assert!(out_dir.join("broken.console.log").is_file());
+}
+
+#[test]
+fn a_multi_stage_target_is_refused_before_anything_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/multistage");
+    let out_dir = dir.path().join("out");
+    let (code, stdout, stderr) = build(
+        "multi",
+        &[],
+        Path::new("/nonexistent/vminit"),
+        &out_dir,
+        &example,
+    );
+    assert_eq!(code, Some(1), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stderr.contains("multistage/Dockerfile: the target stage needs")
+            && stderr.contains("single-stage builds only"),
+        "{stderr}"
+    );
+    assert!(!out_dir.exists(), "nothing is written for a refused build");
 }
