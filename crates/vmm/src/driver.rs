@@ -1,7 +1,7 @@
 //! The [`Driver`] trait every VM backend implements.
 
 use std::path::Path;
-use std::process::{Child, ExitStatus};
+use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
@@ -101,4 +101,99 @@ pub(crate) fn kill_child(child: &mut Child) -> Result<ExitStatus> {
         path: "vmm process".into(),
         source,
     })
+}
+
+/// What [`wait_vmm`] or [`stop_vmm`] found of a driver's VMM process.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Reaped {
+    /// No exit: still running after the timeout (`wait`), or never started (`stop`).
+    Not,
+    /// It had exited before; the exit recorded then.
+    Before(VmExit),
+    /// It exited (or was stopped) just now; the exit is recorded.
+    Now(VmExit),
+}
+
+impl Reaped {
+    /// The exit, earlier or now.
+    pub(crate) fn exit(self) -> Option<VmExit> {
+        match self {
+            Reaped::Not => None,
+            Reaped::Before(exit) | Reaped::Now(exit) => Some(exit),
+        }
+    }
+}
+
+/// Fails with "already started" when `child` is set.
+pub(crate) fn check_not_started(driver: &'static str, child: Option<&Child>) -> Result<()> {
+    if child.is_some() {
+        return Err(Error::State {
+            driver,
+            reason: "already started".to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Spawns the VMM `cmd`; a failure names `program`.
+pub(crate) fn spawn_vmm(cmd: &mut Command, program: &Path) -> Result<Child> {
+    cmd.spawn().map_err(|source| Error::Spawn {
+        program: program.display().to_string(),
+        source,
+    })
+}
+
+/// The shared part of [`Driver::wait`]: the recorded `exit` if there is one, else waits up to
+/// `timeout` for `child` and records its exit.
+pub(crate) fn wait_vmm(
+    driver: &'static str,
+    child: Option<&mut Child>,
+    exit: &mut Option<VmExit>,
+    timeout: Duration,
+) -> Result<Reaped> {
+    if let Some(exit) = *exit {
+        return Ok(Reaped::Before(exit));
+    }
+    let Some(child) = child else {
+        return Err(Error::State {
+            driver,
+            reason: "wait() before start()".to_owned(),
+        });
+    };
+    let Some(status) = wait_child(child, timeout, driver)? else {
+        return Ok(Reaped::Not);
+    };
+    Ok(Reaped::Now(*exit.insert(VmExit {
+        status,
+        stopped: false,
+    })))
+}
+
+/// The shared part of [`Driver::stop`]: the recorded `exit` if there is one, else ends `child`
+/// with `end` and records its exit as stopped.
+pub(crate) fn stop_vmm(
+    child: Option<&mut Child>,
+    exit: &mut Option<VmExit>,
+    end: impl FnOnce(&mut Child) -> Result<ExitStatus>,
+) -> Result<Reaped> {
+    if let Some(exit) = *exit {
+        return Ok(Reaped::Before(exit));
+    }
+    let Some(child) = child else {
+        return Ok(Reaped::Not);
+    };
+    let status = end(child)?;
+    Ok(Reaped::Now(*exit.insert(VmExit {
+        status,
+        stopped: true,
+    })))
+}
+
+/// Kills `child` unless its `exit` is recorded: what a driver's `Drop` does first.
+pub(crate) fn kill_unreaped(child: Option<&mut Child>, exit: Option<VmExit>) {
+    if let Some(child) = child
+        && exit.is_none()
+    {
+        let _ = kill_child(child);
+    }
 }

@@ -21,7 +21,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::driver::{Driver, VmExit, kill_child, wait_child};
+use crate::driver::{
+    Driver, Reaped, VmExit, check_not_started, kill_child, kill_unreaped, spawn_vmm, stop_vmm,
+    wait_child, wait_vmm,
+};
 use crate::error::{Error, Result};
 use crate::kernel::Kernel;
 use crate::spec::{KernelFiles, Metadata, Network, TapConfig, VmSpec};
@@ -524,12 +527,7 @@ impl Driver for FirecrackerDriver {
                 reason: "prepare() has not run".to_owned(),
             });
         };
-        if self.child.is_some() {
-            return Err(Error::State {
-                driver: "firecracker",
-                reason: "already started".to_owned(),
-            });
-        }
+        check_not_started("firecracker", self.child.as_ref())?;
         let kernel = match &self.opts.jailer {
             Some(j) => self.stage_jail(&j.clone(), &kernel)?,
             None => kernel,
@@ -542,11 +540,7 @@ impl Driver for FirecrackerDriver {
         let mut cmd = self.command();
         cmd.stdin(Stdio::null()).stdout(console).stderr(log);
         tracing::info!(name = %self.spec.name, console = %self.console.display(), "starting firecracker");
-        let child = cmd.spawn().map_err(|source| Error::Spawn {
-            program: self.opts.firecracker.display().to_string(),
-            source,
-        })?;
-        self.child = Some(child);
+        self.child = Some(spawn_vmm(&mut cmd, &self.opts.firecracker)?);
         let configured = self.wait_for_socket().and_then(|()| {
             let client = ApiClient::new(&self.socket)?;
             requests.iter().try_for_each(|r| client.send(r))
@@ -559,56 +553,33 @@ impl Driver for FirecrackerDriver {
     }
 
     fn wait(&mut self, timeout: Duration) -> Result<Option<VmExit>> {
-        if let Some(exit) = self.exit {
-            return Ok(Some(exit));
+        let reaped = wait_vmm("firecracker", self.child.as_mut(), &mut self.exit, timeout)?;
+        if let Reaped::Now(_) = reaped {
+            self.release();
         }
-        let Some(child) = self.child.as_mut() else {
-            return Err(Error::State {
-                driver: "firecracker",
-                reason: "wait() before start()".to_owned(),
-            });
-        };
-        let Some(status) = wait_child(child, timeout, "firecracker")? else {
-            return Ok(None);
-        };
-        let exit = VmExit {
-            status,
-            stopped: false,
-        };
-        self.exit = Some(exit);
-        self.release();
-        Ok(Some(exit))
+        Ok(reaped.exit())
     }
 
     fn stop(&mut self) -> Result<Option<VmExit>> {
-        if let Some(exit) = self.exit {
-            self.release();
-            return Ok(Some(exit));
-        }
-        let Some(child) = self.child.as_mut() else {
-            self.release();
-            return Ok(None);
-        };
-        let graceful = ApiClient::new(&self.socket).and_then(|c| {
-            c.send(&ApiRequest::put(
-                "/actions",
-                json!({"action_type": "SendCtrlAltDel"}),
-            ))
-        });
-        let status = match graceful {
-            Ok(()) => match wait_child(child, self.opts.stop_grace, "firecracker")? {
-                Some(status) => status,
-                None => kill_child(child)?,
-            },
-            Err(_) => kill_child(child)?,
-        };
-        let exit = VmExit {
-            status,
-            stopped: true,
-        };
-        self.exit = Some(exit);
+        let socket = &self.socket;
+        let grace = self.opts.stop_grace;
+        let reaped = stop_vmm(self.child.as_mut(), &mut self.exit, |child| {
+            let graceful = ApiClient::new(socket).and_then(|c| {
+                c.send(&ApiRequest::put(
+                    "/actions",
+                    json!({"action_type": "SendCtrlAltDel"}),
+                ))
+            });
+            match graceful {
+                Ok(()) => match wait_child(child, grace, "firecracker")? {
+                    Some(status) => Ok(status),
+                    None => kill_child(child),
+                },
+                Err(_) => kill_child(child),
+            }
+        })?;
         self.release();
-        Ok(Some(exit))
+        Ok(reaped.exit())
     }
 
     fn console_log(&self) -> &Path {
@@ -618,11 +589,7 @@ impl Driver for FirecrackerDriver {
 
 impl Drop for FirecrackerDriver {
     fn drop(&mut self) {
-        if let Some(child) = self.child.as_mut()
-            && self.exit.is_none()
-        {
-            let _ = kill_child(child);
-        }
+        kill_unreaped(self.child.as_mut(), self.exit);
         self.release();
     }
 }

@@ -11,7 +11,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::driver::{Driver, VmExit, kill_child, wait_child};
+use crate::driver::{
+    Driver, Reaped, VmExit, check_not_started, kill_child, kill_unreaped, spawn_vmm, stop_vmm,
+    wait_child, wait_vmm,
+};
 use crate::error::{Error, Result};
 use crate::kernel::Kernel;
 use crate::spec::{KernelFiles, Metadata, Network, VmSpec};
@@ -237,12 +240,7 @@ impl Driver for QemuDriver {
     }
 
     fn start(&mut self) -> Result<()> {
-        if self.child.is_some() {
-            return Err(Error::State {
-                driver: "qemu",
-                reason: "already started".to_owned(),
-            });
-        }
+        check_not_started("qemu", self.child.as_ref())?;
         let accel = self.accel.ok_or(Error::State {
             driver: "qemu",
             reason: "prepare() has not run".to_owned(),
@@ -250,57 +248,27 @@ impl Driver for QemuDriver {
         let mut cmd = self.command(accel)?;
         tracing::info!(name = %self.spec.name, ?accel, console = %self.console.display(), "starting qemu");
         tracing::debug!(command = %crate::process::describe(&cmd), "qemu command");
-        let child = cmd.spawn().map_err(|source| Error::Spawn {
-            program: self.opts.qemu.display().to_string(),
-            source,
-        })?;
-        self.child = Some(child);
+        self.child = Some(spawn_vmm(&mut cmd, &self.opts.qemu)?);
         Ok(())
     }
 
     fn wait(&mut self, timeout: Duration) -> Result<Option<VmExit>> {
-        if let Some(exit) = self.exit {
-            return Ok(Some(exit));
-        }
-        let Some(child) = self.child.as_mut() else {
-            return Err(Error::State {
-                driver: "qemu",
-                reason: "wait() before start()".to_owned(),
-            });
-        };
-        let Some(status) = wait_child(child, timeout, "qemu")? else {
-            return Ok(None);
-        };
-        if !status.success() {
+        let reaped = wait_vmm("qemu", self.child.as_mut(), &mut self.exit, timeout)?;
+        if let Reaped::Now(exit) = reaped
+            && !exit.status.success()
+        {
             let mut stderr = String::new();
-            if let Some(mut err) = child.stderr.take() {
+            if let Some(mut err) = self.child.as_mut().and_then(|c| c.stderr.take()) {
                 use std::io::Read;
                 let _ = err.read_to_string(&mut stderr);
             }
-            tracing::warn!(%status, stderr = %stderr.trim(), "qemu exited with an error");
+            tracing::warn!(status = %exit.status, stderr = %stderr.trim(), "qemu exited with an error");
         }
-        let exit = VmExit {
-            status,
-            stopped: false,
-        };
-        self.exit = Some(exit);
-        Ok(Some(exit))
+        Ok(reaped.exit())
     }
 
     fn stop(&mut self) -> Result<Option<VmExit>> {
-        if let Some(exit) = self.exit {
-            return Ok(Some(exit));
-        }
-        let Some(child) = self.child.as_mut() else {
-            return Ok(None);
-        };
-        let status = kill_child(child)?;
-        let exit = VmExit {
-            status,
-            stopped: true,
-        };
-        self.exit = Some(exit);
-        Ok(Some(exit))
+        Ok(stop_vmm(self.child.as_mut(), &mut self.exit, kill_child)?.exit())
     }
 
     fn console_log(&self) -> &Path {
@@ -310,11 +278,7 @@ impl Driver for QemuDriver {
 
 impl Drop for QemuDriver {
     fn drop(&mut self) {
-        if let Some(child) = self.child.as_mut()
-            && self.exit.is_none()
-        {
-            let _ = kill_child(child);
-        }
+        kill_unreaped(self.child.as_mut(), self.exit);
     }
 }
 

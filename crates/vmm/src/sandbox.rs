@@ -25,7 +25,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::driver::{Driver, VmExit, kill_child, wait_child};
+use crate::driver::{
+    Driver, Reaped, VmExit, check_not_started, kill_child, spawn_vmm, stop_vmm, wait_vmm,
+};
 use crate::error::{Error, Result};
 use crate::spec::{Metadata, Network, VmSpec};
 
@@ -291,12 +293,7 @@ impl Driver for SandboxDriver {
     }
 
     fn start(&mut self) -> Result<()> {
-        if self.child.is_some() {
-            return Err(Error::State {
-                driver: "sandbox",
-                reason: "already started".to_owned(),
-            });
-        }
+        check_not_started("sandbox", self.child.as_ref())?;
         let root = self.root()?.to_path_buf();
         let console = std::fs::File::create(&self.console).map_err(Error::io(&self.console))?;
         let console2 = console.try_clone().map_err(Error::io(&self.console))?;
@@ -330,10 +327,7 @@ impl Driver for SandboxDriver {
         .stdout(console)
         .stderr(console2);
         tracing::info!(name = %self.spec.name, root = %root.display(), "starting sandbox");
-        let child = cmd.spawn().map_err(|source| Error::Spawn {
-            program: self.opts.unshare.display().to_string(),
-            source,
-        })?;
+        let child = spawn_vmm(&mut cmd, &self.opts.unshare)?;
         let pid = child.id();
         self.child = Some(child);
         let setup = self.setup_namespaces(pid, as_root);
@@ -349,43 +343,20 @@ impl Driver for SandboxDriver {
     }
 
     fn wait(&mut self, timeout: Duration) -> Result<Option<VmExit>> {
-        if let Some(exit) = self.exit {
-            return Ok(Some(exit));
+        let reaped = wait_vmm("sandbox", self.child.as_mut(), &mut self.exit, timeout)?;
+        if let Reaped::Now(_) = reaped {
+            self.release();
         }
-        let Some(child) = self.child.as_mut() else {
-            return Err(Error::State {
-                driver: "sandbox",
-                reason: "wait() before start()".to_owned(),
-            });
-        };
-        let Some(status) = wait_child(child, timeout, "sandbox")? else {
-            return Ok(None);
-        };
-        let exit = VmExit {
-            status,
-            stopped: false,
-        };
-        self.exit = Some(exit);
-        self.release();
-        Ok(Some(exit))
+        Ok(reaped.exit())
     }
 
     fn stop(&mut self) -> Result<Option<VmExit>> {
-        if let Some(exit) = self.exit {
-            return Ok(Some(exit));
-        }
-        let Some(child) = self.child.as_mut() else {
-            return Ok(None);
-        };
         // SIGKILL to unshare; --kill-child takes the namespace's init (and so all of it) down.
-        let status = kill_child(child)?;
-        let exit = VmExit {
-            status,
-            stopped: true,
-        };
-        self.exit = Some(exit);
-        self.release();
-        Ok(Some(exit))
+        let reaped = stop_vmm(self.child.as_mut(), &mut self.exit, kill_child)?;
+        if let Reaped::Now(_) = reaped {
+            self.release();
+        }
+        Ok(reaped.exit())
     }
 
     fn console_log(&self) -> &Path {

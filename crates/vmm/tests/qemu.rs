@@ -7,20 +7,16 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use firebuild_vmm::{
-    Accel, Driver, KernelFiles, Metadata, Network, QemuDriver, QemuOptions, RunOutcome, VmSpec,
-};
+use firebuild_vmm::{Accel, Driver, RunOutcome};
 
 #[test]
 fn busybox_guest_talks_to_mmds_and_host_then_powers_off() {
-    let Some(busybox) = support::static_busybox() else {
+    let Some(busybox) = support::busybox_and(&[
+        ("qemu-system-x86_64", "the VM"),
+        ("mkfs.ext4", "the root image"),
+    ]) else {
         return;
     };
-    if support::need("qemu-system-x86_64", "the VM").is_none()
-        || support::need("mkfs.ext4", "the root image").is_none()
-    {
-        return;
-    }
     let Some(kernel) = support::kernel() else {
         return;
     };
@@ -57,19 +53,14 @@ poweroff -f
     let root = support::busybox_root(dir.path(), &busybox, "/sbin/vminit", &init);
     let image = dir.path().join("rootfs.ext4");
     support::make_ext4(&root, &image, 16);
-    let mut spec = VmSpec::new("qemu-busybox", dir.path(), &image);
-    spec.kernel = Some(KernelFiles {
-        kernel: kernel.bzimage(),
-        initrd: Some(kernel.initramfs()),
-    });
-    spec.network = Network::User;
-    spec.metadata = Metadata::Server(mmds.local_addr());
-    spec.memory_mib = 256;
-    let opts = QemuOptions {
-        probe_cache: Some(kernel.dir.join("kvm-probe")),
-        ..QemuOptions::default()
-    };
-    let mut driver = QemuDriver::new(spec, opts);
+    let mut driver = support::qemu_driver(
+        "qemu-busybox",
+        dir.path(),
+        &image,
+        &kernel,
+        mmds.local_addr(),
+        256,
+    );
     let started = Instant::now();
     let outcome = driver.run(Duration::from_secs(120)).unwrap();
     let elapsed = started.elapsed();

@@ -8,16 +8,15 @@ use std::time::Duration;
 
 use firebuild_vmm::{Driver, Metadata, Network, SandboxDriver, SandboxOptions, VmSpec};
 
+/// What the sandbox driver runs besides busybox.
+const SANDBOX_TOOLS: &[(&str, &str)] =
+    &[("unshare", "namespaces"), ("nsenter", "sandbox networking")];
+
 #[test]
 fn busybox_init_reaches_host_and_metadata_then_powers_off() {
-    let Some(busybox) = support::static_busybox() else {
+    let Some(busybox) = support::busybox_and(SANDBOX_TOOLS) else {
         return;
     };
-    if support::need("unshare", "namespaces").is_none()
-        || support::need("nsenter", "sandbox networking").is_none()
-    {
-        return;
-    }
     let host = support::http_server(|_, path, _| (200, format!("host saw {path}\n")));
     let mmds = support::http_server(|_, path, _| (200, format!("metadata for {path}\n")));
     let port = host.addr.port();
@@ -80,14 +79,9 @@ fn a_file_instead_of_a_root_directory_is_refused() {
 
 #[test]
 fn vminit_builds_a_one_step_plan_in_the_sandbox() {
-    let Some(busybox) = support::static_busybox() else {
+    let Some(busybox) = support::busybox_and(SANDBOX_TOOLS) else {
         return;
     };
-    if support::need("unshare", "namespaces").is_none()
-        || support::need("nsenter", "sandbox networking").is_none()
-    {
-        return;
-    }
     let Some(vminit) = support::vminit() else {
         return;
     };

@@ -9,21 +9,17 @@ mod support;
 use std::time::{Duration, Instant};
 
 use firebuild_bootstrap::Outcome;
-use firebuild_vmm::{
-    Driver, KernelFiles, Metadata, Network, QemuDriver, QemuOptions, RunOutcome, VmSpec,
-};
+use firebuild_vmm::{Driver, RunOutcome};
 
 #[test]
 fn vminit_builds_a_one_step_plan_in_qemu() {
-    let Some(busybox) = support::static_busybox() else {
+    let Some(busybox) = support::busybox_and(&[
+        ("qemu-system-x86_64", "the VM"),
+        ("mkfs.ext4", "the root image"),
+        ("debugfs", "reading the built image"),
+    ]) else {
         return;
     };
-    if support::need("qemu-system-x86_64", "the VM").is_none()
-        || support::need("mkfs.ext4", "the root image").is_none()
-        || support::need("debugfs", "reading the built image").is_none()
-    {
-        return;
-    }
     let Some(vminit) = support::vminit() else {
         return;
     };
@@ -43,19 +39,14 @@ fn vminit_builds_a_one_step_plan_in_qemu() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let e2e = support::BootstrapFixture::start(&rt);
 
-    let mut spec = VmSpec::new("vminit-e2e", dir.path(), &image);
-    spec.kernel = Some(KernelFiles {
-        kernel: kernel.bzimage(),
-        initrd: Some(kernel.initramfs()),
-    });
-    spec.network = Network::User;
-    spec.metadata = Metadata::Server(e2e.mmds_addr);
-    spec.memory_mib = 512;
-    let opts = QemuOptions {
-        probe_cache: Some(kernel.dir.join("kvm-probe")),
-        ..QemuOptions::default()
-    };
-    let mut driver = QemuDriver::new(spec, opts);
+    let mut driver = support::qemu_driver(
+        "vminit-e2e",
+        dir.path(),
+        &image,
+        &kernel,
+        e2e.mmds_addr,
+        512,
+    );
     let started = Instant::now();
     let outcome = driver.run(Duration::from_secs(150)).unwrap();
     let elapsed = started.elapsed();

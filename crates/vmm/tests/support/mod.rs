@@ -40,6 +40,41 @@ pub fn static_busybox() -> Option<PathBuf> {
     }
 }
 
+/// A static busybox when `tools` (name, why) are all there too; else `None` (skip) / panic under
+/// CI, as [`need`].
+pub fn busybox_and(tools: &[(&str, &str)]) -> Option<PathBuf> {
+    let busybox = static_busybox()?;
+    for (tool, why) in tools {
+        need(tool, why)?;
+    }
+    Some(busybox)
+}
+
+/// A QEMU microvm driver for `image` booting `kernel` (with its initramfs), user networking and
+/// the metadata server at `mmds`.
+pub fn qemu_driver(
+    name: &str,
+    dir: &Path,
+    image: &Path,
+    kernel: &firebuild_vmm::kernel::Kernel,
+    mmds: SocketAddr,
+    memory_mib: u32,
+) -> firebuild_vmm::QemuDriver {
+    let mut spec = firebuild_vmm::VmSpec::new(name, dir, image);
+    spec.kernel = Some(firebuild_vmm::KernelFiles {
+        kernel: kernel.bzimage(),
+        initrd: Some(kernel.initramfs()),
+    });
+    spec.network = firebuild_vmm::Network::User;
+    spec.metadata = firebuild_vmm::Metadata::Server(mmds);
+    spec.memory_mib = memory_mib;
+    let opts = firebuild_vmm::QemuOptions {
+        probe_cache: Some(kernel.dir.join("kvm-probe")),
+        ..firebuild_vmm::QemuOptions::default()
+    };
+    firebuild_vmm::QemuDriver::new(spec, opts)
+}
+
 /// A root directory with busybox in /bin and the usual mount points; `init` at `init_path`.
 pub fn busybox_root(dir: &Path, busybox: &Path, init_path: &str, init: &str) -> PathBuf {
     let root = dir.join("root");
