@@ -54,7 +54,7 @@ fn mount_api_filesystems() {
 }
 
 fn loopback_up() {
-    let result = crate::netlink::Netlink::open().and_then(|mut nl| {
+    let result = firebuild_guest::netlink::Netlink::open().and_then(|mut nl| {
         let lo = nl.index("lo")?;
         nl.link_up(lo)
     });

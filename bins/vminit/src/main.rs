@@ -21,7 +21,6 @@ mod configure;
 mod init;
 mod logging;
 mod net;
-mod netlink;
 mod place;
 mod run;
 mod watch;

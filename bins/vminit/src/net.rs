@@ -1,10 +1,13 @@
 //! The kernel's `ip=<client>::<gw>:<mask>::<dev>:off` applied when the interface has no address
 //! yet (the initramfs usually did it; a guest booted straight into vminit did not).
 
+use std::net::IpAddr;
 use std::path::Path;
 
+use firebuild_guest::netlink::Netlink;
 use firebuild_guest::source::cmdline::Cmdline;
 use firebuild_guest::source::read_cmdline;
+use firebuild_mmds::schema::Cidr;
 
 pub fn kernel_ip(root: &Path) {
     let cmdline = Cmdline::parse(&read_cmdline(root));
@@ -20,15 +23,19 @@ pub fn kernel_ip(root: &Path) {
     };
     let dev = ip.device.clone().unwrap_or_else(|| "eth0".into());
     let result = (|| -> std::io::Result<bool> {
-        let mut nl = crate::netlink::Netlink::open()?;
+        let mut nl = Netlink::open()?;
         let index = nl.index(&dev)?;
         nl.link_up(index)?;
-        if !nl.ipv4_addresses(index)?.is_empty() {
+        if nl.addresses(index)?.iter().any(|c| c.addr.is_ipv4()) {
             return Ok(false);
         }
-        nl.add_ipv4(index, ip.client, ip.prefix_len)?;
+        let addr = Cidr {
+            addr: IpAddr::V4(ip.client),
+            prefix: ip.prefix_len,
+        };
+        nl.add_address(index, &addr)?;
         if let Some(gw) = ip.gateway {
-            nl.add_default_route(index, gw)?;
+            nl.add_default_route(index, IpAddr::V4(gw))?;
         }
         Ok(true)
     })();

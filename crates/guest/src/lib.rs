@@ -60,6 +60,7 @@
 
 pub mod config;
 mod error;
+pub mod netlink;
 pub mod passwd;
 pub mod paths;
 pub mod place;

@@ -1,11 +1,13 @@
 //! Network configuration over rtnetlink, inside a network namespace made by the test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::net::IpAddr;
 use std::os::fd::AsFd;
 use std::process::Command;
 
 use firebuild_guest::config::netlink;
-use firebuild_mmds::schema::Network;
+use firebuild_guest::netlink::Netlink;
+use firebuild_mmds::schema::{Cidr, Network};
 
 struct Netns(String);
 
@@ -21,7 +23,8 @@ fn ip(args: &[&str]) -> String {
     String::from_utf8(o.stdout).unwrap()
 }
 
-fn netns() -> Option<Netns> {
+/// A fresh namespace `fbguest-<pid>-<tag>` (one tag per test: tests run in parallel).
+fn netns(tag: &str) -> Option<Netns> {
     let ok = rustix::process::geteuid().as_raw() == 0
         && Command::new("ip")
             .arg("-V")
@@ -35,7 +38,7 @@ fn netns() -> Option<Netns> {
         eprintln!("skipped: {why}");
         return None;
     }
-    let ns = Netns(format!("fbguest-{}", std::process::id()));
+    let ns = Netns(format!("fbguest-{}-{tag}", std::process::id()));
     ip(&["netns", "add", &ns.0]);
     ip(&[
         "-n", &ns.0, "link", "add", "v0", "type", "veth", "peer", "name", "v1",
@@ -55,7 +58,7 @@ fn netns() -> Option<Netns> {
 
 #[test]
 fn addresses_routes_mtu_and_name_are_applied_in_a_netns() {
-    let Some(ns) = netns() else { return };
+    let Some(ns) = netns("apply") else { return };
     let net: Network = serde_json::from_value(serde_json::json!({"interfaces": [{
         "mac": "52:54:00:AB:CD:EF",
         "name": "eth7",
@@ -124,4 +127,63 @@ fn addresses_routes_mtu_and_name_are_applied_in_a_netns() {
     .join()
     .unwrap();
     assert!(err.contains("02:00:00:00:00:01"), "{err}");
+}
+
+/// Runs `f` on a thread moved into the network namespace `ns`.
+fn in_netns<T: Send + 'static>(ns: &Netns, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{}", ns.0);
+    std::thread::spawn(move || {
+        let f_ns = std::fs::File::open(&path).unwrap();
+        rustix::thread::move_into_link_name_space(
+            f_ns.as_fd(),
+            Some(rustix::thread::LinkNameSpaceType::Network),
+        )
+        .unwrap();
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+/// The handle vminit uses for `lo` and the kernel's `ip=`: link up, addresses, default route.
+#[test]
+fn handle_brings_lo_up_and_adds_an_address_and_a_default_route_in_a_netns() {
+    let Some(ns) = netns("lo") else { return };
+    let addr: Cidr = "10.9.8.7/24".parse().unwrap();
+    let gw: IpAddr = "10.9.8.1".parse().unwrap();
+    let (before, up, after, missing) = in_netns(&ns, move || {
+        let mut nl = Netlink::open().unwrap();
+        let lo = nl.index("lo").unwrap();
+        let v4 = |nl: &mut Netlink| -> Vec<Cidr> {
+            let all = nl.addresses(lo).unwrap();
+            all.into_iter().filter(|c| c.addr.is_ipv4()).collect()
+        };
+        let before = v4(&mut nl);
+        nl.link_up(lo).unwrap();
+        let up = v4(&mut nl);
+        // Twice: adding the same address or default route again is harmless.
+        nl.add_address(lo, &addr).unwrap();
+        nl.add_address(lo, &addr).unwrap();
+        nl.add_default_route(lo, gw).unwrap();
+        nl.add_default_route(lo, gw).unwrap();
+        let after = v4(&mut nl);
+        let missing = nl.index("nope0").unwrap_err();
+        (before, up, after, missing)
+    });
+    assert!(
+        before.is_empty(),
+        "lo starts down, without 127.0.0.1: {before:?}"
+    );
+    assert_eq!(up, ["127.0.0.1/8".parse::<Cidr>().unwrap()]);
+    assert_eq!(after, [up[0], addr]);
+    assert_eq!(missing.kind(), std::io::ErrorKind::NotFound, "{missing}");
+    assert!(missing.to_string().contains("nope0"), "{missing}");
+    let link = ip(&["-n", &ns.0, "-o", "link", "show", "lo"]);
+    assert!(link.contains(",UP"), "{link}");
+    let routes = ip(&["-n", &ns.0, "-4", "route", "show", "default"]);
+    assert_eq!(
+        routes.matches("default via 10.9.8.1 dev lo").count(),
+        1,
+        "{routes}"
+    );
 }
