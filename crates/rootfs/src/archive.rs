@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use tracing::debug;
 
-use crate::config::{MAX_JSON_BYTES, OciImageConfig};
+use crate::config::{MAX_JSON_BYTES, OciImageConfig, json_too_large};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::image::{LayerFile, ManifestDoc, ResolvedImage};
@@ -17,10 +17,7 @@ const REF_NAME: &str = "org.opencontainers.image.ref.name";
 fn read_bounded(path: &Path) -> Result<Vec<u8>> {
     let len = fs::metadata(path).map_err(Error::io("stat", path))?.len();
     if len > MAX_JSON_BYTES as u64 {
-        return Err(Error::Image {
-            what: path.display().to_string(),
-            reason: format!("{len} bytes exceeds the {MAX_JSON_BYTES}-byte limit"),
-        });
+        return Err(json_too_large(path.display().to_string(), len));
     }
     fs::read(path).map_err(Error::io("read", path))
 }

@@ -12,6 +12,25 @@ use crate::error::{Error, Result};
 /// Largest image config or manifest accepted (bytes); bounds the JSON decoders.
 pub const MAX_JSON_BYTES: usize = 4 << 20;
 
+/// The error for a JSON document of `len` bytes, over [`MAX_JSON_BYTES`].
+pub(crate) fn json_too_large(what: impl Into<String>, len: impl std::fmt::Display) -> Error {
+    Error::Image {
+        what: what.into(),
+        reason: format!("{len} bytes exceeds the {MAX_JSON_BYTES}-byte limit"),
+    }
+}
+
+/// Decodes a JSON document `what` of at most [`MAX_JSON_BYTES`].
+pub(crate) fn decode_json<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T> {
+    if bytes.len() > MAX_JSON_BYTES {
+        return Err(json_too_large(what, bytes.len()));
+    }
+    serde_json::from_slice(bytes).map_err(|source| Error::Json {
+        what: what.to_owned(),
+        source,
+    })
+}
+
 /// The parts of an OCI/Docker image config that firebuild uses. Unknown fields are ignored.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OciImageConfig {
@@ -85,19 +104,7 @@ pub struct OciRunConfig {
 impl OciImageConfig {
     /// Decodes a config blob (bounded by [`MAX_JSON_BYTES`]).
     pub fn from_slice(bytes: &[u8], what: &str) -> Result<Self> {
-        if bytes.len() > MAX_JSON_BYTES {
-            return Err(Error::Image {
-                what: what.to_owned(),
-                reason: format!(
-                    "{} bytes exceeds the {MAX_JSON_BYTES}-byte limit",
-                    bytes.len()
-                ),
-            });
-        }
-        serde_json::from_slice(bytes).map_err(|source| Error::Json {
-            what: what.to_owned(),
-            source,
-        })
+        decode_json(bytes, what)
     }
 
     /// The layers' uncompressed digests, validated.

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{MAX_JSON_BYTES, OciImageConfig};
+use crate::config::{OciImageConfig, decode_json};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 
@@ -73,21 +73,9 @@ pub struct ManifestDoc {
 }
 
 impl ManifestDoc {
-    /// Decodes a manifest or index (bounded by [`MAX_JSON_BYTES`]).
+    /// Decodes a manifest or index (bounded by [`MAX_JSON_BYTES`](crate::config::MAX_JSON_BYTES)).
     pub fn from_slice(bytes: &[u8], what: &str) -> Result<Self> {
-        if bytes.len() > MAX_JSON_BYTES {
-            return Err(Error::Image {
-                what: what.to_owned(),
-                reason: format!(
-                    "{} bytes exceeds the {MAX_JSON_BYTES}-byte limit",
-                    bytes.len()
-                ),
-            });
-        }
-        let doc: Self = serde_json::from_slice(bytes).map_err(|source| Error::Json {
-            what: what.to_owned(),
-            source,
-        })?;
+        let doc: Self = decode_json(bytes, what)?;
         if doc.schema_version != 2 {
             return Err(Error::Image {
                 what: what.to_owned(),

@@ -16,7 +16,7 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use tracing::{debug, info};
 
-use crate::config::{MAX_JSON_BYTES, OciImageConfig};
+use crate::config::{MAX_JSON_BYTES, OciImageConfig, json_too_large};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::image::{Descriptor, LayerFile, MANIFEST_TYPES, ManifestDoc, ResolvedImage};
@@ -187,13 +187,10 @@ pub async fn pull(reference: &str, opts: &PullOptions) -> Result<ResolvedImage> 
     };
     let (config_desc, layer_descs) = doc.image_parts(&format!("manifest {manifest_digest}"))?;
     if config_desc.size > MAX_JSON_BYTES as i64 {
-        return Err(Error::Image {
-            what: format!("config {}", config_desc.digest),
-            reason: format!(
-                "{} bytes exceeds the {MAX_JSON_BYTES}-byte limit",
-                config_desc.size
-            ),
-        });
+        return Err(json_too_large(
+            format!("config {}", config_desc.digest),
+            config_desc.size,
+        ));
     }
     let config_digest = Digest::parse(&config_desc.digest)?;
     let mut config_bytes = Vec::new();

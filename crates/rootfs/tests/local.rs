@@ -12,39 +12,7 @@ use firebuild_rootfs::{BaseSource, Digest, Error, PrepareOptions, ext4, prepare}
 use support::*;
 
 fn tools_ok() -> bool {
-    require_root()
-        && ["mkfs.ext4", "e2fsck", "debugfs", "resize2fs"]
-            .iter()
-            .all(|t| require_tool(t))
-}
-
-fn check_image(img: &Path) {
-    assert!(fsck_clean(img), "e2fsck -fn reports problems");
-    assert_eq!(
-        owner_mode(img, "/home/app/file.txt"),
-        (1000, 1000, "0640".into())
-    );
-    assert_eq!(owner_mode(img, "/usr/bin/tool"), (0, 0, "04755".into()));
-    assert_eq!(owner_mode(img, "/usr/bin/sg"), (0, 50, "02755".into()));
-    assert_eq!(owner_mode(img, "/tmp"), (0, 0, "01777".into()));
-    assert_eq!(
-        owner_mode(img, "/home/app/second"),
-        (1000, 1000, "0600".into())
-    );
-    let a = debugfs(img, "stat /usr/bin/tool");
-    let b = debugfs(img, "stat /usr/bin/tool-hard");
-    assert_eq!(field(&a, "Inode:"), field(&b, "Inode:"), "hardlink lost");
-    let null = debugfs(img, "stat /dev/null");
-    assert!(null.contains("Device major/minor number: 01:03"), "{null}");
-    assert!(debugfs(img, "stat /home/app/file.txt").contains("user.firebuild (3) = \"yes\""));
-    let sg = debugfs(img, "stat /usr/bin/sg");
-    assert!(
-        sg.contains("security.capability (20) = 01 00 00 02 00 04 00 00"),
-        "file capability lost:\n{sg}"
-    );
-    assert!(!exists(img, "/etc/doomed"));
-    assert!(!exists(img, "/opt/d/old"));
-    assert_eq!(debugfs(img, "cat /opt/d/new"), "new\n");
+    support::tools_ok(&["mkfs.ext4", "e2fsck", "debugfs", "resize2fs"])
 }
 
 /// Writes an OCI image layout holding `img` tagged `v1`.
@@ -116,7 +84,7 @@ async fn oci_layout_dir_and_archive() {
     let src: BaseSource = format!("oci:{}:v1", layout.display()).parse().unwrap();
     let out = work.path().join("layout.ext4");
     let p = prepare(&src, &out, &opts).await.unwrap();
-    check_image(&out);
+    check_layers_image(&out);
     assert_eq!(p.base.kind, "oci-layout");
     assert_eq!(
         p.base.manifest_digest.as_deref(),
@@ -129,7 +97,7 @@ async fn oci_layout_dir_and_archive() {
     let src: BaseSource = format!("oci:{}", archive.display()).parse().unwrap();
     let out = work.path().join("archive.ext4");
     prepare(&src, &out, &opts).await.unwrap();
-    check_image(&out);
+    check_layers_image(&out);
 
     // A blob that does not match its name is refused.
     let victim = layout
@@ -162,7 +130,7 @@ async fn docker_save_archive_with_diff_id_check() {
         .unwrap();
     let out = work.path().join("save.ext4");
     let p = prepare(&src, &out, &opts).await.unwrap();
-    check_image(&out);
+    check_layers_image(&out);
     assert_eq!(
         p.base.config_digest.as_deref(),
         Some(img.config_digest().as_str())
@@ -197,7 +165,7 @@ async fn unprivileged_path_replays_side_table_under_fakeroot() {
     let src: BaseSource = format!("oci:{}:v1", layout.display()).parse().unwrap();
     let out = work.path().join("fakeroot.ext4");
     prepare(&src, &out, &opts).await.unwrap();
-    check_image(&out);
+    check_layers_image(&out);
     assert_eq!(owner_mode(&out, "/home/app"), (1000, 1000, "0750".into()));
 }
 

@@ -11,63 +11,26 @@ use firebuild_rootfs::{BaseSource, Error, Manifest, PrepareOptions, RootfsInfo, 
 use support::*;
 
 fn tools_ok() -> bool {
-    require_root()
-        && ["docker-registry", "mkfs.ext4", "e2fsck", "debugfs"]
-            .iter()
-            .all(|t| require_tool(t))
+    support::tools_ok(&["docker-registry", "mkfs.ext4", "e2fsck", "debugfs"])
 }
 
+/// [`check_layers_image`] and what only the pushed layers promise besides.
 fn check_image(img: &Path) {
-    assert!(fsck_clean(img), "e2fsck -fn reports problems");
+    check_layers_image(img);
     // Owners and modes from layer 1.
     assert_eq!(owner_mode(img, "/home/app"), (1000, 1000, "0750".into()));
-    assert_eq!(
-        owner_mode(img, "/home/app/file.txt"),
-        (1000, 1000, "0640".into())
-    );
-    assert_eq!(owner_mode(img, "/usr/bin/tool"), (0, 0, "04755".into()));
-    assert_eq!(owner_mode(img, "/usr/bin/sg"), (0, 50, "02755".into()));
-    assert_eq!(owner_mode(img, "/tmp"), (0, 0, "01777".into()));
     assert_eq!(owner_mode(img, "/"), (0, 0, "0755".into()));
-    // Layer 2's file in the directory both layers touch.
-    assert_eq!(
-        owner_mode(img, "/home/app/second"),
-        (1000, 1000, "0600".into())
-    );
     assert_eq!(debugfs(img, "cat /home/app/file.txt"), "hello\n");
     assert_eq!(debugfs(img, "cat /usr/bin/tool"), "#!/bin/sh\necho tool\n");
-    // Symlink, hardlink (same inode), device node, xattr.
+    // Symlink, hardlink count, device type.
     let link = debugfs(img, "stat /usr/bin/tool-link");
     assert_eq!(field(&link, "Type:"), "symlink");
     assert!(link.contains("\"tool\""), "{link}");
     let a = debugfs(img, "stat /usr/bin/tool");
-    let b = debugfs(img, "stat /usr/bin/tool-hard");
-    assert_eq!(field(&a, "Inode:"), field(&b, "Inode:"), "hardlink lost");
     assert_eq!(field(&a, "Links:"), "2");
     let null = debugfs(img, "stat /dev/null");
     assert!(null.contains("Type: character special"), "{null}");
-    assert!(null.contains("Device major/minor number: 01:03"), "{null}");
-    let f = debugfs(img, "stat /home/app/file.txt");
-    assert!(
-        f.contains("user.firebuild (3) = \"yes\""),
-        "xattr lost:\n{f}"
-    );
-    let sg = debugfs(img, "stat /usr/bin/sg");
-    assert!(
-        sg.contains("security.capability (20) = 01 00 00 02 00 04 00 00"),
-        "file capability lost:\n{sg}"
-    );
-    // Whiteout and opaque directory.
-    assert!(
-        !exists(img, "/etc/doomed"),
-        "whiteout did not delete /etc/doomed"
-    );
     assert_eq!(debugfs(img, "cat /etc/kept"), "kept\n");
-    assert!(
-        !exists(img, "/opt/d/old"),
-        "opaque dir kept a lower-layer file"
-    );
-    assert_eq!(debugfs(img, "cat /opt/d/new"), "new\n");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -436,3 +436,52 @@ pub fn fsck_clean(image: &Path) -> bool {
         .status
         .success()
 }
+
+/// Root and every one of `tools`; else `false` after printing why (a panic under CI).
+pub fn tools_ok(tools: &[&str]) -> bool {
+    require_root() && tools.iter().all(|t| require_tool(t))
+}
+
+/// What every ext4 made from [`make_image`] holds, wherever it came from: a clean fsck, owners
+/// and modes, the hardlink, the device node, the xattr, the file capability, the whiteout and
+/// the opaque directory.
+pub fn check_layers_image(img: &Path) {
+    assert!(fsck_clean(img), "e2fsck -fn reports problems");
+    assert_eq!(
+        owner_mode(img, "/home/app/file.txt"),
+        (1000, 1000, "0640".into())
+    );
+    assert_eq!(owner_mode(img, "/usr/bin/tool"), (0, 0, "04755".into()));
+    assert_eq!(owner_mode(img, "/usr/bin/sg"), (0, 50, "02755".into()));
+    assert_eq!(owner_mode(img, "/tmp"), (0, 0, "01777".into()));
+    // Layer 2's file in the directory both layers touch.
+    assert_eq!(
+        owner_mode(img, "/home/app/second"),
+        (1000, 1000, "0600".into())
+    );
+    let a = debugfs(img, "stat /usr/bin/tool");
+    let b = debugfs(img, "stat /usr/bin/tool-hard");
+    assert_eq!(field(&a, "Inode:"), field(&b, "Inode:"), "hardlink lost");
+    let null = debugfs(img, "stat /dev/null");
+    assert!(null.contains("Device major/minor number: 01:03"), "{null}");
+    let f = debugfs(img, "stat /home/app/file.txt");
+    assert!(
+        f.contains("user.firebuild (3) = \"yes\""),
+        "xattr lost:\n{f}"
+    );
+    let sg = debugfs(img, "stat /usr/bin/sg");
+    assert!(
+        sg.contains("security.capability (20) = 01 00 00 02 00 04 00 00"),
+        "file capability lost:\n{sg}"
+    );
+    // Whiteout and opaque directory.
+    assert!(
+        !exists(img, "/etc/doomed"),
+        "whiteout did not delete /etc/doomed"
+    );
+    assert!(
+        !exists(img, "/opt/d/old"),
+        "opaque dir kept a lower-layer file"
+    );
+    assert_eq!(debugfs(img, "cat /opt/d/new"), "new\n");
+}
