@@ -297,15 +297,23 @@ mod tests {
         (raw, result)
     }
 
-    #[tokio::test]
-    async fn put_config_bytes() {
+    /// What `call` sent to an API that answers 204; the call must succeed.
+    async fn sent<F, Fut>(call: F) -> String
+    where
+        F: FnOnce(FirecrackerApi) -> Fut,
+        Fut: std::future::Future<Output = Result<(), Error>>,
+    {
         let (raw, r) = pinned(NO_CONTENT, |api| async move {
-            api.put_config(&MmdsConfig::v2(["eth0"]))
-                .await
-                .map(|()| Value::Null)
+            call(api).await.map(|()| Value::Null)
         })
         .await;
         r.unwrap();
+        raw
+    }
+
+    #[tokio::test]
+    async fn put_config_bytes() {
+        let raw = sent(|api| async move { api.put_config(&MmdsConfig::v2(["eth0"])).await }).await;
         assert_eq!(
             raw,
             "PUT /mmds/config HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\n\
@@ -322,26 +330,18 @@ mod tests {
 
     #[tokio::test]
     async fn put_and_patch_bytes() {
-        let (raw, r) = pinned(NO_CONTENT, |api| async move {
+        let raw = sent(|api| async move {
             api.put(&json!({"latest": {"meta-data": {"ami-id": "ami-1"}}}))
                 .await
-                .map(|()| Value::Null)
         })
         .await;
-        r.unwrap();
         assert_eq!(
             raw,
             "PUT /mmds HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\n\
              Content-Type: application/json\r\nContent-Length: 43\r\n\r\n\
              {\"latest\":{\"meta-data\":{\"ami-id\":\"ami-1\"}}}"
         );
-        let (raw, r) = pinned(NO_CONTENT, |api| async move {
-            api.patch(&json!({"bootstrap": null}))
-                .await
-                .map(|()| Value::Null)
-        })
-        .await;
-        r.unwrap();
+        let raw = sent(|api| async move { api.patch(&json!({"bootstrap": null})).await }).await;
         assert_eq!(
             raw,
             "PATCH /mmds HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\n\
@@ -352,11 +352,7 @@ mod tests {
     #[tokio::test]
     async fn put_metadata_bytes() {
         let md = Metadata::from_json_slice(br#"{"hostname": "vm1"}"#).unwrap();
-        let (raw, r) = pinned(NO_CONTENT, |api| async move {
-            api.put_metadata(&md).await.map(|()| Value::Null)
-        })
-        .await;
-        r.unwrap();
+        let raw = sent(|api| async move { api.put_metadata(&md).await }).await;
         assert_eq!(
             raw,
             "PUT /mmds HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\n\

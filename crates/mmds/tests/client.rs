@@ -1,6 +1,8 @@
 //! The guest client against the embedded server (and two fakes) on loopback.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,6 +14,14 @@ use firebuild_mmds::server::Server;
 use http::StatusCode;
 use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+/// A V1 (tokenless) client with [`quick`] timing.
+fn v1_client(addr: SocketAddr) -> Client {
+    Client::new(ClientConfig {
+        version: MmdsVersion::V1,
+        ..quick(addr)
+    })
+}
 
 fn quick(addr: SocketAddr) -> ClientConfig {
     ClientConfig {
@@ -25,11 +35,7 @@ fn quick(addr: SocketAddr) -> ClientConfig {
 
 #[tokio::test]
 async fn fetch_metadata_merges_parts_and_returns_the_etag() {
-    let s = Server::builder()
-        .initial_data(json!({"hostname": "vm1", "user-data": {"b": {"env": {"B": "2"}}, "a": {"env": {"A": "1"}}}}))
-        .start()
-        .await
-        .unwrap();
+    let s = common::serve(json!({"hostname": "vm1", "user-data": {"b": {"env": {"B": "2"}}, "a": {"env": {"A": "1"}}}})).await;
     let c = Client::new(quick(s.local_addr()));
     let (md, etag) = c.fetch_metadata().await.unwrap();
     assert_eq!(md.hostname.as_deref(), Some("vm1"));
@@ -49,11 +55,7 @@ async fn fetch_metadata_merges_parts_and_returns_the_etag() {
 
 #[tokio::test]
 async fn invalid_metadata_is_refused_with_its_path() {
-    let s = Server::builder()
-        .initial_data(json!({"users": [{"name": "a", "uid": "zero"}]}))
-        .start()
-        .await
-        .unwrap();
+    let s = common::serve(json!({"users": [{"name": "a", "uid": "zero"}]})).await;
     let c = Client::new(quick(s.local_addr()));
     match c.fetch_metadata().await {
         Err(Error::Metadata(e)) => assert!(format!("{e}").contains("users[0].uid"), "{e}"),
@@ -73,11 +75,7 @@ async fn unreachable_not_found_unauthorized_disabled_are_distinct() {
         Err(Error::Unreachable { attempts, .. }) => assert!(attempts >= 2, "{attempts}"),
         other => panic!("{other:?}"),
     }
-    let s = Server::builder()
-        .initial_data(json!({"k": "v", "n": 1}))
-        .start()
-        .await
-        .unwrap();
+    let s = common::serve(json!({"k": "v", "n": 1})).await;
     let c = Client::new(quick(s.local_addr()));
     assert!(
         matches!(c.get_json("/missing").await, Err(Error::NotFound { path }) if path == "/missing")
@@ -90,10 +88,7 @@ async fn unreachable_not_found_unauthorized_disabled_are_distinct() {
         })
     ));
     // A V1 client (no token) against a V2 server.
-    let v1 = Client::new(ClientConfig {
-        version: MmdsVersion::V1,
-        ..quick(s.local_addr())
-    });
+    let v1 = v1_client(s.local_addr());
     assert!(matches!(
         v1.get_json("/k").await,
         Err(Error::Unauthorized { .. })
@@ -107,11 +102,7 @@ async fn unreachable_not_found_unauthorized_disabled_are_distinct() {
 
 #[tokio::test]
 async fn token_is_refreshed_after_expiry_and_after_a_server_restart() {
-    let s = Server::builder()
-        .initial_data(json!({"k": "v"}))
-        .start()
-        .await
-        .unwrap();
+    let s = common::serve(json!({"k": "v"})).await;
     let addr = s.local_addr();
     let c = Client::new(ClientConfig {
         token_ttl: Duration::from_secs(1),
@@ -140,11 +131,7 @@ async fn token_is_refreshed_after_expiry_and_after_a_server_restart() {
 
 #[tokio::test]
 async fn long_poll_returns_the_new_value_or_none() {
-    let s = Server::builder()
-        .initial_data(json!({"k": {"a": "1"}}))
-        .start()
-        .await
-        .unwrap();
+    let s = common::serve(json!({"k": {"a": "1"}})).await;
     let c = Arc::new(Client::new(quick(s.local_addr())));
     let (v, etag) = c.get_json("/k").await.unwrap();
     assert_eq!(v, json!({"a": "1"}));
@@ -201,10 +188,7 @@ async fn fake(statuses: Vec<u16>) -> (SocketAddr, Arc<AtomicUsize>) {
 #[tokio::test]
 async fn server_errors_are_retried_within_the_deadline() {
     let (addr, count) = fake(vec![500, 502]).await;
-    let c = Client::new(ClientConfig {
-        version: MmdsVersion::V1,
-        ..quick(addr)
-    });
+    let c = v1_client(addr);
     let (v, etag) = c.get_json("/").await.unwrap();
     assert_eq!(v, json!({"k": "v"}));
     assert!(
@@ -214,10 +198,7 @@ async fn server_errors_are_retried_within_the_deadline() {
     assert_eq!(count.load(Ordering::SeqCst), 3);
     // 400 is final, no retry.
     let (addr, count) = fake(vec![400]).await;
-    let c = Client::new(ClientConfig {
-        version: MmdsVersion::V1,
-        ..quick(addr)
-    });
+    let c = v1_client(addr);
     assert!(matches!(
         c.get_json("/").await,
         Err(Error::Status {
@@ -228,10 +209,7 @@ async fn server_errors_are_retried_within_the_deadline() {
     assert_eq!(count.load(Ordering::SeqCst), 1);
     // A lasting 500 ends as a status error, not as "unreachable".
     let (addr, _) = fake(vec![500; 1000]).await;
-    let c = Client::new(ClientConfig {
-        version: MmdsVersion::V1,
-        ..quick(addr)
-    });
+    let c = v1_client(addr);
     assert!(matches!(
         c.get_json("/").await,
         Err(Error::Status {

@@ -34,11 +34,7 @@ type Row<'a> = (&'a str, Method, &'a str, Vec<(&'a str, &'a str)>, Tok, Want);
 async fn guest_side_matches_firecracker() {
     let data = json!({"latest": {"meta-data": {"ami-id": "ami-1", "count": 3, "ok": true, "arr": ["x"],
                                                "nested": {"k": "v"}}}});
-    let s = Server::builder()
-        .initial_data(data.clone())
-        .start()
-        .await
-        .unwrap();
+    let s = common::serve(data.clone()).await;
     let addr = s.local_addr();
     let t = token(addr).await;
     use Tok::*;
@@ -118,11 +114,7 @@ async fn host_side_matches_firecracker() {
 
 #[tokio::test]
 async fn client_maps_firecracker_answers() {
-    let s = Server::builder()
-        .initial_data(json!({"s": "text", "n": 1, "o": {"k": "v"}}))
-        .start()
-        .await
-        .unwrap();
+    let s = common::serve(json!({"s": "text", "n": 1, "o": {"k": "v"}})).await;
     let c = Client::new(ClientConfig {
         deadline: Duration::from_millis(500),
         ..ClientConfig::with_addr(s.local_addr())

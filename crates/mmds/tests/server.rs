@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{guest, host, token};
+use common::{guest, guest_get, host, token};
 use firebuild_mmds::server::{Server, ServerHandle};
 use http::{Method, StatusCode};
 use serde_json::json;
@@ -36,41 +36,17 @@ async fn v2_token_flow_and_imds_text() {
     let addr = s.local_addr();
     let t = token(addr).await;
     assert!(t.len() <= 70);
-    let r = guest(
-        addr,
-        Method::GET,
-        "/latest/meta-data",
-        &[("x-metadata-token", &t)],
-    )
-    .await;
+    let r = guest_get(addr, "/latest/meta-data", &t).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.text(), "instance-id\nlist\nn\nnil\nsub/\nt");
     assert!(r.header("etag").is_some());
-    let r = guest(
-        addr,
-        Method::GET,
-        "/latest/meta-data/instance-id",
-        &[("x-metadata-token", &t)],
-    )
-    .await;
+    let r = guest_get(addr, "/latest/meta-data/instance-id", &t).await;
     assert_eq!((r.status, r.text()), (StatusCode::OK, "i-1".to_owned()));
     // Repeated and trailing slashes are sanitised as Firecracker does.
-    let r = guest(
-        addr,
-        Method::GET,
-        "//latest//meta-data/sub/",
-        &[("x-metadata-token", &t)],
-    )
-    .await;
+    let r = guest_get(addr, "//latest//meta-data/sub/", &t).await;
     assert_eq!((r.status, r.text()), (StatusCode::OK, "a".to_owned()));
     for leaf in ["n", "list", "t", "nil"] {
-        let r = guest(
-            addr,
-            Method::GET,
-            &format!("/latest/meta-data/{leaf}"),
-            &[("x-metadata-token", &t)],
-        )
-        .await;
+        let r = guest_get(addr, &format!("/latest/meta-data/{leaf}"), &t).await;
         assert_eq!(r.status, StatusCode::NOT_IMPLEMENTED, "{leaf}");
         assert!(r.header("etag").is_some());
     }
@@ -84,7 +60,7 @@ async fn v2_token_flow_and_imds_text() {
     .await;
     assert_eq!(r.json(), data()["latest"]["meta-data"]);
     assert_eq!(r.header("content-type").unwrap(), "application/json");
-    let r = guest(addr, Method::GET, "/a~1b/~0c", &[("x-metadata-token", &t)]).await;
+    let r = guest_get(addr, "/a~1b/~0c", &t).await;
     assert_eq!(r.text(), "escaped");
     // The EC2 header names are accepted too.
     let r = guest(
@@ -160,7 +136,7 @@ async fn long_poll_wakes_on_patch_with_new_data() {
         "/latest?wait_for_change=true&last_etag={}&timeout_sec=1",
         r.etag().replace('"', "%22")
     );
-    let r2 = guest(addr, Method::GET, &uri, &[("x-metadata-token", &t)]).await;
+    let r2 = guest_get(addr, &uri, &t).await;
     assert_eq!(r2.status, StatusCode::NOT_MODIFIED);
     assert_eq!(r2.etag(), r.etag());
     s.shutdown().await;
@@ -258,7 +234,7 @@ async fn tokens_are_checked() {
     );
     // 404 and a distinct ETag for absent paths.
     let t = token(addr).await;
-    let r = guest(addr, Method::GET, "/nope", &[("x-metadata-token", &t)]).await;
+    let r = guest_get(addr, "/nope", &t).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     assert!(r.header("etag").is_some());
     s.shutdown().await;
@@ -468,14 +444,7 @@ async fn scrub_and_guest_switch() {
     let addr = s.local_addr();
     let t = token(addr).await;
     assert_eq!(
-        guest(
-            addr,
-            Method::GET,
-            "/bootstrap/tls-key",
-            &[("x-metadata-token", &t)]
-        )
-        .await
-        .text(),
+        guest_get(addr, "/bootstrap/tls-key", &t).await.text(),
         "secret"
     );
     assert_eq!(
@@ -486,14 +455,12 @@ async fn scrub_and_guest_switch() {
     );
     for p in ["/bootstrap", "/bootstrap/tls-key"] {
         assert_eq!(
-            guest(addr, Method::GET, p, &[("x-metadata-token", &t)])
-                .await
-                .status,
+            guest_get(addr, p, &t).await.status,
             StatusCode::NOT_FOUND,
             "{p}"
         );
     }
-    let r = guest(addr, Method::GET, "/", &[("x-metadata-token", &t)]).await;
+    let r = guest_get(addr, "/", &t).await;
     assert!(!r.text().contains("bootstrap"), "{}", r.text());
     // The guest switch, over the socket and in process.
     let r = host(
@@ -521,12 +488,7 @@ async fn scrub_and_guest_switch() {
         json!({"enabled": false})
     );
     s.set_guest_enabled(true);
-    assert_eq!(
-        guest(addr, Method::GET, "/latest", &[("x-metadata-token", &t)])
-            .await
-            .status,
-        StatusCode::OK
-    );
+    assert_eq!(guest_get(addr, "/latest", &t).await.status, StatusCode::OK);
     s.shutdown().await;
 }
 
@@ -601,19 +563,13 @@ async fn connections_are_bounded() {
 
 #[tokio::test]
 async fn concurrent_guests_are_all_served() {
-    let s = Server::builder()
-        .initial_data(json!({"k": "v"}))
-        .start()
-        .await
-        .unwrap();
+    let s = common::serve(json!({"k": "v"})).await;
     let addr = s.local_addr();
     let t = token(addr).await;
     let mut tasks = Vec::new();
     for _ in 0..64 {
         let t = t.clone();
-        tasks.push(tokio::spawn(async move {
-            guest(addr, Method::GET, "/k", &[("x-metadata-token", &t)]).await
-        }));
+        tasks.push(tokio::spawn(async move { guest_get(addr, "/k", &t).await }));
     }
     for task in tasks {
         assert_eq!(task.await.unwrap().text(), "v");

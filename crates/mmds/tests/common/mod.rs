@@ -72,6 +72,11 @@ pub async fn guest(addr: SocketAddr, method: Method, uri: &str, headers: &[(&str
     exchange(s, request(method, uri, headers, "")).await
 }
 
+/// A guest `GET uri` with the V2 session token `token`.
+pub async fn guest_get(addr: SocketAddr, uri: &str, token: &str) -> Reply {
+    guest(addr, Method::GET, uri, &[("x-metadata-token", token)]).await
+}
+
 /// One request to the host API socket.
 pub async fn host(
     sock: &Path,
@@ -124,4 +129,13 @@ pub async fn raw_status(addr: SocketAddr, raw: &str) -> String {
         .next()
         .unwrap_or("")
         .to_owned()
+}
+
+/// An MMDS server on loopback (defaults) holding `data`.
+pub async fn serve(data: serde_json::Value) -> firebuild_mmds::server::ServerHandle {
+    firebuild_mmds::server::Server::builder()
+        .initial_data(data)
+        .start()
+        .await
+        .unwrap()
 }
