@@ -46,7 +46,15 @@ fn busybox_context(dir: &Path) -> PathBuf {
     let ctx = dir.join("ctx");
     std::fs::create_dir_all(&ctx).unwrap();
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/busybox");
-    for name in ["Dockerfile", "hello.sh"] {
+    for name in [
+        "Dockerfile",
+        ".dockerignore",
+        "hello.sh",
+        "files/readme.txt",
+        "files/secret.txt",
+        "files/sub/nested.txt",
+    ] {
+        std::fs::create_dir_all(ctx.join(name).parent().unwrap()).unwrap();
         std::fs::copy(example.join(name), ctx.join(name)).unwrap();
     }
     std::fs::copy("/usr/bin/busybox", ctx.join("busybox")).unwrap();
@@ -133,6 +141,17 @@ fn builds_the_busybox_example_in_a_vm() {
     assert!(hello.contains("User:  1000   Group:  1000"), "{hello}");
     let vminit_stat = debugfs(&image, "stat /sbin/vminit");
     assert!(vminit_stat.contains("Mode:  0755"), "{vminit_stat}");
+    // A directory COPY: its kept entries, not the .dockerignored one.
+    assert_eq!(
+        debugfs(&image, "cat /opt/files/readme.txt"),
+        "shipped with the image\n"
+    );
+    assert_eq!(debugfs(&image, "cat /opt/files/sub/nested.txt"), "nested\n");
+    let listing = debugfs(&image, "ls /opt/files");
+    assert!(
+        listing.contains("readme.txt") && !listing.contains("secret.txt"),
+        "{listing}"
+    );
     let motd = debugfs(&image, "cat /etc/motd");
     assert!(motd.starts_with("hi from the test (kernel "), "{motd:?}");
     assert!(stdout.contains(motd.trim_end()), "{stdout}");

@@ -7,7 +7,7 @@ use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use firebuild_plan::{BuildPlan, Origin, Source, StepKind};
+use firebuild_plan::{BuildPlan, Origin, ResourceKind, Source, StepKind};
 use sha2::{Digest, Sha256};
 
 /// A filter over the entries of a directory resource: `(path relative to the resource root,
@@ -97,10 +97,10 @@ pub trait ResourceSource: Send + Sync + 'static {
 
 #[derive(Debug, Clone)]
 enum Entry {
-    /// A path relative to the context root.
-    Context(String),
-    /// A path relative to a stage output directory.
-    Stage(usize, String),
+    /// A path relative to the context root; `true` for a directory.
+    Context(String, bool),
+    /// A path relative to a stage output directory; `true` for a directory.
+    Stage(usize, String, bool),
     /// A host-fetched URL file with its optional `sha256:` checksum.
     Url(Option<String>),
 }
@@ -129,6 +129,7 @@ pub struct DirSource {
     urls: HashMap<String, PathBuf>,
     entries: HashMap<String, Entry>,
     filter: Option<EntryFilter>,
+    walk_dirs: bool,
     verified: Mutex<HashSet<String>>,
 }
 
@@ -155,9 +156,12 @@ impl DirSource {
                 match source {
                     Source::Path { resources, .. } => {
                         for r in resources {
+                            let dir = r.kind == ResourceKind::Dir;
                             let entry = match &t.origin {
-                                Origin::Context => Entry::Context(r.path.clone()),
-                                Origin::Stage { index } => Entry::Stage(*index, r.path.clone()),
+                                Origin::Context => Entry::Context(r.path.clone(), dir),
+                                Origin::Stage { index } => {
+                                    Entry::Stage(*index, r.path.clone(), dir)
+                                }
                                 Origin::Image { .. } => continue,
                             };
                             entries.insert(r.id.clone(), entry);
@@ -176,11 +180,25 @@ impl DirSource {
             urls: HashMap::new(),
             entries,
             filter: None,
+            walk_dirs: false,
             verified: Mutex::new(HashSet::new()),
         }
     }
 
-    /// Filters entries of context directory resources (`.dockerignore`).
+    /// Sends a directory resource with its whole subtree (through [`DirSource::filter`]).
+    ///
+    /// By default a directory resource is sent alone, as [`firebuild_plan::ResourceKind::Dir`]
+    /// specifies: a plan from `firebuild-dockerfile` lists every entry a directory keeps (after
+    /// `.dockerignore` and `--exclude`) as a resource of its own, so walking the directory would
+    /// send those entries twice and the ignored ones too. Turn this on for plans that name a
+    /// whole tree with one directory resource.
+    pub fn walk_directories(mut self) -> Self {
+        self.walk_dirs = true;
+        self
+    }
+
+    /// Filters entries of context directory resources (`.dockerignore`) when directories are
+    /// walked ([`DirSource::walk_directories`]).
     pub fn filter(mut self, filter: impl Fn(&Path, bool) -> bool + Send + Sync + 'static) -> Self {
         self.filter = Some(Arc::new(filter));
         self
@@ -240,6 +258,11 @@ impl DirSource {
     }
 }
 
+/// The filter that keeps a directory resource's root and none of its entries.
+fn dir_alone() -> EntryFilter {
+    Arc::new(|_: &Path, _: bool| false)
+}
+
 /// `root/rel` if `rel` is a normalised relative path whose parent directories stay inside `root`
 /// once symlinks are resolved. The last component is not resolved (a symlink is sent as a link).
 fn confine(id: &str, root: &Path, rel: &str) -> Result<PathBuf, SourceError> {
@@ -280,15 +303,22 @@ impl ResourceSource for DirSource {
     fn resolve(&self, id: &str) -> Result<ResolvedResource, SourceError> {
         let not_found = || SourceError::NotFound { id: id.to_owned() };
         match self.entries.get(id).ok_or_else(not_found)? {
-            Entry::Context(rel) => Ok(ResolvedResource {
+            // A plan lists what a directory keeps as resources of their own: the directory
+            // resource itself is sent alone, never its subtree (which would bypass
+            // `.dockerignore`/`--exclude` and send the kept entries twice).
+            Entry::Context(rel, true) if !self.walk_dirs => Ok(ResolvedResource {
+                path: confine(id, &self.context, rel)?,
+                filter: Some(dir_alone()),
+            }),
+            Entry::Context(rel, _) => Ok(ResolvedResource {
                 path: confine(id, &self.context, rel)?,
                 filter: self.filter.clone(),
             }),
-            Entry::Stage(index, rel) => {
+            Entry::Stage(index, rel, dir) => {
                 let root = self.stages.get(index).ok_or_else(not_found)?;
                 Ok(ResolvedResource {
                     path: confine(id, root, rel)?,
-                    filter: None,
+                    filter: (*dir && !self.walk_dirs).then(dir_alone),
                 })
             }
             Entry::Url(checksum) => {

@@ -391,9 +391,11 @@ async fn context_filter_leaves_ignored_entries_out() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let pki = pki("build-1");
     // A .dockerignore-like filter: drop etc/ and everything named "empty".
-    let source = firebuild_bootstrap::DirSource::new(&plan, ctx.path()).filter(|path, _is_dir| {
-        path != std::path::Path::new("etc") && path.file_name() != Some("empty".as_ref())
-    });
+    let source = firebuild_bootstrap::DirSource::new(&plan, ctx.path())
+        .walk_directories()
+        .filter(|path, _is_dir| {
+            path != std::path::Path::new("etc") && path.file_name() != Some("empty".as_ref())
+        });
     let (server, _events) = firebuild_bootstrap::BootstrapServer::builder()
         .plan(plan)
         .resources(source)
@@ -419,6 +421,45 @@ async fn context_filter_leaves_ignored_entries_out() {
     assert!(app.join("run").symlink_metadata().is_ok());
     assert!(!app.join("etc").exists(), "filtered directory was sent");
     assert!(!app.join("empty").exists(), "filtered file was sent");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_directory_resource_is_sent_alone_by_default() {
+    // Plans from firebuild-dockerfile list a directory's kept entries as resources of their
+    // own: walking the directory would send them twice, and the .dockerignored ones too.
+    let ctx = context(16);
+    let plan = plan(&[]);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let pki = pki("build-1");
+    let (server, _events) = firebuild_bootstrap::BootstrapServer::builder()
+        .resources(firebuild_bootstrap::DirSource::new(&plan, ctx.path()))
+        .plan(plan)
+        .tls(pki.server.clone())
+        .expected_client(pki.build_id.clone())
+        .serve(listener)
+        .await
+        .unwrap();
+    let client = firebuild_bootstrap::BootstrapClient::connect_with(
+        &config(server.local_addr(), &pki.client),
+        fast_options(),
+    )
+    .await
+    .unwrap();
+    client.commands().await.unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let app = out.path().join("app");
+    let outcome = client
+        .pull("ctx:tree", &mut DirSink::new(&app))
+        .await
+        .unwrap();
+    assert!(app.is_dir());
+    assert_eq!(
+        std::fs::read_dir(&app).unwrap().count(),
+        0,
+        "entries were sent"
+    );
+    assert_eq!(outcome.bytes, 0);
     server.shutdown().await.unwrap();
 }
 

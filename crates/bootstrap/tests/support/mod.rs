@@ -218,7 +218,7 @@ pub async fn start_with(
 ) -> Harness {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let builder = BootstrapServer::builder()
-        .resources(DirSource::new(&plan, context))
+        .resources(DirSource::new(&plan, context).walk_directories())
         .plan(plan)
         .tls(tls)
         .expected_client(pki.build_id.clone());
