@@ -68,19 +68,11 @@ fn addresses_routes_mtu_and_name_are_applied_in_a_netns() {
         "mtu": 1400
     }]}))
     .unwrap();
-    let path = format!("/run/netns/{}", ns.0);
-    let apply_in_ns = move || {
-        let f = std::fs::File::open(&path).unwrap();
-        rustix::thread::move_into_link_name_space(
-            f.as_fd(),
-            Some(rustix::thread::LinkNameSpaceType::Network),
-        )
-        .unwrap();
+    in_netns(&ns, move || {
         // Twice: re-applying the same configuration is harmless.
         netlink::apply(&net).unwrap();
         netlink::apply(&net).unwrap();
-    };
-    std::thread::spawn(apply_in_ns).join().unwrap();
+    });
 
     let link = ip(&["-n", &ns.0, "-o", "link", "show", "eth7"]);
     assert!(link.contains("mtu 1400"), "{link}");
@@ -114,18 +106,7 @@ fn addresses_routes_mtu_and_name_are_applied_in_a_netns() {
         "mac": "02:00:00:00:00:01"
     }]}))
     .unwrap();
-    let path = format!("/run/netns/{}", ns.0);
-    let err = std::thread::spawn(move || {
-        let f = std::fs::File::open(&path).unwrap();
-        rustix::thread::move_into_link_name_space(
-            f.as_fd(),
-            Some(rustix::thread::LinkNameSpaceType::Network),
-        )
-        .unwrap();
-        netlink::apply(&bad).unwrap_err().to_string()
-    })
-    .join()
-    .unwrap();
+    let err = in_netns(&ns, move || netlink::apply(&bad).unwrap_err().to_string());
     assert!(err.contains("02:00:00:00:00:01"), "{err}");
 }
 
