@@ -384,19 +384,18 @@ async fn chunks_fit_an_odd_message_limit_exactly() {
     h.server.shutdown().await.unwrap();
 }
 
-#[tokio::test]
-async fn context_filter_leaves_ignored_entries_out() {
-    let ctx = context(16);
-    let plan = plan(&[]);
+/// A server for `plan` with `source`, its events, and a client that has fetched the commands.
+async fn serve_source(
+    plan: firebuild_plan::BuildPlan,
+    source: firebuild_bootstrap::DirSource,
+) -> (
+    firebuild_bootstrap::ServerHandle,
+    firebuild_bootstrap::BootstrapClient,
+    firebuild_bootstrap::Events,
+) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let pki = pki("build-1");
-    // A .dockerignore-like filter: drop etc/ and everything named "empty".
-    let source = firebuild_bootstrap::DirSource::new(&plan, ctx.path())
-        .walk_directories()
-        .filter(|path, _is_dir| {
-            path != std::path::Path::new("etc") && path.file_name() != Some("empty".as_ref())
-        });
-    let (server, _events) = firebuild_bootstrap::BootstrapServer::builder()
+    let (server, events) = firebuild_bootstrap::BootstrapServer::builder()
         .plan(plan)
         .resources(source)
         .tls(pki.server.clone())
@@ -411,6 +410,20 @@ async fn context_filter_leaves_ignored_entries_out() {
     .await
     .unwrap();
     client.commands().await.unwrap();
+    (server, client, events)
+}
+
+#[tokio::test]
+async fn context_filter_leaves_ignored_entries_out() {
+    let ctx = context(16);
+    let plan = plan(&[]);
+    // A .dockerignore-like filter: drop etc/ and everything named "empty".
+    let source = firebuild_bootstrap::DirSource::new(&plan, ctx.path())
+        .walk_directories()
+        .filter(|path, _is_dir| {
+            path != std::path::Path::new("etc") && path.file_name() != Some("empty".as_ref())
+        });
+    let (server, client, _events) = serve_source(plan, source).await;
     let out = tempfile::tempdir().unwrap();
     let app = out.path().join("app");
     client
@@ -430,23 +443,8 @@ async fn a_directory_resource_is_sent_alone_by_default() {
     // own: walking the directory would send them twice, and the .dockerignored ones too.
     let ctx = context(16);
     let plan = plan(&[]);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let pki = pki("build-1");
-    let (server, _events) = firebuild_bootstrap::BootstrapServer::builder()
-        .resources(firebuild_bootstrap::DirSource::new(&plan, ctx.path()))
-        .plan(plan)
-        .tls(pki.server.clone())
-        .expected_client(pki.build_id.clone())
-        .serve(listener)
-        .await
-        .unwrap();
-    let client = firebuild_bootstrap::BootstrapClient::connect_with(
-        &config(server.local_addr(), &pki.client),
-        fast_options(),
-    )
-    .await
-    .unwrap();
-    client.commands().await.unwrap();
+    let source = firebuild_bootstrap::DirSource::new(&plan, ctx.path());
+    let (server, client, _events) = serve_source(plan, source).await;
     let out = tempfile::tempdir().unwrap();
     let app = out.path().join("app");
     let outcome = client
