@@ -141,56 +141,58 @@ fn serve_answers_v2_flow_and_stops_on_sigterm() {
                 .0,
             401
         );
-        assert_eq!(
-            curl(&[
-                "-X",
-                "PUT",
-                &format!("{base}/latest/api/token"),
-                "-H",
-                "X-metadata-token-ttl-seconds: 0"
-            ])
-            .unwrap()
-            .0,
-            400
-        );
-        assert_eq!(
-            curl(&[
-                "-X",
-                "PUT",
-                &format!("{base}/latest/api/token"),
-                "-H",
-                "X-metadata-token-ttl-seconds: 21601"
-            ])
-            .unwrap()
-            .0,
-            400
-        );
-        assert_eq!(
-            curl(&[
-                "-X",
-                "PUT",
-                &format!("{base}/latest/api/token"),
-                "-H",
-                "X-metadata-token-ttl-seconds: 60",
-                "-H",
-                "X-Forwarded-For: 1.2.3.4"
-            ])
-            .unwrap()
-            .0,
-            400
-        );
-        assert_eq!(
-            curl(&[
-                "-X",
-                "PUT",
-                &format!("{base}/hostname"),
-                "-H",
-                "X-metadata-token-ttl-seconds: 60"
-            ])
-            .unwrap()
-            .0,
-            404
-        );
+        let token_url = format!("{base}/latest/api/token");
+        let hostname_url = format!("{base}/hostname");
+        let rejected: [(&[&str], u16); 4] = [
+            // TTL outside 1..=21600.
+            (
+                &[
+                    "-X",
+                    "PUT",
+                    &token_url,
+                    "-H",
+                    "X-metadata-token-ttl-seconds: 0",
+                ],
+                400,
+            ),
+            (
+                &[
+                    "-X",
+                    "PUT",
+                    &token_url,
+                    "-H",
+                    "X-metadata-token-ttl-seconds: 21601",
+                ],
+                400,
+            ),
+            // A token PUT that went through a proxy.
+            (
+                &[
+                    "-X",
+                    "PUT",
+                    &token_url,
+                    "-H",
+                    "X-metadata-token-ttl-seconds: 60",
+                    "-H",
+                    "X-Forwarded-For: 1.2.3.4",
+                ],
+                400,
+            ),
+            // PUT anywhere but the token path.
+            (
+                &[
+                    "-X",
+                    "PUT",
+                    &hostname_url,
+                    "-H",
+                    "X-metadata-token-ttl-seconds: 60",
+                ],
+                404,
+            ),
+        ];
+        for (args, status) in rejected {
+            assert_eq!(curl(args).unwrap().0, status, "curl {args:?}");
+        }
         assert_eq!(curl(&["-X", "POST", &format!("{base}/")]).unwrap().0, 405);
         assert_eq!(
             curl(&[&format!("{base}/bootstrap"), "-H", &tok]).unwrap().0,
