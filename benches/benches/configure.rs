@@ -59,7 +59,6 @@ fn bench(c: &mut Criterion) {
         .unwrap();
     let server = rt.block_on(async {
         firebuild_mmds::server::Server::builder()
-            .listen("127.0.0.1:0".parse().unwrap())
             .initial_data(document())
             .start()
             .await

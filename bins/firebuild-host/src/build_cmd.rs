@@ -47,7 +47,8 @@ pub struct BuildArgs {
     /// beside this executable, then target/vminit/vminit).
     #[arg(long)]
     pub vminit: Option<PathBuf>,
-    /// Layer cache directory (default: ~/.cache/firebuild/layers).
+    /// Layer cache directory (default: the one `rootfs` uses, `$XDG_CACHE_HOME/firebuild` or
+    /// `~/.cache/firebuild`).
     #[arg(long)]
     pub cache: Option<PathBuf>,
     /// Guest memory, MiB.
@@ -276,13 +277,10 @@ async fn build(args: &BuildArgs) -> anyhow::Result<()> {
             .with_context(|| format!("{}: FROM {reference}", file.display()))?,
         Base::Stage { .. } => bail!("stage bases are not supported yet"),
     };
-    let cache = match &args.cache {
-        Some(c) => c.clone(),
-        None => firebuild_vmm::kernel::default_cache_dir()?
-            .parent()
-            .map(|p| p.join("layers"))
-            .context("no cache directory")?,
-    };
+    let cache = args
+        .cache
+        .clone()
+        .unwrap_or_else(crate::rootfs_cmd::default_cache);
     let mut opts = PrepareOptions::new(&cache, work.path().join("base"));
     opts.ext4.size = Some(args.work_size_mib * 1024 * 1024);
     let work_image = work.path().join("rootfs.ext4");

@@ -63,14 +63,13 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("invalid size {s:?}"))
 }
 
-fn default_cache() -> PathBuf {
-    if let Some(x) = std::env::var_os("XDG_CACHE_HOME") {
-        return PathBuf::from(x).join("firebuild");
-    }
-    match std::env::var_os("HOME") {
-        Some(h) => PathBuf::from(h).join(".cache/firebuild"),
-        None => std::env::temp_dir().join("firebuild-cache"),
-    }
+/// The layer cache shared by `rootfs` and `build`: the parent of the kernel cache
+/// (`$XDG_CACHE_HOME/firebuild` or `~/.cache/firebuild`; blobs under `blobs/sha256/`).
+pub(crate) fn default_cache() -> PathBuf {
+    firebuild_vmm::kernel::default_cache_dir()
+        .ok()
+        .and_then(|kernel| kernel.parent().map(PathBuf::from))
+        .unwrap_or_else(|| std::env::temp_dir().join("firebuild-cache"))
 }
 
 /// Runs `firebuild-host rootfs`.

@@ -298,7 +298,6 @@ fn run_mode_runs_the_workload_as_its_user_with_env_and_workdir() {
 
 async fn mmds(data: serde_json::Value) -> firebuild_mmds::server::ServerHandle {
     firebuild_mmds::server::Server::builder()
-        .listen("127.0.0.1:0".parse().unwrap())
         .initial_data(data)
         .start()
         .await

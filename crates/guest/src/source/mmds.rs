@@ -159,7 +159,6 @@ mod tests {
 
     async fn server(data: serde_json::Value) -> firebuild_mmds::server::ServerHandle {
         firebuild_mmds::server::Server::builder()
-            .listen("127.0.0.1:0".parse().unwrap())
             .initial_data(data)
             .start()
             .await
