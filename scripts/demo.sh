@@ -12,9 +12,11 @@ cd "$(dirname "$0")/.."
 ensure_rust
 ensure_apt gcc libc6-dev make e2fsprogs fakeroot cpio busybox-static qemu-system-x86 xz-utils zstd
 
-cargo build --locked --release -p firebuild-host
+# The dev profile: dependencies are optimised (opt-level 2) and the artifacts are shared with
+# `bash scripts/test.sh`.
+cargo build --locked -p firebuild-host
 bash scripts/build-vminit.sh
-host=target/release/firebuild-host
+host=target/debug/firebuild-host
 
 # The example's context plus Debian's static busybox (the only binary the image starts from).
 ctx=out/busybox-context
