@@ -15,6 +15,7 @@ mod mmds_cmd;
 mod parse_cmd;
 mod plan_cmd;
 mod rootfs_cmd;
+mod run_cmd;
 
 /// Build Firecracker root filesystems from Dockerfiles.
 #[derive(Debug, Parser)]
@@ -29,6 +30,9 @@ enum Cmd {
     /// Build an ext4 root filesystem from a Dockerfile in a VM (QEMU microvm), with a manifest
     /// and a Firecracker config.
     Build(build_cmd::BuildArgs),
+    /// Boot a built image (QEMU microvm): its workload's output on the terminal, its exit code
+    /// as this command's. `--metadata FILE` configures the guest first.
+    Run(run_cmd::RunArgs),
     /// Parse a Dockerfile and print its parse tree in buildkit's dump format.
     Parse(parse_cmd::ParseArgs),
     /// Resolve a Dockerfile and its context into a build plan (table, or JSON with --json).
@@ -48,6 +52,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match &cli.command {
+        Cmd::Run(args) => return finish(run_cmd::run(args)),
         Cmd::Build(args) => build_cmd::run(args),
         Cmd::Parse(args) => parse_cmd::run(args),
         Cmd::Plan(args) => plan_cmd::run(args),
@@ -55,8 +60,13 @@ fn main() -> ExitCode {
         Cmd::Kernel(args) => kernel_cmd::run(args),
         Cmd::Rootfs(args) => rootfs_cmd::run(args),
     };
+    finish(result.map(|()| ExitCode::SUCCESS))
+}
+
+/// The exit code, printing the error chain once on failure.
+fn finish(result: anyhow::Result<ExitCode>) -> ExitCode {
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err}");
             for cause in err.chain().skip(1) {

@@ -1,12 +1,13 @@
 //! `firebuild-host plan`: resolve a Dockerfile and its context into a build plan and print it.
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use clap::Args;
-use firebuild_dockerfile::{PlanRequest, plan};
+use firebuild_build::BuildRequest;
 use firebuild_plan::{BuildPlan, Command, Source, StepKind};
+use firebuild_rootfs::registry::PullOptions;
 
 /// The Dockerfile, its context, build args and target: what `plan` and `build` share.
 #[derive(Debug, Args)]
@@ -26,48 +27,14 @@ pub struct DockerfileArgs {
     pub context: PathBuf,
 }
 
-/// A Dockerfile read and resolved into a plan.
-#[derive(Debug)]
-pub struct Resolved {
-    /// The Dockerfile's path.
-    pub file: PathBuf,
-    /// Its text.
-    pub text: String,
-    /// The build args in force.
-    pub build_args: Vec<(String, String)>,
-    /// The plan.
-    pub plan: BuildPlan,
-}
-
 impl DockerfileArgs {
-    /// Reads the Dockerfile and resolves it against the context; prints the plan's warnings.
-    pub fn resolve(&self) -> anyhow::Result<Resolved> {
-        let file = self
-            .file
-            .clone()
-            .unwrap_or_else(|| self.context.join("Dockerfile"));
-        let text = std::fs::read_to_string(&file)
-            .with_context(|| format!("cannot read Dockerfile {}", file.display()))?;
-        let build_args = build_args(&self.build_args)?;
-        let shown = file.display().to_string();
-        let req = PlanRequest {
-            dockerfile_path: &shown,
-            dockerfile: &text,
-            context_dir: &self.context,
-            build_args: &build_args,
-            target: self.target.as_deref(),
-        };
-        // The error's Display carries file:line:col and the caret snippet.
-        let plan = plan(&req).map_err(|e| anyhow::anyhow!("{e}"))?;
-        for w in &plan.warnings {
-            eprintln!("warning: {w}");
-        }
-        Ok(Resolved {
-            file,
-            text,
-            build_args,
-            plan,
-        })
+    /// The library's request: this Dockerfile and context, outputs `name` in `out`.
+    pub fn request(&self, name: &str, out: &Path) -> anyhow::Result<BuildRequest> {
+        let mut req = BuildRequest::new(&self.context, name, out);
+        req.dockerfile = self.file.clone();
+        req.build_args = build_args(&self.build_args)?;
+        req.target = self.target.clone();
+        Ok(req)
     }
 }
 
@@ -77,6 +44,9 @@ pub struct PlanArgs {
     /// Print the plan as JSON (pretty) instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Layer cache directory, where base configs are cached by digest.
+    #[arg(long)]
+    pub cache: Option<PathBuf>,
     #[command(flatten)]
     pub input: DockerfileArgs,
 }
@@ -99,9 +69,23 @@ fn build_args(raw: &[String]) -> anyhow::Result<Vec<(String, String)>> {
     Ok(out)
 }
 
-/// Runs the subcommand: prints the plan to stdout and warnings to stderr.
+/// Runs the subcommand: prints the plan to stdout and warnings to stderr. The base images'
+/// configs (manifests and configs, not layers) are fetched first, so the plan shows the
+/// effective ENV, WORKDIR and USER.
 pub fn run(args: &PlanArgs) -> anyhow::Result<()> {
-    let plan = args.input.resolve()?.plan;
+    let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let req = args.input.request("plan", Path::new("."))?;
+    let pull = PullOptions::new(
+        args.cache
+            .clone()
+            .unwrap_or_else(crate::rootfs_cmd::default_cache),
+    );
+    let plan = rt
+        .block_on(firebuild_build::plan::resolve(&req, &pull))?
+        .plan;
+    for w in &plan.warnings {
+        eprintln!("warning: {w}");
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&plan)?);
     } else {

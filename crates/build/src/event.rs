@@ -1,0 +1,142 @@
+//! Typed progress events: what a build or a run is doing, for the caller to render.
+//!
+//! The library never prints. A caller passes an [`EventSink`] and renders each [`Event`] as it
+//! likes (buildkit's plain/tty/rawjson renderers, cargo's `Shell`): `firebuild-host` prints them
+//! as lines on stderr.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// Where the guest's output line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// Coarse phases of a build, each reported with its duration when it ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// Dockerfile → plan, including fetching base configs.
+    Plan,
+    /// Base image → ext4 work image.
+    Base,
+    /// Guest kernel and the agent's initramfs.
+    Kernel,
+    /// VM start until the agent connected over mutual TLS.
+    Boot,
+    /// The steps, from the first start to the last finish.
+    Steps,
+    /// Check, shrink and write the image, manifest and VM config.
+    Image,
+}
+
+/// One thing that happened during a build or a run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum Event {
+    /// The plan is resolved.
+    Planned {
+        /// Stages to build.
+        stages: usize,
+        /// Steps in all of them.
+        steps: usize,
+    },
+    /// A non-fatal finding (plan warnings, an unused build arg...).
+    Warning {
+        /// The message, naming its file and line where it has one.
+        message: String,
+    },
+    /// A phase ended.
+    PhaseFinished {
+        /// Which.
+        phase: Phase,
+        /// How long it took.
+        elapsed: Duration,
+    },
+    /// The base image is being prepared.
+    BaseStarted {
+        /// The reference (`scratch`, `oci:/path`, `registry/name:tag`).
+        reference: String,
+    },
+    /// The VM is starting.
+    VmStarting {
+        /// The driver (`qemu`, `firecracker`).
+        driver: &'static str,
+    },
+    /// The agent in the guest connected (mutual TLS done): the VM booted.
+    AgentConnected,
+    /// The bootstrap credentials were removed from the metadata after the guest connected.
+    CredentialsScrubbed,
+    /// A step started.
+    StepStarted {
+        /// 1-based position among all steps of the build.
+        number: usize,
+        /// Steps in the build.
+        total: usize,
+        /// The Dockerfile line of the instruction.
+        line: u32,
+        /// The instruction, shortened (`RUN apt-get install -y hello`).
+        instruction: String,
+    },
+    /// One line the step printed.
+    Output {
+        /// 1-based step number.
+        number: usize,
+        /// stdout or stderr.
+        stream: Stream,
+        /// The line, without its terminator.
+        line: String,
+    },
+    /// A step ended.
+    StepFinished {
+        /// 1-based step number.
+        number: usize,
+        /// Its exit code.
+        exit_code: i32,
+        /// How long it ran.
+        elapsed: Duration,
+    },
+    /// A COPY/ADD resource was sent to the guest.
+    Transferred {
+        /// The resource id.
+        id: String,
+        /// Bytes sent.
+        bytes: u64,
+    },
+    /// The image and its companions are written.
+    ImageWritten {
+        /// The ext4 image.
+        image: PathBuf,
+        /// Its size in bytes (the file is sparse).
+        size_bytes: u64,
+        /// The whole build.
+        elapsed: Duration,
+    },
+    /// A line the guest printed on its console (run mode: the workload's output).
+    Console {
+        /// The line.
+        line: String,
+    },
+    /// The workload exited (run mode).
+    Exited {
+        /// Its exit code, as the guest reported it.
+        code: i32,
+    },
+}
+
+/// Receives [`Event`]s; called from the build's tasks, so it must be cheap and thread-safe.
+pub type EventSink = Arc<dyn Fn(Event) + Send + Sync>;
+
+/// A sink that drops every event.
+pub fn ignore() -> EventSink {
+    Arc::new(|_| {})
+}

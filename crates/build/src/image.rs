@@ -1,0 +1,160 @@
+//! Finishing a build: the work image checked and sized, then the outputs written beside each
+//! other in the output directory, each atomically (written under a temporary name, renamed).
+//!
+//! | file | what |
+//! |---|---|
+//! | `NAME.ext4` | the root filesystem: content + ext4 metadata and journal + headroom, sparse |
+//! | `NAME.manifest.json` | the image config (ENV, CMD, USER...) and where the base came from |
+//! | `NAME.vmlinux` | the guest kernel (a hard link into the kernel cache, or a copy) |
+//! | `NAME.initramfs.cpio` | the kernel's modules, the agent and the image config |
+//! | `NAME.firecracker.json` | a Firecracker config that boots the above from this directory |
+
+use std::path::{Path, PathBuf};
+
+use firebuild_plan::ImageConfig;
+use firebuild_rootfs::{BaseProvenance, Manifest, RootfsInfo};
+use firebuild_vmm::kernel::Kernel;
+
+use crate::error::{Error, Result};
+use crate::firecracker::{FirecrackerConfig, config};
+use crate::options::{BuildOptions, manifest_beside};
+
+const MIB: u64 = 1024 * 1024;
+
+/// What a build wrote.
+#[derive(Debug, Clone)]
+pub struct Built {
+    /// The ext4 image.
+    pub image: PathBuf,
+    /// Its size in bytes.
+    pub size_bytes: u64,
+    /// The manifest's path.
+    pub manifest_path: PathBuf,
+    /// The manifest.
+    pub manifest: Manifest,
+    /// The Firecracker config's path.
+    pub firecracker_config: PathBuf,
+    /// The kernel beside the image.
+    pub kernel: PathBuf,
+    /// The initramfs beside the image.
+    pub initramfs: PathBuf,
+}
+
+/// Checks the work image and sizes it: shrunk to its content, then grown by the headroom (or
+/// to the requested size). Returns the size.
+pub fn size(work_image: &Path, opts: &BuildOptions) -> Result<u64> {
+    let err = Error::image(work_image);
+    firebuild_rootfs::ext4::fsck(work_image).map_err(Error::image(work_image))?;
+    let min = firebuild_rootfs::ext4::shrink(work_image).map_err(Error::image(work_image))?;
+    let want = match opts.size_mib {
+        Some(mib) if mib * MIB < min => {
+            return Err(Error::Invalid {
+                what: "size",
+                reason: format!(
+                    "{mib} MiB is smaller than the image's content ({} MiB)",
+                    min.div_ceil(MIB)
+                ),
+            });
+        }
+        Some(mib) => mib * MIB,
+        None => min + opts.headroom_mib * MIB,
+    };
+    let size = firebuild_rootfs::ext4::grow(work_image, want).map_err(err)?;
+    Ok(size)
+}
+
+/// Moves `from` to `to`, replacing it.
+fn publish(from: &Path, to: &Path) -> Result<()> {
+    std::fs::rename(from, to).map_err(Error::io("move into place", to))
+}
+
+/// Writes `bytes` to `path` atomically.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).map_err(Error::io("write", &tmp))?;
+    publish(&tmp, path)
+}
+
+/// Hard-links `src` to `dst` (same file system), or copies it.
+fn link_or_copy(src: &Path, dst: &Path) -> Result<()> {
+    let tmp = dst.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    if std::fs::hard_link(src, &tmp).is_err() {
+        std::fs::copy(src, &tmp).map_err(Error::io("copy", src))?;
+    }
+    publish(&tmp, dst)
+}
+
+/// Everything the outputs need besides the image.
+#[derive(Debug)]
+pub struct Outputs<'a> {
+    /// Output directory.
+    pub out_dir: &'a Path,
+    /// Base name.
+    pub name: &'a str,
+    /// The final image config.
+    pub config: ImageConfig,
+    /// Where the base came from.
+    pub base: BaseProvenance,
+    /// The Dockerfile text.
+    pub dockerfile: &'a str,
+    /// Build args to record (empty unless asked for).
+    pub build_args: Vec<(String, String)>,
+    /// The kernel booted.
+    pub kernel: &'a Kernel,
+}
+
+/// Moves the sized work image into place and writes the manifest, kernel, initramfs and
+/// Firecracker config beside it.
+pub fn write(
+    work_image: &Path,
+    size_bytes: u64,
+    out: Outputs<'_>,
+    opts: &BuildOptions,
+) -> Result<Built> {
+    let file = |ext: &str| format!("{}.{ext}", out.name);
+    let image = out.out_dir.join(file("ext4"));
+    let manifest_path = manifest_beside(&image);
+    let mut manifest = Manifest::new(
+        out.config.clone(),
+        out.base,
+        RootfsInfo {
+            filesystem: "ext4".to_owned(),
+            file: file("ext4"),
+            size_bytes,
+        },
+    )
+    .with_dockerfile(out.dockerfile.as_bytes());
+    manifest.build_args = out.build_args.into_iter().collect();
+    let kernel = out.out_dir.join(file("vmlinux"));
+    link_or_copy(&out.kernel.vmlinux(), &kernel)?;
+    let initramfs = out.out_dir.join(file("initramfs.cpio"));
+    crate::boot::initramfs(out.kernel, &opts.guest, Some(&out.config), &initramfs)?;
+    let fc = config(&FirecrackerConfig {
+        kernel: &file("vmlinux"),
+        initramfs: &file("initramfs.cpio"),
+        rootfs: &file("ext4"),
+        vcpus: opts.guest.vcpus,
+        memory_mib: opts.guest.memory_mib,
+        tap: opts.firecracker_tap.as_deref(),
+    });
+    let firecracker_config = out.out_dir.join(file("firecracker.json"));
+    let fc_bytes = serde_json::to_vec_pretty(&fc).map_err(|e| Error::Invalid {
+        what: "firecracker config",
+        reason: e.to_string(),
+    })?;
+    write_atomic(&firecracker_config, &fc_bytes)?;
+    publish(work_image, &image)?;
+    manifest
+        .write(&manifest_path)
+        .map_err(Error::image(&manifest_path))?;
+    Ok(Built {
+        image,
+        size_bytes,
+        manifest_path,
+        manifest,
+        firecracker_config,
+        kernel,
+        initramfs,
+    })
+}

@@ -1,0 +1,231 @@
+//! Dockerfile → plan, with the base images' configs fed in the way Docker feeds them.
+//!
+//! The `FROM` references are only known once the Dockerfile is expanded (`FROM ${BASE}`), and
+//! the base configs change what the stages see (ENV, WORKDIR, USER): so the Dockerfile is
+//! planned once to learn the references, their configs are fetched (manifests and configs
+//! only, no layers; cached by digest), and it is planned again with them.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use firebuild_dockerfile::{PlanRequest, plan};
+use firebuild_plan::{Base, BuildPlan, ImageConfig, Origin, Stage, StepKind};
+use firebuild_rootfs::BaseSource;
+use firebuild_rootfs::registry::PullOptions;
+
+use crate::error::{Error, Result};
+use crate::options::BuildRequest;
+
+/// Largest Dockerfile read (buildkit refuses far smaller ones in practice).
+pub const MAX_DOCKERFILE: u64 = 4 << 20;
+
+/// A Dockerfile resolved into a plan, with what the build needs beside it.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    /// The Dockerfile's path.
+    pub file: PathBuf,
+    /// Its text.
+    pub text: String,
+    /// The plan, base configs applied.
+    pub plan: BuildPlan,
+    /// The base configs that were fed in, by `FROM` reference.
+    pub base_configs: BTreeMap<String, ImageConfig>,
+}
+
+impl Planned {
+    /// The stage whose result is the image.
+    pub fn target(&self) -> Result<&Stage> {
+        self.plan.target_stage().ok_or_else(|| Error::Unsupported {
+            file: self.file.display().to_string(),
+            reason: "the plan has no target stage".to_owned(),
+        })
+    }
+
+    /// The Dockerfile's text of `line` (1-based), trimmed; empty when out of range.
+    pub fn line(&self, line: u32) -> &str {
+        let index = usize::try_from(line).unwrap_or(0).saturating_sub(1);
+        self.text.lines().nth(index).map_or("", str::trim)
+    }
+}
+
+/// Reads the Dockerfile, bounded.
+fn read_dockerfile(path: &Path) -> Result<String> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(path).map_err(Error::io("read Dockerfile", path))?;
+    let mut text = String::new();
+    file.take(MAX_DOCKERFILE + 1)
+        .read_to_string(&mut text)
+        .map_err(Error::io("read Dockerfile", path))?;
+    if text.len() as u64 > MAX_DOCKERFILE {
+        return Err(Error::Invalid {
+            what: "Dockerfile",
+            reason: format!("{} is larger than {MAX_DOCKERFILE} bytes", path.display()),
+        });
+    }
+    Ok(text)
+}
+
+fn plan_with(
+    req: &BuildRequest,
+    shown: &str,
+    text: &str,
+    configs: &BTreeMap<String, ImageConfig>,
+) -> Result<BuildPlan> {
+    let request = PlanRequest {
+        dockerfile_path: shown,
+        dockerfile: text,
+        context_dir: &req.context,
+        build_args: &req.build_args,
+        target: req.target.as_deref(),
+        base_configs: configs,
+    };
+    // The error's Display carries file:line:col and the caret snippet.
+    plan(&request).map_err(|e| Error::Plan(e.to_string()))
+}
+
+/// The image references the plan's stages start from.
+pub fn base_references(plan: &BuildPlan) -> Vec<String> {
+    let mut refs: Vec<String> = plan
+        .stages
+        .iter()
+        .filter_map(|s| match &s.base {
+            Base::Image { reference } => Some(reference.clone()),
+            _ => None,
+        })
+        .collect();
+    refs.sort();
+    refs.dedup();
+    refs
+}
+
+/// Fetches the configs of `references` (manifests and configs only).
+pub async fn fetch_configs(
+    references: &[String],
+    pull: &PullOptions,
+) -> Result<BTreeMap<String, ImageConfig>> {
+    let mut out = BTreeMap::new();
+    for reference in references {
+        let base_error = |source| Error::Base {
+            reference: reference.clone(),
+            source,
+        };
+        let source: BaseSource = reference.parse().map_err(base_error)?;
+        let found = firebuild_rootfs::resolve_config(&source, pull)
+            .await
+            .map_err(base_error)?;
+        if let Some(found) = found {
+            out.insert(reference.clone(), found.config);
+        }
+    }
+    Ok(out)
+}
+
+/// Plans `req`: once to learn the bases, then again with their configs.
+pub async fn resolve(req: &BuildRequest, pull: &PullOptions) -> Result<Planned> {
+    let file = req.dockerfile_path();
+    let text = read_dockerfile(&file)?;
+    let shown = file.display().to_string();
+    let empty = BTreeMap::new();
+    let first = plan_with(req, &shown, &text, &empty)?;
+    let references = base_references(&first);
+    if references.is_empty() {
+        return Ok(Planned {
+            file,
+            text,
+            plan: first,
+            base_configs: empty,
+        });
+    }
+    let base_configs = fetch_configs(&references, pull).await?;
+    let plan = plan_with(req, &shown, &text, &base_configs)?;
+    Ok(Planned {
+        file,
+        text,
+        plan,
+        base_configs,
+    })
+}
+
+/// Checks that the build can run the plan: one stage, based on an image or scratch.
+pub fn check_supported(planned: &Planned) -> Result<()> {
+    let file = planned.file.display().to_string();
+    let stage = planned.target()?;
+    let unsupported = |reason: String| Error::Unsupported {
+        file: file.clone(),
+        reason,
+    };
+    if planned.plan.stages.len() != 1 {
+        return Err(unsupported(format!(
+            "the target stage needs {} stages; multi-stage builds are not supported yet",
+            planned.plan.stages.len()
+        )));
+    }
+    if let Base::Stage { index } = stage.base {
+        return Err(unsupported(format!(
+            "the target stage is based on stage {index}; not supported yet"
+        )));
+    }
+    for step in &stage.steps {
+        if let StepKind::Copy(t) | StepKind::Add(t) = &step.kind
+            && let Origin::Image { reference } = &t.origin
+        {
+            return Err(Error::Unsupported {
+                file: format!("{file}:{}", step.span.start_line),
+                reason: format!("COPY --from={reference} (an image) is not supported yet"),
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    fn planned(dockerfile: &str) -> Result<Planned> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("Dockerfile"), dockerfile).unwrap();
+        let req = BuildRequest::new(dir.path(), "t", dir.path().join("out"));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(resolve(&req, &PullOptions::new(dir.path().join("cache"))))
+    }
+
+    #[test]
+    fn scratch_plans_without_fetching() {
+        let p = planned("FROM scratch\nCOPY a /a\nCMD [\"/a\"]\n").unwrap();
+        assert!(p.base_configs.is_empty());
+        assert_eq!(p.line(2), "COPY a /a");
+        check_supported(&p).unwrap();
+    }
+
+    #[test]
+    fn multi_stage_is_refused_with_the_file() {
+        let p =
+            planned("FROM scratch AS a\nCOPY x /x\nFROM scratch\nCOPY --from=a /x /x\n").unwrap();
+        let e = check_supported(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("Dockerfile: the target stage needs 2 stages"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_missing_base_names_the_reference() {
+        let e = planned("FROM oci:/nonexistent/layout\nRUN true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("oci:/nonexistent/layout"), "{e}");
+    }
+
+    #[test]
+    fn plan_errors_carry_the_line() {
+        let e = planned("FROM scratch\nCOPY ../x /\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("Dockerfile:2"), "{e}");
+    }
+}
