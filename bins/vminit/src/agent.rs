@@ -51,20 +51,28 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         }
         _ => (None, None, Why::Outage, None),
     };
+    // Build mode leaves no build state in the image: no guest configuration (machine-id,
+    // journal...), only the build environment, restored after the steps (see `buildenv`).
+    if let Some(bootstrap) = metadata.as_ref().and_then(|m| m.bootstrap.as_ref()) {
+        let ok = crate::build::run(root, bootstrap).await?;
+        return Ok(if ok { 0 } else { 1 });
+    }
+    if crate::init::is_agent_child() {
+        crate::init::mount_run_mode();
+    }
     if !args.no_configure {
         configure::apply(root, metadata.as_ref(), why)
             .await
             .context("configuring the guest")?;
     }
-    if let Some(bootstrap) = metadata.as_ref().and_then(|m| m.bootstrap.as_ref()) {
-        let ok = crate::build::run(root, bootstrap).await?;
-        return Ok(if ok { 0 } else { 1 });
-    }
     let watch = args
         .watch
         .then(|| from.as_deref().and_then(|name| sources.get(name)))
         .flatten();
-    let Some(workload) = crate::run::workload(root, metadata.as_ref())? else {
+    let image_config =
+        std::env::var_os(crate::init::IMAGE_CONFIG_ENV).map(std::path::PathBuf::from);
+    let Some(workload) = crate::run::workload(root, metadata.as_ref(), image_config.as_deref())?
+    else {
         tracing::info!(
             "nothing to run (no entrypoint/cmd in metadata or {})",
             crate::run::MANIFEST

@@ -1,5 +1,6 @@
-//! Build mode: connect to the bootstrap server, run every step of the plan in order, stream the
-//! output, pull and place ADD/COPY resources, then `Success` or `Abort`.
+//! Build mode: connect to the bootstrap server, provide the build environment
+//! ([`crate::buildenv`]), run every step of the plan in order, stream the output, pull and place
+//! ADD/COPY resources, restore the environment, then `Success` or `Abort`.
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -12,6 +13,8 @@ use firebuild_bootstrap::{
 use firebuild_guest::step::{self, Exit, Stream};
 use firebuild_mmds::schema::Bootstrap;
 use firebuild_plan::{Step, StepKind, Transfer};
+
+use crate::buildenv::BuildEnv;
 
 /// Lines kept for the `Abort` message of a failed step.
 const LAST_LINES: usize = 20;
@@ -45,6 +48,20 @@ pub async fn run(root: &Path, bootstrap: &Bootstrap) -> anyhow::Result<bool> {
     let commands = client.commands().await.context("fetching the build plan")?;
     let total = commands.plan.steps().count();
     tracing::info!(build = %commands.build_id, steps = total, "build plan received");
+    let dns = crate::net::kernel_dns(root);
+    let real_root = firebuild_guest::paths::is_real_root(root);
+    let mut env = match BuildEnv::install(root, &dns, real_root) {
+        Ok(env) => env,
+        Err(e) => {
+            let message = truncate(format!("preparing the build environment: {e:#}"), MAX_ABORT);
+            tracing::error!("{message}");
+            client
+                .abort(&message, None, None)
+                .await
+                .context("reporting the failure")?;
+            return Ok(false);
+        }
+    };
     let reporter = client.output(OutputOptions::default());
     for (n, (stage, step)) in commands.plan.steps().enumerate() {
         let at = StepRef {
@@ -85,6 +102,9 @@ pub async fn run(root: &Path, bootstrap: &Bootstrap) -> anyhow::Result<bool> {
                     message.push('\n');
                 }
             }
+            if let Err(e) = env.restore() {
+                message.push_str(&format!("\nrestoring the build environment: {e:#}"));
+            }
             let message = truncate(message, MAX_ABORT);
             client
                 .abort(&message, Some(at), Some(exit.code()))
@@ -94,6 +114,16 @@ pub async fn run(root: &Path, bootstrap: &Bootstrap) -> anyhow::Result<bool> {
         }
     }
     reporter.finish().await.context("flushing step output")?;
+    // Before `Success`: the host may take the image as soon as it is told.
+    if let Err(e) = env.restore() {
+        let message = truncate(format!("restoring the build environment: {e:#}"), MAX_ABORT);
+        tracing::error!("{message}");
+        client
+            .abort(&message, None, None)
+            .await
+            .context("reporting the failure")?;
+        return Ok(false);
+    }
     client.success().await.context("reporting success")?;
     tracing::info!("build succeeded");
     Ok(true)

@@ -1,6 +1,10 @@
-//! PID 1 duties: API file systems, `lo`, the agent as a child, reaping, signal forwarding, power
-//! off.
+//! PID 1 duties: the root switch from the initramfs, API file systems (on stubs created only
+//! when missing), `lo`, the agent as a child, reaping, signal forwarding, the exit code on the
+//! console, power off.
 
+use std::ffi::OsString;
+use std::io::Write as _;
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -8,8 +12,29 @@ use clap::Parser as _;
 use rustix::mount::{MountFlags, mount};
 use rustix::process::{Pid, Signal, WaitOptions};
 
+use crate::stubs::Stubs;
+
 /// Set in the agent's environment by PID 1.
 const AGENT_ENV: &str = "VMINIT_AGENT";
+
+/// The agent's environment variable naming the file that holds the image config (a
+/// [`firebuild_plan::ImageConfig`] as JSON) PID 1 read from the initramfs: `/proc/1/fd/N`, a
+/// memfd PID 1 keeps open (no file in the image, no size limit of the environment). Also
+/// honoured outside PID 1 (tests).
+pub const IMAGE_CONFIG_ENV: &str = "VMINIT_IMAGE_CONFIG";
+
+/// Where the host puts the image config in the initramfs (`firebuild_vmm::kernel::IMAGE_CONFIG_PATH`).
+const INITRAMFS_IMAGE_CONFIG: &str = "/firebuild/image.json";
+/// Largest image config read.
+pub const MAX_IMAGE_CONFIG: u64 = 1 << 20;
+
+/// The line PID 1 writes before powering off, followed by the agent's exit code: a copy of
+/// `firebuild_vmm::EXIT_MARKER` (vminit does not depend on the VMM crate; the VM test in
+/// `crates/vmm/tests/vminit_boot.rs` parses the console with the original).
+pub const EXIT_MARKER: &str = "firebuild: exit code ";
+
+/// The API file systems' mount points created when the image lacks them (BuildKit's rule).
+const STUBS: &[&str] = &["/proc", "/sys", "/dev"];
 
 pub fn is_pid1() -> bool {
     rustix::process::getpid().is_init()
@@ -36,12 +61,28 @@ const MOUNTS: &[(&str, &str, &str, MountFlags, &std::ffi::CStr)] = &[
         c"gid=5,mode=0620,ptmxmode=0666",
     ),
     ("tmpfs", "/dev/shm", "tmpfs", NOSUID_NODEV, c"mode=1777"),
+];
+
+/// What the agent mounts in run mode only: during a build what a RUN writes to `/run` and `/tmp`
+/// is kept in the image, as Docker keeps it. PID 1 unmounts them at shutdown.
+pub const RUN_MODE_MOUNTS: &[(&str, &str, &str, MountFlags, &std::ffi::CStr)] = &[
     ("tmpfs", "/run", "tmpfs", NOSUID_NODEV, c"mode=0755"),
     ("tmpfs", "/tmp", "tmpfs", NOSUID_NODEV, c"mode=1777"),
 ];
 
+/// Mounts the run-mode file systems (`/run`, `/tmp` as tmpfs); for the agent of PID 1.
+pub fn mount_run_mode() {
+    mount_all(RUN_MODE_MOUNTS);
+}
+
 fn mount_api_filesystems() {
-    for &(source, target, fstype, flags, data) in MOUNTS {
+    mount_all(MOUNTS);
+}
+
+fn mount_all(list: &[(&str, &str, &str, MountFlags, &std::ffi::CStr)]) {
+    for &(source, target, fstype, flags, data) in list {
+        // The stubs of the root were made by `Stubs::ensure`; these are under /dev (devtmpfs)
+        // or /run and /tmp, which an image has.
         let _ = std::fs::create_dir_all(target);
         let data = (!data.is_empty()).then_some(data);
         match mount(source, target, fstype, flags, data) {
@@ -64,12 +105,51 @@ fn loopback_up() {
     }
 }
 
+/// Moves the root file system mounted at `dir` onto `/` and enters it, as busybox `switch_root`
+/// does (minus deleting the initramfs, which stays in memory: vminit's own binary is there).
+fn switch_root(dir: &Path) -> rustix::io::Result<()> {
+    rustix::process::chdir(dir)?;
+    rustix::mount::mount_move(".", "/")?;
+    rustix::process::chroot(".")?;
+    rustix::process::chdir("/")
+}
+
+/// Reads the image config the host put in the initramfs, before the root switch hides it.
+fn read_initramfs_image_config() -> Option<Vec<u8>> {
+    let path = Path::new(INITRAMFS_IMAGE_CONFIG);
+    match firebuild_guest::paths::read_bounded(path, MAX_IMAGE_CONFIG) {
+        Ok(Some(bytes)) => {
+            tracing::info!("image config from the initramfs ({} bytes)", bytes.len());
+            Some(bytes)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!("ignoring the initramfs image config: {e}");
+            None
+        }
+    }
+}
+
 /// Runs PID 1: never returns normally in a real guest (powers off).
 pub fn pid1(args: &crate::Args) -> ExitCode {
     tracing::info!("vminit {} as PID 1", env!("CARGO_PKG_VERSION"));
+    let mut image_config = None;
+    if let Some(dir) = &args.switch_root {
+        image_config = read_initramfs_image_config();
+        if let Err(e) = switch_root(dir) {
+            tracing::error!("switching the root to {}: {e}", dir.display());
+            power_off(1);
+            return ExitCode::from(1);
+        }
+        tracing::info!("root switched to {}", dir.display());
+    }
+    let stubs = Stubs::ensure(Path::new("/"), STUBS);
+    if !stubs.created().is_empty() {
+        tracing::info!(created = ?stubs.created(), "mount point stubs (removed at shutdown)");
+    }
     mount_api_filesystems();
     loopback_up();
-    let code = match supervise() {
+    let code = match supervise(image_config.as_deref()) {
         Ok(code) => code,
         Err(e) => {
             tracing::error!("supervising the agent: {e:#}");
@@ -80,13 +160,55 @@ pub fn pid1(args: &crate::Args) -> ExitCode {
     if args.once {
         return ExitCode::from(code);
     }
-    shutdown();
+    shutdown(&stubs);
+    power_off(code);
     ExitCode::from(code)
 }
 
-/// Starts the agent (this binary again, marked by [`AGENT_ENV`]), reaps every child, forwards
-/// SIGTERM/SIGINT to the agent; returns the agent's exit code.
-fn supervise() -> anyhow::Result<u8> {
+/// The arguments passed on to the agent: only when they parse (see `main`: init gets stray
+/// kernel words), and without `--switch-root` (PID 1's business).
+fn agent_args() -> Vec<OsString> {
+    if crate::Args::try_parse().is_err() {
+        return Vec::new();
+    }
+    filter_switch_root(std::env::args_os().skip(1))
+}
+
+fn filter_switch_root(args: impl Iterator<Item = OsString>) -> Vec<OsString> {
+    let mut out = Vec::new();
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        if arg == "--switch-root" {
+            args.next();
+        } else if !arg
+            .to_str()
+            .is_some_and(|a| a.starts_with("--switch-root="))
+        {
+            out.push(arg);
+        }
+    }
+    out
+}
+
+/// Puts the image config in a memfd the agent opens as `/proc/1/fd/N` (close-on-exec: the
+/// workload never inherits it).
+fn image_config_memfd(bytes: &[u8]) -> anyhow::Result<(std::fs::File, String)> {
+    use std::os::fd::AsRawFd as _;
+    let fd = rustix::fs::memfd_create("firebuild-image-config", rustix::fs::MemfdFlags::CLOEXEC)?;
+    let mut file = std::fs::File::from(fd);
+    file.write_all(bytes)?;
+    let path = format!(
+        "/proc/{}/fd/{}",
+        rustix::process::getpid().as_raw_nonzero(),
+        file.as_raw_fd()
+    );
+    Ok((file, path))
+}
+
+/// Starts the agent (this binary again through `/proc/self/exe`, which works after the root
+/// switch; marked by [`AGENT_ENV`]), reaps every child, forwards SIGTERM/SIGINT to the agent;
+/// returns the agent's exit code.
+fn supervise(image_config: Option<&[u8]>) -> anyhow::Result<u8> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -95,17 +217,21 @@ fn supervise() -> anyhow::Result<u8> {
         let mut chld = signal(SignalKind::child())?;
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
-        let exe = std::env::current_exe()?;
-        // Only arguments that parse are passed on (see `main`: init gets stray kernel words).
-        let args: Vec<_> = if crate::Args::try_parse().is_ok() {
-            std::env::args_os().skip(1).collect()
-        } else {
-            Vec::new()
+        let mut cmd = std::process::Command::new("/proc/self/exe");
+        cmd.args(agent_args()).env(AGENT_ENV, "1");
+        // Kept open until the agent is gone.
+        let _memfd = match image_config.map(image_config_memfd).transpose() {
+            Ok(Some((file, path))) => {
+                cmd.env(IMAGE_CONFIG_ENV, path);
+                Some(file)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!("passing the image config to the agent: {e:#}");
+                None
+            }
         };
-        let child = std::process::Command::new(exe)
-            .args(args)
-            .env(AGENT_ENV, "1")
-            .spawn()?;
+        let child = cmd.spawn()?;
         let agent = Pid::from_raw(i32::try_from(child.id())?)
             .ok_or_else(|| anyhow::anyhow!("agent has pid 0"))?;
         // `child` is never waited through std: the loop below reaps it with the orphans.
@@ -138,8 +264,9 @@ fn forward(pid: Pid, sig: Signal) {
     let _ = rustix::process::kill_process(pid, sig);
 }
 
-/// Syncs, stops what is left, remounts the root read-only and powers off.
-fn shutdown() {
+/// Syncs, stops what is left, unmounts (the agent's run-mode mounts, then the API file systems
+/// innermost first), removes the stubs it created and remounts the root read-only.
+fn shutdown(stubs: &Stubs) {
     rustix::fs::sync();
     // Every remaining process gets SIGTERM, then SIGKILL.
     for sig in [Signal::TERM, Signal::KILL] {
@@ -148,14 +275,51 @@ fn shutdown() {
         while let Ok(Some(_)) = rustix::process::waitpid(None, WaitOptions::NOHANG) {}
     }
     rustix::fs::sync();
-    for &(_, target, _, _, _) in MOUNTS.iter().rev() {
+    // /tmp and /run are mount points only in run mode: EINVAL otherwise, ignored.
+    for &(_, target, _, _, _) in RUN_MODE_MOUNTS.iter().rev().chain(MOUNTS.iter().rev()) {
         let _ = rustix::mount::unmount(target, rustix::mount::UnmountFlags::DETACH);
     }
+    stubs.remove();
     if let Err(e) = rustix::mount::mount_remount("/", MountFlags::RDONLY, "") {
         tracing::warn!("remounting / read-only: {e}");
     }
     rustix::fs::sync();
+}
+
+/// Writes [`EXIT_MARKER`] with `code` on the console (stderr, bypassing the log formatter) and
+/// powers off.
+fn power_off(code: u8) {
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "{EXIT_MARKER}{code}");
+    let _ = err.flush();
+    drop(err);
     if let Err(e) = rustix::system::reboot(rustix::system::RebootCommand::PowerOff) {
         tracing::error!("power off: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_agent_never_gets_switch_root() {
+        let args = |v: &[&str]| v.iter().map(OsString::from).collect::<Vec<_>>();
+        assert_eq!(
+            filter_switch_root(args(&["--switch-root", "/newroot", "--watch"]).into_iter()),
+            args(&["--watch"])
+        );
+        assert_eq!(
+            filter_switch_root(args(&["--once", "--switch-root=/newroot"]).into_iter()),
+            args(&["--once"])
+        );
+    }
+
+    #[test]
+    fn the_image_config_memfd_reads_back_through_proc() {
+        let (_file, path) = image_config_memfd(br#"{"user":"app"}"#).unwrap();
+        assert!(path.starts_with(&format!("/proc/{}/fd/", std::process::id())));
+        assert_eq!(std::fs::read(&path).unwrap(), br#"{"user":"app"}"#);
     }
 }

@@ -1,28 +1,40 @@
 //! `vminit`: firebuild's guest agent.
 //!
-//! As PID 1 it mounts the API file systems, brings up `lo`, starts a copy of itself as the agent
-//! (so that orphans are reparented to PID 1 and reaped there, never stealing the agent's own
-//! children from it), forwards SIGTERM/SIGINT, and when the agent ends syncs, remounts the root
-//! read-only and powers off. The agent:
+//! As PID 1 it (with `--switch-root DIR`, started by the initramfs it lives in) moves the root
+//! mounted at DIR onto `/`, mounts the API file systems (creating `/proc`, `/sys`, `/dev` only
+//! when the image lacks them, and removing those again at shutdown), brings up `lo`, starts a
+//! copy of itself as the agent (so that orphans are reparented to PID 1 and reaped there, never
+//! stealing the agent's own children from it), forwards SIGTERM/SIGINT, and when the agent ends
+//! syncs, remounts the root read-only, writes `firebuild: exit code N` on the console and powers
+//! off. The agent:
 //!
 //! 1. configures the interface named by the kernel's `ip=` when it has no address (only when the
 //!    root is `/`);
 //! 2. reads metadata from the sources of [`firebuild_guest::source`] under one deadline;
-//! 3. with a `bootstrap` section runs the build (build mode) and exits 0/1, otherwise runs the
-//!    image's entrypoint/cmd (run mode) and exits with its status; `--watch` keeps re-reading
-//!    metadata and re-applying hostname, SSH keys and files.
+//! 3. with a `bootstrap` section runs the build (build mode: no guest configuration, a
+//!    BuildKit-like `/etc/resolv.conf`, `/etc/hosts`, `/etc/hostname` for the steps, restored
+//!    afterwards) and exits 0/1; otherwise configures the guest, mounts `/run` and `/tmp`
+//!    (tmpfs), runs the image's entrypoint/cmd (run mode) and exits with its status; `--watch`
+//!    keeps re-reading metadata and re-applying hostname, SSH keys and files.
+//!
+//! The image config of run mode (ENTRYPOINT, CMD, ENV, WORKDIR, USER, SHELL) comes from
+//! `/firebuild/image.json` in the initramfs (read by PID 1 before the root switch and handed to
+//! the agent as `VMINIT_IMAGE_CONFIG=/proc/1/fd/N`), else from the image's
+//! `/etc/firebuild/image.json`.
 //!
 //! Not PID 1 (tests, images with their own init): `--root DIR` resolves every guest path under
 //! DIR and runs steps chrooted there; `--once` exits instead of waiting.
 
 mod agent;
 mod build;
+mod buildenv;
 mod configure;
 mod init;
 mod logging;
 mod net;
 mod place;
 mod run;
+mod stubs;
 mod watch;
 
 use std::path::PathBuf;
@@ -61,6 +73,10 @@ pub struct Args {
     /// Skip the guest configuration (hostname, users, keys, files...).
     #[arg(long)]
     pub no_configure: bool,
+    /// PID 1 only: the root file system is mounted at DIR (by the initramfs vminit was started
+    /// from); move it onto `/` and enter it first.
+    #[arg(long, value_name = "DIR")]
+    pub switch_root: Option<PathBuf>,
 }
 
 impl Args {

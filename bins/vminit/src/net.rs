@@ -1,4 +1,4 @@
-//! The kernel's `ip=<client>::<gw>:<mask>::<dev>:off` applied when the interface has no address
+//! The kernel's `ip=<client>::<gw>:<mask>::<dev>:off[:dns0[:dns1]]` applied when the interface has no address
 //! yet (the initramfs usually did it; a guest booted straight into vminit did not).
 
 use std::net::IpAddr;
@@ -8,6 +8,18 @@ use firebuild_guest::netlink::Netlink;
 use firebuild_guest::source::cmdline::Cmdline;
 use firebuild_guest::source::read_cmdline;
 use firebuild_mmds::schema::Cidr;
+
+/// The name servers of the kernel's `ip=` (its `dns0`/`dns1` fields); empty when none.
+pub fn kernel_dns(root: &Path) -> Vec<std::net::Ipv4Addr> {
+    match Cmdline::parse(&read_cmdline(root)).ip() {
+        Some(Ok(ip)) => ip.dns,
+        Some(Err(e)) => {
+            tracing::warn!("{e}");
+            Vec::new()
+        }
+        None => Vec::new(),
+    }
+}
 
 pub fn kernel_ip(root: &Path) {
     let cmdline = Cmdline::parse(&read_cmdline(root));

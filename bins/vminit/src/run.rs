@@ -1,9 +1,10 @@
 //! Run mode: the image's workload as a child of vminit, with its user, env and workdir.
 //!
 //! The workload comes from the metadata (`entrypoint`, `cmd`, `env`, `workdir`, `user`) over the
-//! image manifest baked in the image at `/etc/firebuild/image.json` (a
-//! [`firebuild_plan::ImageConfig`] as JSON: the image's ENTRYPOINT, CMD, ENV, WORKDIR, USER and
-//! SHELL). Docker's rules: a metadata `entrypoint` resets the image's `cmd`; a shell-form
+//! image config (a [`firebuild_plan::ImageConfig`] as JSON: the image's ENTRYPOINT, CMD, ENV,
+//! WORKDIR, USER and SHELL): the file named by `VMINIT_IMAGE_CONFIG` (PID 1's copy of the
+//! initramfs's `/firebuild/image.json`), else the manifest in the image at
+//! `/etc/firebuild/image.json`. Docker's rules: a metadata `entrypoint` resets the image's `cmd`; a shell-form
 //! ENTRYPOINT ignores CMD; metadata `env` overrides the image's variables one by one.
 
 use std::path::Path;
@@ -27,9 +28,21 @@ pub struct Workload {
     pub user: Option<String>,
 }
 
-fn manifest(root: &Path) -> anyhow::Result<Option<ImageConfig>> {
-    let path = root.join(MANIFEST);
-    let Some(bytes) = firebuild_guest::paths::read_bounded(&path, MAX_MANIFEST)
+/// The image config: `given` (a path outside the root) when it can be read, else the manifest
+/// under `root`.
+fn image_config(root: &Path, given: Option<&Path>) -> anyhow::Result<Option<ImageConfig>> {
+    if let Some(path) = given {
+        match read_config(path) {
+            Ok(Some(config)) => return Ok(Some(config)),
+            Ok(None) => tracing::warn!("image config {} is gone", path.display()),
+            Err(e) => tracing::warn!("ignoring the image config: {e:#}"),
+        }
+    }
+    read_config(&root.join(MANIFEST))
+}
+
+fn read_config(path: &Path) -> anyhow::Result<Option<ImageConfig>> {
+    let Some(bytes) = firebuild_guest::paths::read_bounded(path, MAX_MANIFEST)
         .with_context(|| format!("reading {}", path.display()))?
     else {
         return Ok(None);
@@ -39,9 +52,14 @@ fn manifest(root: &Path) -> anyhow::Result<Option<ImageConfig>> {
     ))
 }
 
-/// The workload for this guest, `None` when neither metadata nor manifest names one.
-pub fn workload(root: &Path, md: Option<&Metadata>) -> anyhow::Result<Option<Workload>> {
-    let image = manifest(root)?.unwrap_or_default();
+/// The workload for this guest, `None` when neither metadata nor image config names one;
+/// `image_config` is the file PID 1 handed over (see [`image_config`]).
+pub fn workload(
+    root: &Path,
+    md: Option<&Metadata>,
+    image_config: Option<&Path>,
+) -> anyhow::Result<Option<Workload>> {
+    let image = self::image_config(root, image_config)?.unwrap_or_default();
     let shell = image
         .shell
         .clone()
@@ -178,20 +196,23 @@ mod tests {
         let root = root_with(
             r#"{"entrypoint":{"form":"exec","value":["/app"]},"cmd":{"form":"exec","value":["--serve"]},"env":[{"name":"A","value":"1"},{"name":"B","value":"2"}],"workdir":"/srv","user":"app"}"#,
         );
-        let w = workload(root.path(), None).unwrap().unwrap();
+        let w = workload(root.path(), None, None).unwrap().unwrap();
         assert_eq!(w.argv, ["/app", "--serve"]);
         assert_eq!(w.workdir, "/srv");
         assert_eq!(w.user.as_deref(), Some("app"));
         let md = Metadata::from_json_slice(br#"{"cmd":["--check"],"env":{"B":"3"},"user":"root"}"#)
             .unwrap();
-        let w = workload(root.path(), Some(&md)).unwrap().unwrap();
+        let w = workload(root.path(), Some(&md), None).unwrap().unwrap();
         assert_eq!(w.argv, ["/app", "--check"]);
         assert_eq!(w.env, [("A".into(), "1".into()), ("B".into(), "3".into())]);
         assert_eq!(w.user.as_deref(), Some("root"));
         // A metadata entrypoint resets the image's cmd.
         let md = Metadata::from_json_slice(br#"{"entrypoint":["/bin/true"]}"#).unwrap();
         assert_eq!(
-            workload(root.path(), Some(&md)).unwrap().unwrap().argv,
+            workload(root.path(), Some(&md), None)
+                .unwrap()
+                .unwrap()
+                .argv,
             ["/bin/true"]
         );
     }
@@ -202,10 +223,38 @@ mod tests {
             r#"{"entrypoint":{"form":"shell","value":"exec app"},"cmd":{"form":"exec","value":["ignored"]}}"#,
         );
         assert_eq!(
-            workload(root.path(), None).unwrap().unwrap().argv,
+            workload(root.path(), None, None).unwrap().unwrap().argv,
             ["/bin/sh", "-c", "exec app"]
         );
         let empty = tempfile::tempdir().unwrap();
-        assert_eq!(workload(empty.path(), None).unwrap(), None);
+        assert_eq!(workload(empty.path(), None, None).unwrap(), None);
+    }
+
+    #[test]
+    fn the_handed_over_image_config_wins_over_the_image_manifest() {
+        let root = root_with(r#"{"cmd":{"form":"exec","value":["/from-image"]}}"#);
+        let given = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(
+            given.path(),
+            r#"{"cmd":{"form":"exec","value":["/from-initramfs"]},"user":"app","workdir":"/w"}"#,
+        )
+        .unwrap();
+        let w = workload(root.path(), None, Some(given.path()))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (w.argv[0].as_str(), w.user.as_deref()),
+            ("/from-initramfs", Some("app"))
+        );
+        assert_eq!(w.workdir, "/w");
+        // Unreadable or gone: the image's manifest.
+        let gone = root.path().join("nope.json");
+        let w = workload(root.path(), None, Some(&gone)).unwrap().unwrap();
+        assert_eq!(w.argv, ["/from-image"]);
+        std::fs::write(given.path(), "not json").unwrap();
+        let w = workload(root.path(), None, Some(given.path()))
+            .unwrap()
+            .unwrap();
+        assert_eq!(w.argv, ["/from-image"]);
     }
 }

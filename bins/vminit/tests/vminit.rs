@@ -146,6 +146,132 @@ async fn failed_step_aborts_with_step_exit_code_and_last_lines() {
     server.shutdown().await.unwrap();
 }
 
+/// Build mode gives the steps BuildKit's /etc/resolv.conf (name servers from ip='s dns0/dns1),
+/// /etc/hosts and /etc/hostname, and leaves the image's own (a symlink, a file, nothing) exactly
+/// as they were; no guest configuration (machine-id, journal) happens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn build_mode_provides_and_then_removes_the_build_environment() {
+    use std::os::unix::fs::MetadataExt as _;
+    let Some(guest) = busybox_root() else { return };
+    let root = guest.path();
+    let etc = root.join("etc");
+    std::os::unix::fs::symlink("../run/resolv.conf.image", etc.join("resolv.conf")).unwrap();
+    fs::write(etc.join("hosts"), "10.9.9.9 image-host\n").unwrap();
+    fs::set_permissions(
+        etc.join("hosts"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let state = |name: &str| {
+        let p = etc.join(name);
+        let md = fs::symlink_metadata(&p).ok()?;
+        let data = if md.file_type().is_symlink() {
+            fs::read_link(&p)
+                .unwrap()
+                .into_os_string()
+                .into_encoded_bytes()
+        } else {
+            fs::read(&p).unwrap()
+        };
+        Some((data, md.mode(), md.mtime(), md.mtime_nsec()))
+    };
+    let names = ["resolv.conf", "hosts", "hostname"];
+    let before: Vec<_> = names.iter().map(|n| state(n)).collect();
+    let ctx = context();
+    let plan = plan(
+        "FROM scratch\nRUN cat /etc/resolv.conf /etc/hosts /etc/hostname > /seen\nRUN exit 4\n",
+        ctx.path(),
+    );
+    let pki = pki();
+    let (mut server, _events) = serve(plan, ctx.path(), &pki).await;
+    metadata_file(
+        root,
+        &json!({"instance-id": "i-env", "hostname": "not-in-build-mode", "bootstrap": bootstrap_json(server.local_addr(), &pki)}),
+    );
+    let cmdline = fs::read_to_string(root.join("proc/cmdline")).unwrap();
+    fs::write(
+        root.join("proc/cmdline"),
+        format!(
+            "{} ip=10.0.2.15::10.0.2.2:255.255.255.0::eth0:off:10.0.2.3:10.0.2.4\n",
+            cmdline.trim()
+        ),
+    )
+    .unwrap();
+    let (code, _, _) = run_async(vminit(root, &["--no-mmds"])).await;
+    assert_eq!(code, 1, "the second step fails");
+    assert!(matches!(server.wait().await, Some(Outcome::Aborted { .. })));
+    let seen = fs::read_to_string(root.join("seen")).unwrap();
+    assert!(
+        seen.contains("nameserver 10.0.2.3\nnameserver 10.0.2.4\n"),
+        "{seen}"
+    );
+    assert!(
+        seen.contains(
+            "127.0.0.1\tlocalhost buildkitsandbox\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+        ),
+        "{seen}"
+    );
+    assert!(seen.ends_with("buildkitsandbox\n"), "{seen}");
+    let after: Vec<_> = names.iter().map(|n| state(n)).collect();
+    assert_eq!(
+        after, before,
+        "the image's files are back, even after a failed step"
+    );
+    assert!(
+        !root.join("run/resolv.conf.image").exists(),
+        "the symlink was not followed"
+    );
+    assert!(
+        !root.join("etc/machine-id").exists(),
+        "no guest configuration in build mode"
+    );
+    assert!(
+        !root.join("var/lib/firebuild").exists(),
+        "no journal in build mode"
+    );
+    server.shutdown().await.unwrap();
+}
+
+/// Run mode takes the image config from the file PID 1 hands over (`VMINIT_IMAGE_CONFIG`, the
+/// initramfs's /firebuild/image.json) before the image's own manifest; `firebuild.metadata=off`
+/// asks no source.
+#[test]
+fn run_mode_takes_the_handed_over_image_config_first() {
+    let Some(guest) = busybox_root() else { return };
+    let root = guest.path();
+    fs::write(
+        root.join("proc/cmdline"),
+        "console=ttyS0 firebuild.metadata=off\n",
+    )
+    .unwrap();
+    fs::create_dir_all(root.join("etc/firebuild")).unwrap();
+    fs::write(
+        root.join("etc/firebuild/image.json"),
+        r#"{"cmd": {"form": "shell", "value": "echo from-image"}}"#,
+    )
+    .unwrap();
+    let handed = tempfile::NamedTempFile::new().unwrap();
+    fs::write(
+        handed.path(),
+        r#"{"cmd": {"form": "shell", "value": "echo from-initramfs $MODE; exit 5"}, "env": [{"name": "MODE", "value": "m"}]}"#,
+    )
+    .unwrap();
+    let mut cmd = vminit(root, &["--metadata-url", "http://127.0.0.1:9"]);
+    cmd.env("VMINIT_IMAGE_CONFIG", handed.path());
+    let (code, stdout, stderr) = run(cmd);
+    assert_eq!(code, 5);
+    assert_eq!(stdout.trim(), "from-initramfs m");
+    // With the override broken the (refusing) MMDS would be asked: "metadata unreachable".
+    assert!(stderr.contains("no metadata from any source"), "{stderr}");
+    assert!(!stderr.contains("unreachable"), "{stderr}");
+    let (code, stdout, _) = run(vminit(root, &["--no-mmds"]));
+    assert_eq!(
+        (code, stdout.trim()),
+        (0, "from-image"),
+        "the image's manifest as fallback"
+    );
+}
+
 fn mtime(p: &std::path::Path) -> SystemTime {
     fs::symlink_metadata(p).unwrap().modified().unwrap()
 }

@@ -30,7 +30,13 @@ use crate::kernel::Kernel;
 use crate::spec::{KernelFiles, Metadata, Network, TapConfig, VmSpec};
 
 /// The kernel command line used when the spec gives none.
-pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off ip=169.254.0.15::169.254.0.2:255.255.0.0::eth0:off root=/dev/vda init=/sbin/vminit";
+///
+/// No `init=`: the initramfs starts vminit from itself when it holds one
+/// ([`crate::kernel::agent_initramfs`]).
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off ip=169.254.0.15::169.254.0.2:255.255.0.0::eth0:off root=/dev/vda";
+
+/// The `ip=` part of [`DEFAULT_CMDLINE`], dropped when the VM has no network.
+const DEFAULT_IP: &str = " ip=169.254.0.15::169.254.0.2:255.255.0.0::eth0:off";
 
 /// `sun_path` is 108 bytes including the terminating NUL.
 pub const SUN_PATH_MAX: usize = 107;
@@ -323,7 +329,7 @@ impl FirecrackerDriver {
             "kernel_image_path": kernel.kernel,
             "boot_args": spec.cmdline.clone().unwrap_or_else(|| {
                 if spec.network == Network::None {
-                    DEFAULT_CMDLINE.replace(" ip=169.254.0.15::169.254.0.2:255.255.0.0::eth0:off", "")
+                    DEFAULT_CMDLINE.replace(DEFAULT_IP, "")
                 } else {
                     DEFAULT_CMDLINE.to_owned()
                 }
@@ -707,6 +713,11 @@ mod tests {
             body(0),
             json!({"kernel_image_path": "/k/vmlinux", "initrd_path": "/k/initramfs.cpio", "boot_args": DEFAULT_CMDLINE})
         );
+        assert!(
+            !DEFAULT_CMDLINE.contains("init="),
+            "vminit comes from the initramfs: {DEFAULT_CMDLINE}"
+        );
+        assert!(DEFAULT_CMDLINE.contains(DEFAULT_IP), "{DEFAULT_CMDLINE}");
         assert_eq!(
             body(1),
             json!({"vcpu_count": 2, "mem_size_mib": 1024, "smt": false})

@@ -40,4 +40,37 @@ pub use firecracker::{FirecrackerDriver, FirecrackerOptions};
 pub use process::which;
 pub use qemu::{Accel, QemuDriver, QemuOptions};
 pub use sandbox::{SandboxDriver, SandboxOptions};
+/// The line vminit (PID 1) writes to the console right before it powers the VM off, followed by
+/// the agent's exit code (the workload's exit status, 128 + signal when it was killed) and a
+/// newline: `firebuild: exit code 0`. The line is not prefixed by the log formatter, so a host
+/// that captured the serial console (QEMU `-serial`, Firecracker's stdout) finds it with
+/// [`parse_exit_code`].
+pub const EXIT_MARKER: &str = "firebuild: exit code ";
+
+/// The exit code of the last [`EXIT_MARKER`] line in a console log, if any.
+pub fn parse_exit_code(console: &str) -> Option<u8> {
+    console.lines().rev().find_map(|line| {
+        let rest = line.trim_end_matches('\r').strip_prefix(EXIT_MARKER)?;
+        rest.trim().parse().ok()
+    })
+}
+
 pub use spec::{Drive, KernelFiles, Metadata, Network, TapConfig, VmSpec};
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn exit_code_from_the_last_marker_line() {
+        let log = "[    1.0] Run /init as init process\r\n\
+                   firebuild: exit code 3\r\n\
+                   2026-12-02T20:00:00Z INFO agent exited with 7; powering off\r\n\
+                   firebuild: exit code 7\r\n\
+                   [    9.9] reboot: Power down\r\n";
+        assert_eq!(parse_exit_code(log), Some(7));
+        assert_eq!(parse_exit_code("INFO agent exited with 7\n"), None);
+        assert_eq!(parse_exit_code(&format!("{EXIT_MARKER}137\n")), Some(137));
+    }
+}

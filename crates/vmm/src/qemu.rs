@@ -25,7 +25,14 @@ pub const GUEST_IP: &str = "169.254.0.15";
 pub const HOST_IP: &str = "169.254.0.2";
 
 /// The kernel command line used when the spec gives none (before `tsc_early_khz`).
-pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 ip=169.254.0.15::169.254.0.2:255.255.0.0::eth0:off root=/dev/vda init=/sbin/vminit";
+///
+/// No `init=`: the initramfs starts vminit from itself when it holds one
+/// ([`crate::kernel::agent_initramfs`]). `ip=`'s `dns0` field is QEMU user networking's DNS
+/// forwarder (the `.3` address of `net=169.254.0.0/16`), the build's name server.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 ip=169.254.0.15::169.254.0.2:255.255.0.0::eth0:off:169.254.0.3 root=/dev/vda";
+
+/// The `ip=` part of [`DEFAULT_CMDLINE`], dropped when the VM has no network.
+const DEFAULT_IP: &str = " ip=169.254.0.15::169.254.0.2:255.255.0.0::eth0:off:169.254.0.3";
 
 /// The relay command template; `{port}` becomes the metadata server's port.
 pub const DEFAULT_RELAY: &str = "busybox nc 127.0.0.1 {port}";
@@ -105,7 +112,7 @@ impl QemuDriver {
     pub fn cmdline(&self, accel: Accel) -> String {
         let mut cmdline = self.spec.cmdline.clone().unwrap_or_else(|| {
             if self.spec.network == Network::None {
-                DEFAULT_CMDLINE.replace(" ip=169.254.0.15::169.254.0.2:255.255.0.0::eth0:off", "")
+                DEFAULT_CMDLINE.replace(DEFAULT_IP, "")
             } else {
                 DEFAULT_CMDLINE.to_owned()
             }
@@ -435,6 +442,14 @@ mod tests {
         assert!(joined.contains("virtio-net-device,netdev=n0"));
         let append = &a[a.iter().position(|x| x == "-append").unwrap() + 1];
         assert!(append.starts_with(DEFAULT_CMDLINE), "{append}");
+        assert!(
+            !append.contains("init="),
+            "vminit comes from the initramfs: {append}"
+        );
+        assert!(
+            append.contains(" ip=169.254.0.15::169.254.0.2:255.255.0.0::eth0:off:169.254.0.3 "),
+            "QEMU's DNS forwarder as dns0: {append}"
+        );
         if host_cpu_khz().is_some() {
             assert!(append.contains(" tsc_early_khz="), "{append}");
         }
@@ -452,6 +467,7 @@ mod tests {
             !joined.contains(" ip="),
             "no ip= without a network: {joined}"
         );
+        assert!(joined.contains("root=/dev/vda"), "{joined}");
     }
 
     #[test]

@@ -33,7 +33,8 @@ fn busybox_guest_boots_in_firecracker() {
     let dir = tempfile::tempdir().unwrap();
     // Firecracker ends when the guest reboots (reboot=k), not on power-off.
     let init = "#!/bin/busybox sh\n/bin/busybox --install -s /bin\necho guest: hello from firecracker\nreboot -f\n";
-    let root = support::busybox_root(dir.path(), &busybox, "/sbin/vminit", init);
+    // No init= and no agent in the initramfs: the image's /sbin/init.
+    let root = support::busybox_root(dir.path(), &busybox, "/sbin/init", init);
     let image = dir.path().join("rootfs.ext4");
     support::make_ext4(&root, &image, 16);
     let mut spec = VmSpec::new("fbfc", dir.path(), &image);

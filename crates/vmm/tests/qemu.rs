@@ -1,6 +1,7 @@
 //! Boots the QEMU microvm driver under TCG with a busybox-static ext4 root made here: the guest
 //! fetches a V2 token and metadata through the guestfwd relay, reaches a host server at
-//! 169.254.0.2, and powers off; QEMU exits. The console log is kept on failure.
+//! 169.254.0.2, and powers off; QEMU exits. The image's own init is named by `init=`, which
+//! wins over the agent in the initramfs. The console log is kept on failure.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -50,15 +51,24 @@ echo "guest: powering off"
 poweroff -f
 "#
     );
-    let root = support::busybox_root(dir.path(), &busybox, "/sbin/vminit", &init);
+    let root = support::busybox_root(dir.path(), &busybox, "/sbin/custom-init", &init);
     let image = dir.path().join("rootfs.ext4");
     support::make_ext4(&root, &image, 16);
-    let mut driver = support::qemu_driver(
+    // An initramfs that holds an agent (busybox stands in: it would fail on --switch-root) and
+    // an explicit init=: the image's own init must win.
+    let initrd = dir.path().join("agent.cpio");
+    firebuild_vmm::kernel::agent_initramfs(&kernel, &busybox, &[], &initrd).unwrap();
+    let mut driver = support::qemu_driver_with(
         "qemu-busybox",
         dir.path(),
         &image,
         &kernel,
-        mmds.local_addr(),
+        Some(&initrd),
+        Some(mmds.local_addr()),
+        &format!(
+            "{} init=/sbin/custom-init",
+            firebuild_vmm::qemu::DEFAULT_CMDLINE
+        ),
         256,
     );
     let started = Instant::now();
@@ -95,7 +105,7 @@ poweroff -f
         .find_map(|l| l.strip_prefix("guest: init at uptime "))
         .unwrap_or("?");
     eprintln!(
-        "qemu ({:?}): kernel start -> /sbin/vminit {init_at} (guest uptime), whole run {elapsed:.1?}",
+        "qemu ({:?}): kernel start -> /sbin/custom-init {init_at} (guest uptime), whole run {elapsed:.1?}",
         driver.accel().unwrap_or(Accel::Tcg)
     );
 }

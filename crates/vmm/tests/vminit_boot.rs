@@ -1,50 +1,76 @@
-//! End to end under QEMU/TCG: vminit (PID 1 of a busybox ext4 root) reads the bootstrap section
-//! from the embedded MMDS through the relay, connects over mTLS to the host's bootstrap server at
-//! 169.254.0.2, runs a one-step plan (`RUN echo hi > /built`), calls Success and powers off; the
-//! host sees `Outcome::Succeeded`, QEMU exits and `/built` is in the image.
+//! End to end under QEMU/TCG with vminit in the initramfs ([`firebuild_vmm::kernel::agent_initramfs`])
+//! and nothing of firebuild in the image, whose root has merged /usr (`/sbin -> usr/sbin`) and
+//! no `/proc`, `/sys`, `/dev`:
+//!
+//! - build mode: vminit reads the bootstrap section from the embedded MMDS through the relay,
+//!   connects over mTLS to the host's bootstrap server at 169.254.0.2, runs a one-step plan with
+//!   BuildKit's `/etc/resolv.conf`, `/etc/hosts`, `/etc/hostname`, calls Success and powers off;
+//!   the image holds what the step wrote and none of the build environment, stubs or agent;
+//! - run mode: `firebuild.metadata=off` and the image config in the initramfs: the workload runs
+//!   with its ENV and WORKDIR at once and its exit code reaches the host through the console.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use firebuild_bootstrap::Outcome;
 use firebuild_vmm::{Driver, RunOutcome};
 
-#[test]
-fn vminit_builds_a_one_step_plan_in_qemu() {
-    let Some(busybox) = support::busybox_and(&[
-        ("qemu-system-x86_64", "the VM"),
-        ("mkfs.ext4", "the root image"),
-        ("debugfs", "reading the built image"),
-    ]) else {
-        return;
-    };
-    let Some(vminit) = support::vminit() else {
-        return;
-    };
-    let Some(kernel) = support::kernel() else {
-        return;
-    };
+const TOOLS: &[(&str, &str)] = &[
+    ("qemu-system-x86_64", "the VM"),
+    ("mkfs.ext4", "the root image"),
+    ("debugfs", "reading the built image"),
+];
 
-    let dir = tempfile::tempdir().unwrap();
-    let root = support::busybox_root(dir.path(), &busybox, "/sbin/vminit", "");
-    support::install_binary(&root, &vminit, "/sbin/vminit");
-    for applet in ["echo", "cat", "ls", "mount"] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+/// busybox, vminit and the kernel, or `None` (skip).
+fn prerequisites() -> Option<(PathBuf, PathBuf, firebuild_vmm::kernel::Kernel)> {
+    let busybox = support::busybox_and(TOOLS)?;
+    let vminit = support::vminit()?;
+    let kernel = support::kernel()?;
+    Some((busybox, vminit, kernel))
+}
+
+fn assert_no_stubs_or_agent(image: &Path) {
+    let top = support::ext4_ls(image, "/");
+    for gone in ["proc", "sys", "dev"] {
+        assert!(
+            !top.iter().any(|n| n == gone),
+            "/{gone} was created by vminit and must be removed: {top:?}"
+        );
     }
+    assert!(top.iter().any(|n| n == "sbin"), "{top:?}");
+    let sbin = support::ext4_ls(image, "/usr/sbin");
+    assert!(sbin.is_empty(), "nothing added to /usr/sbin: {sbin:?}");
+}
+
+#[test]
+fn vminit_from_the_initramfs_builds_on_a_merged_usr_root_and_leaves_nothing() {
+    let Some((busybox, vminit, kernel)) = prerequisites() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let root = support::merged_usr_root(dir.path(), &busybox, &["echo", "cat", "hostname"]);
     let image = dir.path().join("rootfs.ext4");
     support::make_ext4(&root, &image, 96);
+    let initrd = dir.path().join("agent.cpio");
+    firebuild_vmm::kernel::agent_initramfs(&kernel, &vminit, &[], &initrd).unwrap();
 
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let e2e = support::BootstrapFixture::start(&rt);
-
-    let mut driver = support::qemu_driver(
+    let e2e = support::BootstrapFixture::start_with(
+        &rt,
+        "echo hi > /built && cat /etc/resolv.conf /etc/hosts > /seen-etc && hostname >> /seen-etc \
+         && echo kept > /tmp/kept && echo step ran",
+    );
+    let mut driver = support::qemu_driver_with(
         "vminit-e2e",
         dir.path(),
         &image,
         &kernel,
-        e2e.mmds_addr,
+        Some(&initrd),
+        Some(e2e.mmds_addr),
+        firebuild_vmm::qemu::DEFAULT_CMDLINE,
         512,
     );
     let started = Instant::now();
@@ -69,8 +95,104 @@ fn vminit_builds_a_one_step_plan_in_qemu() {
         "qemu did not exit by itself: {outcome:?}"
     );
     assert_eq!(built, "hi\n", "/built in the image");
+    assert!(
+        log.contains("--switch-root") || log.contains("root switched to /newroot"),
+        "vminit started from the initramfs"
+    );
+    assert_eq!(firebuild_vmm::parse_exit_code(&log), Some(0), "exit marker");
+
+    // The step saw BuildKit's environment, with QEMU's DNS forwarder from ip='s dns0...
+    let seen = support::ext4_cat(&image, "/seen-etc");
+    assert!(seen.contains("nameserver 169.254.0.3\n"), "{seen}");
+    assert!(
+        seen.contains("127.0.0.1\tlocalhost buildkitsandbox\n"),
+        "{seen}"
+    );
+    assert!(
+        seen.ends_with("buildkitsandbox\n"),
+        "kernel hostname: {seen}"
+    );
+    // ... which is not in the image; /tmp was not a tmpfs during the build.
+    let etc = support::ext4_ls(&image, "/etc");
+    let mut etc_sorted = etc.clone();
+    etc_sorted.sort();
+    assert_eq!(etc_sorted, ["group", "passwd"], "/etc as the image had it");
+    assert_eq!(support::ext4_cat(&image, "/tmp/kept"), "kept\n");
+    let top = support::ext4_ls(&image, "/");
+    assert!(!top.iter().any(|n| n == "run" || n == "var"), "{top:?}");
+    assert_no_stubs_or_agent(&image);
+
     let (switch, run_init) = support::boot_times(&log);
     eprintln!(
-        "vminit e2e (TCG): kernel ran the initramfs /init at {run_init:?} s, switched to vminit at {switch:?} s guest uptime; whole run {elapsed:.1?}"
+        "vminit e2e (TCG): kernel ran the initramfs /init at {run_init:?} s, started vminit at {switch:?} s guest uptime; whole run {elapsed:.1?}"
     );
+}
+
+#[test]
+fn run_mode_without_metadata_runs_the_initramfs_image_config_and_reports_its_exit_code() {
+    let Some((busybox, vminit, kernel)) = prerequisites() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let root = support::merged_usr_root(dir.path(), &busybox, &["echo", "pwd", "id"]);
+    let image = dir.path().join("rootfs.ext4");
+    support::make_ext4(&root, &image, 32);
+    let config = serde_json::json!({
+        "cmd": {"form": "shell", "value": "echo run-$MODE-$(pwd)-$(id -u) && echo x > /tmp/run-tmp; exit 7"},
+        "env": [{"name": "MODE", "value": "m"}],
+        "workdir": "/srv",
+    })
+    .to_string();
+    let initrd = dir.path().join("agent.cpio");
+    firebuild_vmm::kernel::agent_initramfs(
+        &kernel,
+        &vminit,
+        &[(
+            firebuild_vmm::kernel::IMAGE_CONFIG_PATH,
+            config.as_bytes(),
+            0o644,
+        )],
+        &initrd,
+    )
+    .unwrap();
+    let mut driver = support::qemu_driver_with(
+        "vminit-run",
+        dir.path(),
+        &image,
+        &kernel,
+        Some(&initrd),
+        None,
+        &format!(
+            "{} firebuild.metadata=off",
+            firebuild_vmm::qemu::DEFAULT_CMDLINE
+        ),
+        256,
+    );
+    let outcome = driver.run(Duration::from_secs(120)).unwrap();
+    let log = std::fs::read_to_string(driver.console_log()).unwrap_or_default();
+    let code = firebuild_vmm::parse_exit_code(&log);
+    if code != Some(7) || !log.contains("run-m-/srv-0") {
+        support::console(driver.console_log());
+        support::keep_console(driver.console_log(), "vminit-run");
+    }
+    assert!(
+        matches!(outcome, RunOutcome::Exited(e) if !e.stopped),
+        "qemu did not exit by itself: {outcome:?}"
+    );
+    assert!(
+        log.contains("run-m-/srv-0"),
+        "the workload ran with the image's ENV and WORKDIR"
+    );
+    assert_eq!(code, Some(7), "the workload's exit code on the console");
+    assert!(
+        log.contains("no metadata from any source"),
+        "firebuild.metadata=off: no source asked"
+    );
+    assert!(
+        !log.contains("metadata unreachable"),
+        "no source waited for"
+    );
+    // /tmp was a tmpfs in run mode; the image gained no stubs.
+    assert_eq!(support::ext4_cat(&image, "/tmp/run-tmp"), "");
+    assert_no_stubs_or_agent(&image);
 }

@@ -136,7 +136,8 @@ impl Override {
     }
 }
 
-/// The static part of the kernel's `ip=<client>:<server>:<gw>:<netmask>:<host>:<dev>:<autoconf>`.
+/// The static part of the kernel's
+/// `ip=<client>:<server>:<gw>:<netmask>:<host>:<dev>:<autoconf>:<dns0>:<dns1>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KernelIp {
     /// The guest's address.
@@ -149,6 +150,8 @@ pub struct KernelIp {
     pub hostname: Option<String>,
     /// The interface name (`eth0` when empty, as the kernel picks the first one).
     pub device: Option<String>,
+    /// The name servers of the `dns0` and `dns1` fields, in order (empty when neither is given).
+    pub dns: Vec<std::net::Ipv4Addr>,
 }
 
 impl KernelIp {
@@ -176,12 +179,18 @@ impl KernelIp {
                 u8::try_from(bits.leading_ones()).map_err(|_| bad("netmask"))?
             }
         };
+        let dns = [7, 8]
+            .into_iter()
+            .filter_map(field)
+            .map(|d| d.parse().map_err(|_| bad("name server is not IPv4")))
+            .collect::<Result<_, _>>()?;
         Ok(Self {
             client,
             gateway,
             prefix_len,
             hostname: field(4).map(str::to_owned),
             device: field(5).map(str::to_owned),
+            dns,
         })
     }
 }
@@ -252,5 +261,27 @@ mod tests {
         assert_eq!(Cmdline::parse("ip=dhcp").ip(), None);
         assert!(KernelIp::parse("10.0.0.2::10.0.0.1:255.0.255.0::eth0:off").is_err());
         assert_eq!(KernelIp::parse("10.0.0.2").unwrap().prefix_len, 32);
+        assert!(ip.dns.is_empty(), "no dns fields: no name servers");
+    }
+
+    #[test]
+    fn kernel_ip_dns_fields() {
+        let ip =
+            KernelIp::parse("169.254.0.15::169.254.0.2:255.255.0.0::eth0:off:169.254.0.3").unwrap();
+        assert_eq!(ip.dns, [std::net::Ipv4Addr::new(169, 254, 0, 3)]);
+        assert_eq!(ip.device.as_deref(), Some("eth0"));
+        let ip =
+            KernelIp::parse("10.0.0.2::10.0.0.1:255.255.255.0::eth0:off:1.1.1.1:8.8.8.8").unwrap();
+        assert_eq!(
+            ip.dns,
+            [
+                std::net::Ipv4Addr::new(1, 1, 1, 1),
+                std::net::Ipv4Addr::new(8, 8, 8, 8)
+            ]
+        );
+        // dns1 alone (dns0 empty) still counts.
+        let ip = KernelIp::parse("10.0.0.2:::::eth0:off::9.9.9.9").unwrap();
+        assert_eq!(ip.dns, [std::net::Ipv4Addr::new(9, 9, 9, 9)]);
+        assert!(KernelIp::parse("10.0.0.2:::::eth0:off:resolver").is_err());
     }
 }

@@ -1,4 +1,8 @@
-//! A minimal writer for the `newc` cpio format the kernel unpacks as an initramfs.
+//! A minimal writer (and reader) for the `newc` cpio format the kernel unpacks as an initramfs.
+//!
+//! The kernel unpacks archives concatenated one after the other (zero padding between them
+//! allowed), a later entry replacing an earlier one of the same name: [`entries`] reads them
+//! the same way.
 
 use std::io::{self, Write};
 
@@ -108,6 +112,70 @@ impl<W: Write> CpioWriter<W> {
     }
 }
 
+/// One entry read back by [`entries`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CpioEntry {
+    /// The path inside the archive (no leading `/`).
+    pub name: String,
+    /// File type and permission bits (`st_mode`).
+    pub mode: u32,
+    /// Owner (uid, gid).
+    pub owner: (u32, u32),
+    /// The file's bytes (a symlink's target).
+    pub data: Vec<u8>,
+}
+
+/// Reads every entry of one or more concatenated `newc` archives, in order (trailers dropped).
+pub fn entries(mut data: &[u8]) -> io::Result<Vec<CpioEntry>> {
+    fn bad(what: &str) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidData, format!("cpio: {what}"))
+    }
+    fn pad4(n: usize) -> usize {
+        n.div_ceil(4) * 4
+    }
+    let mut out = Vec::new();
+    loop {
+        // Zero padding between archives (the kernel skips it four bytes at a time).
+        while data.len() >= 4 && data[..4] == [0; 4] {
+            data = &data[4..];
+        }
+        if data.iter().all(|&b| b == 0) {
+            return Ok(out);
+        }
+        let header = data.get(..110).ok_or_else(|| bad("truncated header"))?;
+        if !header.starts_with(b"070701") {
+            return Err(bad("not a newc header"));
+        }
+        let field = |i: usize| -> io::Result<u32> {
+            let hex = std::str::from_utf8(&header[6 + 8 * i..14 + 8 * i])
+                .map_err(|_| bad("header field is not hex"))?;
+            u32::from_str_radix(hex, 16).map_err(|_| bad("header field is not hex"))
+        };
+        let (mode, uid, gid) = (field(1)?, field(2)?, field(3)?);
+        let size = usize::try_from(field(6)?).map_err(|_| bad("size"))?;
+        let namesize = usize::try_from(field(11)?).map_err(|_| bad("name size"))?;
+        let name_end = 110 + namesize;
+        let name = data
+            .get(110..name_end.saturating_sub(1))
+            .ok_or_else(|| bad("truncated name"))?;
+        let name = String::from_utf8(name.to_vec()).map_err(|_| bad("name is not UTF-8"))?;
+        let data_start = pad4(name_end);
+        let body = data
+            .get(data_start..data_start + size)
+            .ok_or_else(|| bad("truncated data"))?;
+        let next = pad4(data_start + size).min(data.len());
+        if name != "TRAILER!!!" {
+            out.push(CpioEntry {
+                name,
+                mode,
+                owner: (uid, gid),
+                data: body.to_vec(),
+            });
+        }
+        data = &data[next..];
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -143,5 +211,28 @@ mod tests {
         assert!(listing.contains("bin/sh -> busybox"), "{listing}");
         assert!(listing.starts_with("drwxr-xr-x"), "{listing}");
         assert!(listing.contains("crw-------"), "{listing}");
+    }
+
+    #[test]
+    fn concatenated_archives_read_back_in_order() {
+        let mut a = CpioWriter::new(Vec::new());
+        a.dir("bin", 0o755).unwrap();
+        a.file("init", 0o755, b"old").unwrap();
+        let mut bytes = a.finish().unwrap();
+        bytes.extend_from_slice(&[0; 8]);
+        let mut b = CpioWriter::new(Vec::new());
+        b.file("init", 0o700, b"new!!").unwrap();
+        b.symlink("bin/sh", "busybox").unwrap();
+        bytes.extend(b.finish().unwrap());
+        let e = entries(&bytes).unwrap();
+        let names: Vec<_> = e.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["bin", "init", "init", "bin/sh"]);
+        assert_eq!(e[1].data, b"old");
+        assert_eq!(
+            (e[2].mode, e[2].data.as_slice()),
+            (0o100_700, &b"new!!"[..])
+        );
+        assert_eq!(e[3].data, b"busybox");
+        assert!(entries(&bytes[..bytes.len() - 200]).is_err(), "truncated");
     }
 }

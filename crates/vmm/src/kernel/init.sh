@@ -1,6 +1,11 @@
 #!/bin/busybox sh
-# firebuild initramfs /init: load the virtio modules, configure eth0 from ip=, mount root=,
-# switch_root to init=. Errors are printed to the console and the VM powers off.
+# firebuild initramfs /init: load the virtio modules, configure eth0 from ip=, mount root= on
+# /newroot, then hand over:
+#   init=PATH given           -> switch_root to PATH (an image that carries its own init);
+#   /firebuild/vminit present -> exec it with --switch-root /newroot: vminit moves the root
+#                                itself and stays PID 1 (firebuild adds nothing to the image);
+#   otherwise                 -> switch_root to /sbin/init.
+# Errors are printed to the console and the VM powers off.
 /bin/busybox --install -s /bin
 export PATH=/bin
 say() { echo "firebuild-initramfs: $*"; }
@@ -13,7 +18,8 @@ case " $(cat /proc/cmdline) " in
     *" firebuild.probe "*) say "probe ok"; poweroff -f; exit 0 ;;
 esac
 
-root=/dev/vda rootfstype=ext4 rootflags=rw init=/sbin/vminit ipcfg= rootwait=50
+root=/dev/vda rootfstype=ext4 rootflags=rw init= ipcfg= rootwait=50
+agent=/firebuild/vminit
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         root=*) root="${arg#root=}" ;;
@@ -33,7 +39,8 @@ done < /lib/modules/order
 
 ip link set lo up
 if [ -n "$ipcfg" ] && [ "$ipcfg" != off ] && [ "$ipcfg" != none ]; then
-    IFS=: read -r client server gw mask host dev auto <<IPEOF
+    # client:server:gw:netmask:hostname:device:autoconf:dns0:dns1 (name servers: vminit's job).
+    IFS=: read -r client server gw mask host dev auto dns0 dns1 <<IPEOF
 $ipcfg
 IPEOF
     dev="${dev:-eth0}"
@@ -59,6 +66,19 @@ n=0
 while [ ! -b "$dev_root" ] && [ $n -lt $rootwait ]; do sleep 0.1; n=$((n + 1)); done
 [ -b "$dev_root" ] || die "root device $dev_root did not appear (root=$root)"
 mount -t "$rootfstype" -o "$rootflags" "$dev_root" /newroot || die "cannot mount $dev_root ($rootfstype, $rootflags) on /newroot"
+
+if [ -z "$init" ] && [ -x "$agent" ]; then
+    # vminit mounts /proc, /sys and /dev itself (creating only the stubs the image lacks):
+    # leave nothing mounted under /newroot.
+    umount -l /dev
+    umount /sys
+    read -r up _ < /proc/uptime
+    say "uptime ${up}s: starting $agent on $dev_root"
+    umount /proc
+    exec "$agent" --switch-root /newroot
+    die "exec $agent failed"
+fi
+init="${init:-/sbin/init}"
 [ -x "/newroot$init" ] || [ -L "/newroot$init" ] || die "init $init not found or not executable in the root filesystem"
 
 if [ -d /newroot/dev ]; then mount --move /dev /newroot/dev || umount /dev; else umount /dev; fi

@@ -21,10 +21,27 @@ use crate::process;
 /// The `/init` script of the initramfs (busybox `sh`).
 ///
 /// It loads the modules listed in `/lib/modules/order`, configures the interface named by the
-/// kernel's `ip=` parameter (`client::gw:netmask:host:dev:autoconf`), mounts `root=` (default
-/// `/dev/vda`, `rootfstype=` default ext4) and `switch_root`s to `init=` (default `/sbin/vminit`).
-/// Every failure prints `firebuild-initramfs: error: ...` and powers the VM off.
+/// kernel's `ip=` parameter (`client::gw:netmask:host:dev:autoconf:dns0:dns1`; the name servers
+/// are vminit's business), and mounts `root=` (default `/dev/vda`, `rootfstype=` default ext4)
+/// on `/newroot`. Then:
+///
+/// - with `init=PATH`, `switch_root`s to that program of the image (images with their own init);
+/// - else, when the initramfs holds [`AGENT_PATH`] (see [`agent_initramfs`]), it
+///   `exec`s `/firebuild/vminit --switch-root /newroot`: vminit moves the root itself and stays
+///   PID 1, and nothing of firebuild is in the image;
+/// - else `switch_root`s to `/sbin/init`, as the kernel would.
+///
+/// `firebuild.probe` powers off as soon as the script runs (the KVM probe). Every failure prints
+/// `firebuild-initramfs: error: ...` and powers the VM off.
 pub const INIT_SCRIPT: &str = include_str!("init.sh");
+
+/// Where [`agent_initramfs`] puts vminit in the initramfs (no leading `/`).
+pub const AGENT_PATH: &str = "firebuild/vminit";
+
+/// Where the run flow puts the image config (a `firebuild_plan::ImageConfig` as JSON) in the
+/// initramfs, through `extra` of [`agent_initramfs`]; vminit reads it as PID 1 before it
+/// switches root (the image's `etc/firebuild/image.json` is its fallback).
+pub const IMAGE_CONFIG_PATH: &str = "firebuild/image.json";
 
 /// The modules the initramfs loads, with their dependencies added from the modules' `.modinfo`.
 pub const MODULES: &[&str] = &[
@@ -347,6 +364,87 @@ pub fn build_initramfs(busybox: &Path, modules: &[modules::Module]) -> Result<Ve
     w.finish().map_err(io)
 }
 
+/// Writes the initramfs that boots the agent from memory: `kernel`'s prepared `initramfs.cpio`
+/// followed by a second newc archive holding [`AGENT_PATH`] (`vminit`, mode 0755, owner root),
+/// the current [`INIT_SCRIPT`] as `init` (it replaces the cached one, so a kernel prepared by an
+/// older firebuild still boots the agent this way) and each `extra` file: (path in the archive,
+/// bytes, permission bits), e.g. ([`IMAGE_CONFIG_PATH`], the JSON, `0o644`); missing parent
+/// directories are added (0755). The kernel unpacks concatenated archives in order.
+///
+/// `vminit` must be a static ELF executable (the initramfs has no libraries). `out` is written
+/// through a temporary file in its directory and renamed into place. Boot it with no `init=` on
+/// the kernel command line.
+pub fn agent_initramfs(
+    kernel: &Kernel,
+    vminit: &Path,
+    extra: &[(&str, &[u8], u32)],
+    out: &Path,
+) -> Result<()> {
+    use std::io::Write as _;
+    let agent = std::fs::read(vminit).map_err(Error::io(vminit))?;
+    if !is_static_elf(&agent) {
+        return Err(Error::Spec(format!(
+            "{} is not a static ELF executable: build it with scripts/build-vminit.sh",
+            vminit.display()
+        )));
+    }
+    let base_path = kernel.initramfs();
+    let base = std::fs::read(&base_path).map_err(Error::io(&base_path))?;
+    for (path, _, _) in extra {
+        let ok = !path.is_empty()
+            && !path.starts_with('/')
+            && path
+                .split('/')
+                .all(|c| !c.is_empty() && c != "." && c != "..");
+        if !ok || *path == AGENT_PATH || *path == "init" {
+            return Err(Error::Spec(format!(
+                "initramfs file {path:?}: expected a relative path without . or .. (not init or {AGENT_PATH})"
+            )));
+        }
+    }
+    let io = |e| Error::io(out)(e);
+    let mut w = cpio::CpioWriter::new(Vec::with_capacity(agent.len() + 4096));
+    let mut dirs = std::collections::BTreeSet::new();
+    let names = std::iter::once(AGENT_PATH).chain(extra.iter().map(|(p, _, _)| *p));
+    for name in names {
+        let Some((parents, _)) = name.rsplit_once('/') else {
+            continue;
+        };
+        let mut parent = String::new();
+        for component in parents.split('/') {
+            if !parent.is_empty() {
+                parent.push('/');
+            }
+            parent.push_str(component);
+            if dirs.insert(parent.clone()) {
+                w.dir(&parent, 0o755).map_err(io)?;
+            }
+        }
+    }
+    w.file(AGENT_PATH, 0o755, &agent).map_err(io)?;
+    w.file("init", 0o755, INIT_SCRIPT.as_bytes()).map_err(io)?;
+    for (path, data, mode) in extra {
+        w.file(path, *mode, data).map_err(io)?;
+    }
+    let second = w.finish().map_err(io)?;
+    let dir = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".initramfs-")
+        .tempfile_in(dir)
+        .map_err(Error::io(dir))?;
+    tmp.write_all(&base).map_err(io)?;
+    // Each archive starts on a 4-byte boundary (the prepared one already ends on one).
+    tmp.write_all(&[0u8; 3][..(4 - base.len() % 4) % 4])
+        .map_err(io)?;
+    tmp.write_all(&second).map_err(io)?;
+    tmp.as_file().sync_all().map_err(io)?;
+    tmp.persist(out).map_err(|e| Error::io(out)(e.error))?;
+    Ok(())
+}
+
 /// Whether `elf` is an x86-64 ELF executable without a `PT_INTERP` program header.
 pub fn is_static_elf(elf: &[u8]) -> bool {
     let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
@@ -404,6 +502,105 @@ mod tests {
         assert!(text.contains("TRAILER!!!"));
     }
 
+    /// A prepared kernel directory whose initramfs holds `init` (old script) and `bin/busybox`.
+    fn fake_kernel(dir: &Path) -> Kernel {
+        let mut w = cpio::CpioWriter::new(Vec::new());
+        w.dir("bin", 0o755).unwrap();
+        w.file("bin/busybox", 0o755, b"bb").unwrap();
+        w.file("init", 0o755, b"#!/bin/sh\nold init\n").unwrap();
+        std::fs::write(dir.join("initramfs.cpio"), w.finish().unwrap()).unwrap();
+        Kernel {
+            dir: dir.to_path_buf(),
+            package: "p".into(),
+            version: "1".into(),
+            release: "r".into(),
+            modules: Vec::new(),
+        }
+    }
+
+    /// The smallest thing [`is_static_elf`] accepts: an ELF64 header with no program headers.
+    fn static_elf() -> Vec<u8> {
+        let mut elf = vec![0u8; 64];
+        elf[..5].copy_from_slice(b"\x7fELF\x02");
+        elf
+    }
+
+    #[test]
+    fn agent_initramfs_appends_vminit_init_and_extra_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = fake_kernel(dir.path());
+        let vminit = dir.path().join("vminit");
+        std::fs::write(&vminit, static_elf()).unwrap();
+        let out = dir.path().join("out/agent.cpio");
+        std::fs::create_dir(dir.path().join("out")).unwrap();
+        let config = br#"{"cmd":{"form":"exec","value":["/app"]}}"#;
+        agent_initramfs(
+            &kernel,
+            &vminit,
+            &[
+                (IMAGE_CONFIG_PATH, config, 0o644),
+                ("etc/extra/x", b"x", 0o600),
+            ],
+            &out,
+        )
+        .unwrap();
+        let bytes = std::fs::read(&out).unwrap();
+        let base = std::fs::read(kernel.initramfs()).unwrap();
+        assert!(
+            bytes.starts_with(&base),
+            "the prepared initramfs comes first, untouched"
+        );
+        let entries = cpio::entries(&bytes).unwrap();
+        let names: Vec<_> = entries.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "bin",
+                "bin/busybox",
+                "init",
+                "firebuild",
+                "etc",
+                "etc/extra",
+                AGENT_PATH,
+                "init",
+                IMAGE_CONFIG_PATH,
+                "etc/extra/x"
+            ]
+        );
+        let find = |name: &str| entries.iter().rev().find(|e| e.name == name).unwrap();
+        let agent = find(AGENT_PATH);
+        assert_eq!((agent.mode, agent.owner), (0o100_755, (0, 0)));
+        assert_eq!(agent.data, static_elf());
+        assert_eq!(find("firebuild").mode, 0o040_755);
+        // The last `init` wins when the kernel unpacks: the current script.
+        assert_eq!(find("init").data, INIT_SCRIPT.as_bytes());
+        assert_eq!(find(IMAGE_CONFIG_PATH).data, config);
+        assert_eq!(find("etc/extra/x").mode, 0o100_600);
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("out"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(leftovers, ["agent.cpio"], "no temporary file left");
+    }
+
+    #[test]
+    fn agent_initramfs_refuses_dynamic_agents_and_bad_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = fake_kernel(dir.path());
+        let out = dir.path().join("agent.cpio");
+        let err = agent_initramfs(&kernel, Path::new("/bin/sh"), &[], &out).unwrap_err();
+        assert!(err.to_string().contains("not a static ELF"), "{err}");
+        let vminit = dir.path().join("vminit");
+        std::fs::write(&vminit, static_elf()).unwrap();
+        for bad in ["/etc/x", "../x", "a//b", "init", AGENT_PATH, ""] {
+            assert!(
+                agent_initramfs(&kernel, &vminit, &[(bad, b"", 0o644)], &out).is_err(),
+                "{bad:?} accepted"
+            );
+        }
+        assert!(!out.exists());
+    }
+
     #[test]
     fn an_empty_cache_says_how_to_prepare() {
         let dir = tempfile::tempdir().unwrap();
@@ -432,5 +629,49 @@ mod tests {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    #[test]
+    fn init_script_hands_over_to_the_agent_only_without_init() {
+        let agent = INIT_SCRIPT
+            .find(r#"if [ -z "$init" ] && [ -x "$agent" ]; then"#)
+            .expect("the agent branch");
+        let exec = INIT_SCRIPT
+            .find(r#"exec "$agent" --switch-root /newroot"#)
+            .expect("the agent is exec'd (stays PID 1)");
+        let switch = INIT_SCRIPT
+            .find(r#"exec switch_root /newroot "$init""#)
+            .expect("explicit init= still switch_roots");
+        assert!(agent < exec && exec < switch, "agent branch first");
+        assert!(INIT_SCRIPT.contains("agent=/firebuild/vminit"));
+        assert_eq!(format!("/{AGENT_PATH}"), "/firebuild/vminit");
+        assert!(INIT_SCRIPT.contains(r#"init="${init:-/sbin/init}""#));
+        assert!(!INIT_SCRIPT.contains("/sbin/vminit"));
+    }
+
+    /// The script's own `ip=` split, run by `sh` on values with and without the dns fields.
+    #[test]
+    fn init_script_splits_ip_with_dns_fields() {
+        let read = INIT_SCRIPT
+            .lines()
+            .find(|l| l.trim_start().starts_with("IFS=: read -r client"))
+            .expect("the ip= split")
+            .trim();
+        for (ip, expect) in [
+            (
+                "169.254.0.15::169.254.0.2:255.255.0.0::eth0:off:169.254.0.3",
+                "169.254.0.15|169.254.0.2|255.255.0.0||eth0|off|169.254.0.3|",
+            ),
+            (
+                "10.0.0.2::10.0.0.1:255.255.255.0:h:eth1:off",
+                "10.0.0.2|10.0.0.1|255.255.255.0|h|eth1|off||",
+            ),
+        ] {
+            let script = format!(
+                "{read}\n{ip}\nIPEOF\nprintf '%s|%s|%s|%s|%s|%s|%s|%s' \"$client\" \"$gw\" \"$mask\" \"$host\" \"$dev\" \"$auto\" \"$dns0\" \"$dns1\""
+            );
+            let out = Command::new("sh").arg("-c").arg(&script).output().unwrap();
+            assert_eq!(String::from_utf8_lossy(&out.stdout), expect, "ip={ip}");
+        }
     }
 }

@@ -75,6 +75,77 @@ pub fn qemu_driver(
     firebuild_vmm::QemuDriver::new(spec, opts)
 }
 
+/// A QEMU microvm driver booting `kernel` with `initrd` (default: the kernel's initramfs), the
+/// kernel command line `cmdline`, user networking and the metadata server `mmds` (if any).
+#[allow(clippy::too_many_arguments)]
+pub fn qemu_driver_with(
+    name: &str,
+    dir: &Path,
+    image: &Path,
+    kernel: &firebuild_vmm::kernel::Kernel,
+    initrd: Option<&Path>,
+    mmds: Option<SocketAddr>,
+    cmdline: &str,
+    memory_mib: u32,
+) -> firebuild_vmm::QemuDriver {
+    let mut spec = firebuild_vmm::VmSpec::new(name, dir, image);
+    spec.kernel = Some(firebuild_vmm::KernelFiles {
+        kernel: kernel.bzimage(),
+        initrd: Some(initrd.map_or_else(|| kernel.initramfs(), Path::to_path_buf)),
+    });
+    spec.network = firebuild_vmm::Network::User;
+    spec.metadata = mmds.map_or(
+        firebuild_vmm::Metadata::None,
+        firebuild_vmm::Metadata::Server,
+    );
+    spec.cmdline = Some(cmdline.to_owned());
+    spec.memory_mib = memory_mib;
+    let opts = firebuild_vmm::QemuOptions {
+        probe_cache: Some(kernel.dir.join("kvm-probe")),
+        ..firebuild_vmm::QemuOptions::default()
+    };
+    firebuild_vmm::QemuDriver::new(spec, opts)
+}
+
+/// A merged-/usr root (Debian 12 style: `/bin`, `/sbin`, `/lib` are symlinks into `usr/`) with
+/// busybox and `applets` in `usr/bin`, `/etc/passwd` and `/etc/group` with root, and no `/proc`,
+/// `/sys`, `/dev`, `/run` (vminit must create and remove what it needs).
+pub fn merged_usr_root(dir: &Path, busybox: &Path, applets: &[&str]) -> PathBuf {
+    let root = dir.join("root");
+    for d in ["usr/bin", "usr/sbin", "usr/lib", "etc", "tmp", "srv"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    for (link, target) in [("bin", "usr/bin"), ("sbin", "usr/sbin"), ("lib", "usr/lib")] {
+        std::os::unix::fs::symlink(target, root.join(link)).unwrap();
+    }
+    std::fs::copy(busybox, root.join("usr/bin/busybox")).unwrap();
+    for applet in std::iter::once(&"sh").chain(applets) {
+        std::os::unix::fs::symlink("busybox", root.join("usr/bin").join(applet)).unwrap();
+    }
+    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    std::fs::write(root.join("etc/group"), "root:x:0:\n").unwrap();
+    std::fs::set_permissions(
+        root.join("tmp"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+    )
+    .unwrap();
+    root
+}
+
+/// `debugfs -R "ls -l PATH" image`: the names in that directory.
+pub fn ext4_ls(image: &Path, path: &str) -> Vec<String> {
+    let out = std::process::Command::new("debugfs")
+        .args(["-R", &format!("ls -l {path}")])
+        .arg(image)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().last().map(str::to_owned))
+        .filter(|n| n != "." && n != "..")
+        .collect()
+}
+
 /// A root directory with busybox in /bin and the usual mount points; `init` at `init_path`.
 pub fn busybox_root(dir: &Path, busybox: &Path, init_path: &str, init: &str) -> PathBuf {
     let root = dir.join("root");
@@ -303,9 +374,18 @@ const PLAN: &str = r#"{"schema_version":1,"dockerfile":"Dockerfile","target":0,"
 
 impl BootstrapFixture {
     pub fn start(rt: &tokio::runtime::Runtime) -> Self {
+        Self::start_with(rt, "echo hi > /built && echo step ran")
+    }
+
+    /// The same with `command` (shell form) as the one RUN step.
+    pub fn start_with(rt: &tokio::runtime::Runtime, command: &str) -> Self {
         use firebuild_bootstrap::{BootstrapServer, DirSource, Event};
         use firebuild_pki::{BuildId, BuildPki, Validity};
-        let plan: firebuild_plan::BuildPlan = serde_json::from_str(PLAN).unwrap();
+        let plan = PLAN.replace(
+            "\"echo hi > /built && echo step ran\"",
+            &serde_json::to_string(command).unwrap(),
+        );
+        let plan: firebuild_plan::BuildPlan = serde_json::from_str(&plan).unwrap();
         let context = tempfile::tempdir().unwrap();
         let build = BuildId::new("vmm-e2e").unwrap();
         let pki =
