@@ -24,6 +24,7 @@ pub fn run(data: &[u8], ctx: &Path) {
         context_dir: ctx,
         build_args: &build_args,
         target: None,
+        ..PlanRequest::new("Dockerfile", text, ctx)
     }) else {
         return;
     };

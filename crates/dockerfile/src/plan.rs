@@ -8,8 +8,14 @@
 //!   build args no ARG consumed are reported in [`BuildPlan::warnings`]. The predefined proxy
 //!   args (`HTTP_PROXY`...) reach RUN without a declaration; `TARGETPLATFORM`, `BUILDARCH`...
 //!   have automatic values (the host's architecture, `linux`).
+//! - **FROM an image**: when the caller gives the image's config
+//!   ([`PlanRequest::base_configs`]), the stage starts from it as buildkit starts it: its ENV in
+//!   order, WORKDIR (`/` if none), USER, SHELL, its whole image config, and its ONBUILD triggers
+//!   run first. Without it the stage starts empty, as from `scratch`.
 //! - **ENV** accumulates, is visible to later expansions (it wins over an ARG of the same name)
 //!   and is inherited, with WORKDIR, USER, SHELL and the image config, by `FROM <stage>`.
+//! - **CMD** alone keeps the base's ENTRYPOINT; **ENTRYPOINT** clears the base's CMD unless the
+//!   stage sets a CMD too.
 //! - **WORKDIR** is relative to the previous one (default `/`).
 //! - **RUN** keeps its shell-form text unexpanded (the shell expands it at run time);
 //!   `--network` goes into the plan; `--mount` and `--security=insecure` are rejected, never
@@ -99,10 +105,19 @@ pub struct PlanRequest<'a> {
     pub build_args: &'a [(String, String)],
     /// `--target`: the stage to build (default: the last one).
     pub target: Option<&'a str>,
+    /// The configs of the base images, keyed by the expanded `FROM` reference exactly as it
+    /// lands in [`Base::Image`]. A stage whose base is in the map starts from that config, as
+    /// buildkit starts it (env, workdir, user, shell, image config, ONBUILD triggers); a base
+    /// missing from the map starts empty, like `scratch` (the caller decides whether that is
+    /// allowed).
+    pub base_configs: &'a BTreeMap<String, ImageConfig>,
 }
 
+/// The empty map [`PlanRequest::new`] points at.
+static NO_BASE_CONFIGS: BTreeMap<String, ImageConfig> = BTreeMap::new();
+
 impl<'a> PlanRequest<'a> {
-    /// A request with no build args and the default target.
+    /// A request with no build args, the default target and no base configs.
     pub fn new(dockerfile_path: &'a str, dockerfile: &'a str, context_dir: &'a Path) -> Self {
         Self {
             dockerfile_path,
@@ -110,6 +125,7 @@ impl<'a> PlanRequest<'a> {
             context_dir,
             build_args: &[],
             target: None,
+            base_configs: &NO_BASE_CONFIGS,
         }
     }
 }
@@ -217,6 +233,29 @@ struct Inherit {
     config: ImageConfig,
     /// `ONBUILD` triggers, typed: run at the start of a stage built `FROM` this one.
     triggers: Vec<Instruction>,
+}
+
+impl Inherit {
+    /// What a stage built `FROM` an image with `config` starts from, as buildkit's
+    /// `dockerfile2llb` seeds it: the image's ENV in order, its WORKDIR (`/` when it has none),
+    /// USER, SHELL (`/bin/sh -c` when it has none), its whole config as the stage's starting
+    /// image config (labels, ports, volumes, stop signal, healthcheck, entrypoint, cmd...), and
+    /// its ONBUILD triggers to run first.
+    fn from_image(config: &ImageConfig, triggers: Vec<Instruction>) -> Self {
+        let mut env = Vars::default();
+        for var in &config.env {
+            env.set(&var.name, var.value.clone());
+        }
+        Self {
+            env,
+            workdir: config.workdir.clone().unwrap_or_else(|| "/".to_owned()),
+            user: config.user.clone(),
+            shell: config.shell.clone().unwrap_or_else(default_shell),
+            shell_changed: config.shell.is_some(),
+            config: config.clone(),
+            triggers,
+        }
+    }
 }
 
 impl Default for Inherit {
@@ -491,6 +530,52 @@ impl<'r> Resolver<'r> {
         Ok(())
     }
 
+    /// The state a stage built `FROM <image>` starts in: the image's config when the caller
+    /// gave it ([`PlanRequest::base_configs`]), else nothing (as `scratch`).
+    fn image_base(&self, from: &Instruction, reference: &str) -> Result<Inherit, Error> {
+        let Some(config) = self.req.base_configs.get(reference) else {
+            return Ok(Inherit::default());
+        };
+        let triggers = config
+            .onbuild
+            .iter()
+            .map(|t| self.image_trigger(from, reference, t))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Inherit::from_image(config, triggers))
+    }
+
+    /// Parses one of a base image's `ONBUILD` triggers as the instruction it is, as buildkit's
+    /// `dispatchOnBuildTriggers` does: one instruction, never `ONBUILD`, `FROM` or
+    /// `MAINTAINER`. It reports at the `FROM` line.
+    fn image_trigger(
+        &self,
+        from: &Instruction,
+        reference: &str,
+        trigger: &str,
+    ) -> Result<Instruction, Error> {
+        let bad = |why: String| {
+            self.err(
+                from.span,
+                format!("FROM {reference}: the image's ONBUILD trigger {trigger:?} {why}"),
+            )
+        };
+        let ast = crate::parser::parse(trigger).map_err(|e| bad(format!("does not parse: {e}")))?;
+        let mut parsed =
+            crate::instructions::from_ast(&ast).map_err(|e| bad(format!("is invalid: {e}")))?;
+        let (Some(mut ins), true) = (parsed.pop(), parsed.is_empty()) else {
+            return Err(bad("should be a single instruction".to_owned()));
+        };
+        if matches!(
+            ins.kind,
+            InstructionKind::From(_) | InstructionKind::Onbuild(_) | InstructionKind::Maintainer(_)
+        ) {
+            return Err(bad(format!("cannot be {}", ins.kind.name())));
+        }
+        // Steps from the trigger point at the FROM line that brought it in.
+        ins.span = from.span;
+        Ok(ins)
+    }
+
     fn dispatch_stage(
         &self,
         index: usize,
@@ -570,7 +655,8 @@ impl<'r> Resolver<'r> {
                 Outcome::Failed(_) | Outcome::BaseFailed(_) => return Ok(Err(i)),
             }
         } else {
-            (Base::Image { reference: image }, Inherit::default())
+            let state = self.image_base(from, &image)?;
+            (Base::Image { reference: image }, state)
         };
 
         // Proxy args reach RUN without a declaration.
@@ -580,8 +666,9 @@ impl<'r> Resolver<'r> {
                 args.set(name, v.clone());
             }
         }
-        // A stage built FROM another runs that stage's ONBUILD triggers first, and does not
-        // pass them on (as buildkit does with a base image's triggers).
+        // A stage built FROM another stage or an image runs the base's ONBUILD triggers
+        // first, and does not pass them on (buildkit's `dispatchOnBuildTriggers`, then
+        // `image.Config.OnBuild = nil`).
         let triggers = std::mem::take(&mut state.triggers);
         state.config.onbuild.clear();
         // At most one step per instruction: no reallocation (a `Step` is large) as steps land.
@@ -689,13 +776,15 @@ impl<'r> Resolver<'r> {
                     state.config.shell = Some(shell.clone());
                 }
                 InstructionKind::Cmd(cmd) => {
+                    // buildkit's `dispatchCmd`: replaces CMD, keeps the (base's) ENTRYPOINT.
                     state.config.cmd = Some(cmd.clone());
                     cmd_set = true;
                 }
                 InstructionKind::Entrypoint(cmd) => {
                     state.config.entrypoint = Some(cmd.clone());
                     if !cmd_set {
-                        // As Docker: an ENTRYPOINT resets a CMD inherited from the base.
+                        // buildkit's `dispatchEntrypoint`: an ENTRYPOINT clears the CMD
+                        // inherited from the base unless this stage has set a CMD itself.
                         state.config.cmd = None;
                     }
                 }
@@ -709,7 +798,8 @@ impl<'r> Resolver<'r> {
                         .exposed_ports
                         .iter()
                         .filter_map(|p| {
-                            let (n, proto) = p.split_once('/')?;
+                            // A base image's port may lack its protocol: Docker's is tcp.
+                            let (n, proto) = p.split_once('/').unwrap_or((p, "tcp"));
                             Some((n.parse().ok()?, proto.to_owned()))
                         })
                         .collect();

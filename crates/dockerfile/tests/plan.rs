@@ -32,11 +32,9 @@ fn resolve_with(
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect();
     plan(&PlanRequest {
-        dockerfile_path: "Dockerfile",
-        dockerfile,
-        context_dir: ctx,
         build_args: &args,
         target,
+        ..PlanRequest::new("Dockerfile", dockerfile, ctx)
     })
 }
 
