@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use firebuild_plan::{Command, EnvVar, ImageConfig, StepContext, default_shell};
+use firebuild_plan::{Command, EnvVar, Healthcheck, ImageConfig, StepContext, default_shell};
 use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
@@ -99,6 +99,59 @@ pub struct OciRunConfig {
     /// `ONBUILD` (Docker extension).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_build: Option<Vec<String>>,
+    /// `HEALTHCHECK` (Docker extension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<OciHealthcheck>,
+}
+
+/// `Healthcheck` of a Docker image config: durations in nanoseconds, zero meaning unset.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct OciHealthcheck {
+    /// `[]` (inherit), `["NONE"]`, `["CMD", arg...]` or `["CMD-SHELL", command]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub test: Vec<String>,
+    /// `--interval`, in nanoseconds.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub interval: u64,
+    /// `--timeout`, in nanoseconds.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub timeout: u64,
+    /// `--start-period`, in nanoseconds.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub start_period: u64,
+    /// `--start-interval`, in nanoseconds.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub start_interval: u64,
+    /// `--retries`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub retries: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl OciHealthcheck {
+    /// The plan's form of the check; `None` for an empty test (inherit: nothing to say).
+    pub fn to_plan(&self) -> Option<Healthcheck> {
+        let ms = |ns: u64| (ns > 0).then_some(ns / 1_000_000);
+        let command = match self.test.split_first()? {
+            (kind, _) if kind == "NONE" => return Some(Healthcheck::None),
+            (kind, rest) if kind == "CMD" => Command::Exec(rest.to_vec()),
+            (kind, rest) if kind == "CMD-SHELL" => Command::Shell(rest.join(" ")),
+            // Docker's legacy form: no keyword, the argv itself.
+            _ => Command::Exec(self.test.clone()),
+        };
+        Some(Healthcheck::Cmd {
+            command,
+            interval_ms: ms(self.interval),
+            timeout_ms: ms(self.timeout),
+            start_period_ms: ms(self.start_period),
+            start_interval_ms: ms(self.start_interval),
+            retries: (self.retries > 0).then(|| u32::try_from(self.retries).unwrap_or(u32::MAX)),
+        })
+    }
 }
 
 impl OciImageConfig {
@@ -156,7 +209,7 @@ impl OciImageConfig {
             labels: c.labels.clone().unwrap_or_default(),
             volumes: keys(&c.volumes),
             stop_signal: c.stop_signal.clone(),
-            healthcheck: None,
+            healthcheck: c.healthcheck.as_ref().and_then(OciHealthcheck::to_plan),
             onbuild: c.on_build.clone().unwrap_or_default(),
         }
     }
@@ -190,9 +243,58 @@ mod tests {
         assert_eq!(ctx.user.as_deref(), Some("1000:1000"));
         assert_eq!(ctx.shell, default_shell());
         assert_eq!(ctx.env.len(), 2);
+        assert_eq!(ic.healthcheck, None);
         let bare = OciImageConfig::from_slice(b"{}", "config")
             .unwrap()
             .starting_context();
         assert_eq!(bare, StepContext::default());
+    }
+
+    #[test]
+    fn maps_every_field_imageconfig_models() {
+        let json = br#"{"config":{"Env":["A=1"],"Entrypoint":["/e"],"Cmd":["c"],
+            "WorkingDir":"/w","User":"u","ExposedPorts":{"80/tcp":{}},"Labels":{"l":"v"},
+            "Volumes":{"/v":{}},"StopSignal":"SIGINT","Shell":["/bin/bash","-c"],
+            "OnBuild":["RUN x"],"Healthcheck":{"Test":["CMD-SHELL","curl -f localhost"],
+            "Interval":30000000000,"Timeout":5000000000,"StartPeriod":1000000000,
+            "StartInterval":2000000000,"Retries":3}}}"#;
+        let ic = OciImageConfig::from_slice(json, "config")
+            .unwrap()
+            .to_image_config();
+        let exec = |w: &str| Some(Command::Exec(vec![w.to_owned()]));
+        let want = ImageConfig {
+            env: vec![EnvVar::new("A", "1")],
+            cmd: exec("c"),
+            entrypoint: exec("/e"),
+            workdir: Some("/w".into()),
+            user: Some("u".into()),
+            shell: Some(vec!["/bin/bash".into(), "-c".into()]),
+            exposed_ports: vec!["80/tcp".into()],
+            labels: BTreeMap::from([("l".into(), "v".into())]),
+            volumes: vec!["/v".into()],
+            stop_signal: Some("SIGINT".into()),
+            healthcheck: Some(Healthcheck::Cmd {
+                command: Command::Shell("curl -f localhost".into()),
+                interval_ms: Some(30_000),
+                timeout_ms: Some(5_000),
+                start_period_ms: Some(1_000),
+                start_interval_ms: Some(2_000),
+                retries: Some(3),
+            }),
+            onbuild: vec!["RUN x".into()],
+        };
+        assert_eq!(ic, want);
+        let none = br#"{"config":{"Healthcheck":{"Test":["NONE"]}}}"#;
+        let ic = OciImageConfig::from_slice(none, "config")
+            .unwrap()
+            .to_image_config();
+        assert_eq!(ic.healthcheck, Some(Healthcheck::None));
+        let cmd = br#"{"config":{"Healthcheck":{"Test":["CMD","/check","-q"]}}}"#;
+        let ic = OciImageConfig::from_slice(cmd, "config")
+            .unwrap()
+            .to_image_config();
+        assert!(
+            matches!(ic.healthcheck, Some(Healthcheck::Cmd { command: Command::Exec(argv), interval_ms: None, .. }) if argv == ["/check", "-q"])
+        );
     }
 }

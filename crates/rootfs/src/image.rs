@@ -157,3 +157,33 @@ pub struct ResolvedImage {
     /// Layers, bottom first.
     pub layers: Vec<LayerFile>,
 }
+
+/// An image's manifest and config, resolved and verified without touching its layers: what
+/// planning needs ([`crate::resolve_config`]).
+#[derive(Debug, Clone)]
+pub struct ResolvedConfig {
+    /// The reference it was resolved from, as given.
+    pub reference: String,
+    /// Digest of the image manifest (platform-specific), when the source has one.
+    pub manifest_digest: Option<Digest>,
+    /// Digest of the index the manifest was picked from, if any.
+    pub index_digest: Option<Digest>,
+    /// Digest of the config blob.
+    pub config_digest: Digest,
+    /// The decoded config.
+    pub config: OciImageConfig,
+}
+
+impl ResolvedConfig {
+    /// The resolved image: this config with its `layers`.
+    pub fn with_layers(self, layers: Vec<LayerFile>) -> ResolvedImage {
+        ResolvedImage {
+            reference: self.reference,
+            manifest_digest: self.manifest_digest,
+            index_digest: self.index_digest,
+            config_digest: self.config_digest,
+            config: self.config,
+            layers,
+        }
+    }
+}

@@ -3,7 +3,9 @@
 //! A [`BaseSource`] (OCI registry, OCI image layout, `docker save` archive, ext4 image,
 //! directory or `scratch`) becomes an ext4 work image through [`prepare`], which also returns
 //! the base's image config (a [`firebuild_plan::ImageConfig`]: env, user, workdir, entrypoint,
-//! cmd...) to seed the build plan. The pieces are usable alone: [`registry::pull`] (with
+//! cmd...) to seed the build plan; [`resolve_config`] gives the same config without touching
+//! a layer (manifests and config only, cached by digest), for planning. The pieces are usable
+//! alone: [`registry::pull`] (with
 //! [`oci_client`], digests verified, layers cached), [`layer::Applier`] (tar/gzip/zstd layers,
 //! whiteouts, confined paths), [`ext4::make_ext4`] (`mkfs.ext4 -d`, sizing, `e2fsck -fn`),
 //! [`ext4::shrink`] / [`ext4::grow`], and the [`Manifest`] written beside the image.
@@ -49,4 +51,7 @@ mod source;
 pub use digest::Digest;
 pub use error::{Error, Result};
 pub use manifest::{BaseProvenance, Manifest, RootfsInfo};
-pub use source::{BaseSource, PrepareOptions, Prepared, apply_image, prepare, resolve_image};
+pub use source::{
+    BaseConfig, BaseSource, PrepareOptions, Prepared, apply_image, prepare, resolve_config,
+    resolve_image,
+};

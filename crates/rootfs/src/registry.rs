@@ -19,7 +19,9 @@ use tracing::{debug, info};
 use crate::config::{MAX_JSON_BYTES, OciImageConfig, json_too_large};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::image::{Descriptor, LayerFile, MANIFEST_TYPES, ManifestDoc, ResolvedImage};
+use crate::image::{
+    Descriptor, LayerFile, MANIFEST_TYPES, ManifestDoc, ResolvedConfig, ResolvedImage,
+};
 
 /// Layers fetched at once.
 const PARALLEL_LAYER_FETCHES: usize = 3;
@@ -97,6 +99,34 @@ impl BlobCache {
         self.dir.join("blobs").join("sha256").join(digest.hex())
     }
 
+    /// A cached JSON blob (manifest, index, config), re-verified and bounded by
+    /// [`MAX_JSON_BYTES`]; `None` when absent or corrupt.
+    pub fn get_json(&self, digest: &Digest) -> Result<Option<Vec<u8>>> {
+        let Some(path) = self.get(digest) else {
+            return Ok(None);
+        };
+        let len = std::fs::metadata(&path)
+            .map_err(Error::io("stat", &path))?
+            .len();
+        if len > MAX_JSON_BYTES as u64 {
+            return Err(json_too_large(path.display().to_string(), len));
+        }
+        std::fs::read(&path)
+            .map(Some)
+            .map_err(Error::io("read", &path))
+    }
+
+    /// Stores a small blob whose digest the caller has checked (written aside, then renamed
+    /// into place, so readers never see half a blob).
+    pub fn put(&self, digest: &Digest, bytes: &[u8]) -> Result<()> {
+        let dest = self.path(digest);
+        let parent = dest.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(parent).map_err(Error::io("create", parent))?;
+        let tmp = parent.join(format!(".{}.{}.partial", digest.hex(), std::process::id()));
+        std::fs::write(&tmp, bytes).map_err(Error::io("write", &tmp))?;
+        std::fs::rename(&tmp, &dest).map_err(Error::io("rename", &dest))
+    }
+
     /// A cached blob, re-verified; a corrupt entry is deleted and reported as missing.
     pub fn get(&self, digest: &Digest) -> Option<PathBuf> {
         let p = self.path(digest);
@@ -138,72 +168,150 @@ fn reg_err(
     }
 }
 
+/// A connection to the registry of one reference (no request made yet).
+struct Session {
+    reference: String,
+    r: Reference,
+    registry: String,
+    client: Client,
+    auth: RegistryAuth,
+}
+
+impl Session {
+    fn new(reference: &str, opts: &PullOptions) -> Result<Self> {
+        let r: Reference =
+            reference
+                .parse()
+                .map_err(|e: oci_client::ParseError| Error::Reference {
+                    reference: reference.to_owned(),
+                    reason: e.to_string(),
+                })?;
+        let registry = r.resolve_registry().to_owned();
+        let mut insecure = opts.insecure_registries.clone();
+        if is_loopback_registry(r.registry()) {
+            insecure.push(r.registry().to_owned());
+            insecure.push(registry.clone());
+        }
+        let client = Client::new(ClientConfig {
+            protocol: ClientProtocol::HttpsExcept(insecure),
+            platform_resolver: None,
+            ..Default::default()
+        });
+        let auth = match &opts.credentials {
+            Credentials::Anonymous => RegistryAuth::Anonymous,
+            Credentials::Basic { user, password } => {
+                RegistryAuth::Basic(user.clone(), password.clone())
+            }
+        };
+        Ok(Self {
+            reference: reference.to_owned(),
+            r,
+            registry,
+            client,
+            auth,
+        })
+    }
+
+    /// A manifest (or index), verified: from the cache when asked for by digest and cached,
+    /// else fetched (and cached by its digest).
+    async fn manifest(
+        &self,
+        digest: Option<&Digest>,
+        cache: &BlobCache,
+    ) -> Result<(Digest, ManifestDoc)> {
+        if let Some(d) = digest
+            && let Some(bytes) = cache.get_json(d)?
+        {
+            debug!(manifest = %d, "manifest cache hit");
+            let doc = ManifestDoc::from_slice(&bytes, &format!("manifest {d}"))?;
+            return Ok((d.clone(), doc));
+        }
+        let r = match digest {
+            Some(d) => self.r.clone_with_digest(d.to_string()),
+            None => self.r.clone(),
+        };
+        let what = digest.map_or_else(|| self.reference.clone(), Digest::to_string);
+        let (bytes, got) = self
+            .client
+            .pull_manifest_raw(&r, &self.auth, &MANIFEST_TYPES)
+            .await
+            .map_err(reg_err(&self.registry, format!("fetch manifest {what}")))?;
+        let wanted = digest.map(Digest::as_str).or(self.r.digest());
+        let actual = verify_manifest(&bytes, &got, wanted, &self.reference)?;
+        let doc = ManifestDoc::from_slice(&bytes, &format!("manifest {actual}"))?;
+        cache.put(&actual, &bytes)?;
+        Ok((actual, doc))
+    }
+
+    /// The platform manifest (linux/amd64 when the reference names an index) and the
+    /// config, verified, layers untouched.
+    async fn config(&self, cache: &BlobCache) -> Result<(ResolvedConfig, Vec<Descriptor>)> {
+        let named = self.r.digest().map(Digest::parse).transpose()?;
+        let (first, doc) = self.manifest(named.as_ref(), cache).await?;
+        let (index_digest, manifest_digest, doc) = if doc.is_index() {
+            let d = doc.pick_linux_amd64(&self.reference)?;
+            debug!(index = %first, manifest = %d, "picked linux/amd64");
+            let (d, inner) = self.manifest(Some(&d), cache).await?;
+            (Some(first), d, inner)
+        } else {
+            (None, first, doc)
+        };
+        let (config_desc, layers) = doc.image_parts(&format!("manifest {manifest_digest}"))?;
+        let (config_digest, config) = self.config_blob(&config_desc, cache).await?;
+        let resolved = ResolvedConfig {
+            reference: self.reference.clone(),
+            manifest_digest: Some(manifest_digest),
+            index_digest,
+            config_digest,
+            config,
+        };
+        Ok((resolved, layers))
+    }
+
+    /// The config blob named by `desc`, verified, from the cache or fetched into it.
+    async fn config_blob(
+        &self,
+        desc: &Descriptor,
+        cache: &BlobCache,
+    ) -> Result<(Digest, OciImageConfig)> {
+        if desc.size > MAX_JSON_BYTES as i64 {
+            return Err(json_too_large(format!("config {}", desc.digest), desc.size));
+        }
+        let digest = Digest::parse(&desc.digest)?;
+        let what = format!("config {digest}");
+        if let Some(bytes) = cache.get_json(&digest)? {
+            debug!(config = %digest, "config cache hit");
+            return Ok((digest, OciImageConfig::from_slice(&bytes, &what)?));
+        }
+        let mut bytes = Vec::new();
+        self.client
+            .pull_blob(&self.r, &oci_desc(desc), &mut bytes)
+            .await
+            .map_err(reg_err(&self.registry, format!("config blob {digest}")))?;
+        digest.verify(&bytes, "config blob")?;
+        let config = OciImageConfig::from_slice(&bytes, &what)?;
+        cache.put(&digest, &bytes)?;
+        Ok((digest, config))
+    }
+}
+
+/// Resolves `reference` (linux/amd64) to its manifest and config only, verified and cached by
+/// digest: a digest reference whose manifest and config are cached needs no network.
+pub async fn fetch_config(reference: &str, opts: &PullOptions) -> Result<ResolvedConfig> {
+    let session = Session::new(reference, opts)?;
+    info!(reference, registry = %session.registry, "resolving base image config");
+    let cache = BlobCache::new(&opts.cache_dir);
+    Ok(session.config(&cache).await?.0)
+}
+
 /// Pulls `reference` (linux/amd64) into the cache and returns the verified image.
 pub async fn pull(reference: &str, opts: &PullOptions) -> Result<ResolvedImage> {
-    let r: Reference = reference
-        .parse()
-        .map_err(|e: oci_client::ParseError| Error::Reference {
-            reference: reference.to_owned(),
-            reason: e.to_string(),
-        })?;
-    let registry = r.resolve_registry().to_owned();
-    let mut insecure = opts.insecure_registries.clone();
-    if is_loopback_registry(r.registry()) {
-        insecure.push(r.registry().to_owned());
-        insecure.push(registry.clone());
-    }
-    let client = Client::new(ClientConfig {
-        protocol: ClientProtocol::HttpsExcept(insecure),
-        platform_resolver: None,
-        ..Default::default()
-    });
-    let auth = match &opts.credentials {
-        Credentials::Anonymous => RegistryAuth::Anonymous,
-        Credentials::Basic { user, password } => {
-            RegistryAuth::Basic(user.clone(), password.clone())
-        }
-    };
-    info!(reference, registry = %registry, "pulling base image");
-
-    let (bytes, digest) = client
-        .pull_manifest_raw(&r, &auth, &MANIFEST_TYPES)
-        .await
-        .map_err(reg_err(&registry, format!("fetch manifest {reference}")))?;
-    let first = verify_manifest(&bytes, &digest, r.digest(), reference)?;
-    let doc = ManifestDoc::from_slice(&bytes, &format!("manifest {first}"))?;
-    let (index_digest, manifest_digest, doc) = if doc.is_index() {
-        let d = doc.pick_linux_amd64(reference)?;
-        debug!(index = %first, manifest = %d, "picked linux/amd64");
-        let pr = r.clone_with_digest(d.to_string());
-        let (bytes, got) = client
-            .pull_manifest_raw(&pr, &auth, &MANIFEST_TYPES)
-            .await
-            .map_err(reg_err(&registry, format!("fetch manifest {d}")))?;
-        verify_manifest(&bytes, &got, Some(d.as_str()), reference)?;
-        let inner = ManifestDoc::from_slice(&bytes, &format!("manifest {d}"))?;
-        (Some(first), d, inner)
-    } else {
-        (None, first, doc)
-    };
-    let (config_desc, layer_descs) = doc.image_parts(&format!("manifest {manifest_digest}"))?;
-    if config_desc.size > MAX_JSON_BYTES as i64 {
-        return Err(json_too_large(
-            format!("config {}", config_desc.digest),
-            config_desc.size,
-        ));
-    }
-    let config_digest = Digest::parse(&config_desc.digest)?;
-    let mut config_bytes = Vec::new();
-    client
-        .pull_blob(&r, &oci_desc(&config_desc), &mut config_bytes)
-        .await
-        .map_err(reg_err(&registry, format!("config blob {config_digest}")))?;
-    config_digest.verify(&config_bytes, "config blob")?;
-    let config = OciImageConfig::from_slice(&config_bytes, &format!("config {config_digest}"))?;
-
+    let session = Session::new(reference, opts)?;
+    info!(reference, registry = %session.registry, "pulling base image");
     let cache = BlobCache::new(&opts.cache_dir);
+    let (resolved, layer_descs) = session.config(&cache).await?;
     let fetches = layer_descs.iter().enumerate().map(|(i, l)| {
-        let (client, r, registry, cache) = (&client, &r, registry.as_str(), &cache);
+        let (session, cache) = (&session, &cache);
         async move {
             let d = Digest::parse(&l.digest)?;
             let path = match cache.get(&d) {
@@ -211,7 +319,7 @@ pub async fn pull(reference: &str, opts: &PullOptions) -> Result<ResolvedImage> 
                     debug!(layer = %d, "layer cache hit");
                     p
                 }
-                None => fetch_layer(client, r, registry, l, &d, i, cache).await?,
+                None => fetch_layer(session, l, &d, i, cache).await?,
             };
             Ok::<_, Error>(LayerFile {
                 digest: Some(d),
@@ -225,14 +333,7 @@ pub async fn pull(reference: &str, opts: &PullOptions) -> Result<ResolvedImage> 
         .buffered(PARALLEL_LAYER_FETCHES)
         .try_collect()
         .await?;
-    Ok(ResolvedImage {
-        reference: reference.to_owned(),
-        manifest_digest: Some(manifest_digest),
-        index_digest,
-        config_digest,
-        config,
-        layers,
-    })
+    Ok(resolved.with_layers(layers))
 }
 
 fn verify_manifest(
@@ -262,9 +363,7 @@ fn oci_desc(d: &Descriptor) -> OciDescriptor {
 }
 
 async fn fetch_layer(
-    client: &Client,
-    r: &Reference,
-    registry: &str,
+    session: &Session,
     l: &Descriptor,
     d: &Digest,
     index: usize,
@@ -280,10 +379,14 @@ async fn fetch_layer(
         .await
         .map_err(Error::io("create", &tmp))?;
     info!(layer = index, digest = %d, size = l.size, "fetching layer");
-    let res = client
-        .pull_blob(r, &oci_desc(l), file)
+    let res = session
+        .client
+        .pull_blob(&session.r, &oci_desc(l), file)
         .await
-        .map_err(reg_err(registry, format!("layer {index} blob {d}")));
+        .map_err(reg_err(
+            &session.registry,
+            format!("layer {index} blob {d}"),
+        ));
     if let Err(e) = res {
         let _ = tokio::fs::remove_file(&tmp).await;
         return Err(e);

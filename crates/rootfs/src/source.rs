@@ -11,7 +11,7 @@ use crate::archive;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::ext4::{self, Ext4Image, Ext4Options};
-use crate::image::ResolvedImage;
+use crate::image::{ResolvedConfig, ResolvedImage};
 use crate::layer::{Applier, Ownership, SideTable};
 use crate::manifest::BaseProvenance;
 use crate::registry::{self, PullOptions};
@@ -162,6 +162,90 @@ pub struct Prepared {
     pub context: StepContext,
     /// Where the base came from.
     pub base: BaseProvenance,
+}
+
+/// A base image's config, resolved without its layers ([`resolve_config`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseConfig {
+    /// The image config, as [`Prepared::config`] reports it.
+    pub config: ImageConfig,
+    /// The step context the first step starts in, as [`Prepared::context`] reports it.
+    pub context: StepContext,
+    /// Where it came from: kind, reference, manifest/index/config digests, layer diff ids.
+    pub base: BaseProvenance,
+}
+
+impl BaseConfig {
+    fn new(source: &BaseSource, resolved: ResolvedConfig) -> Self {
+        let base = BaseProvenance {
+            kind: source.kind().to_owned(),
+            reference: Some(source.to_string()),
+            manifest_digest: resolved.manifest_digest.as_ref().map(Digest::to_string),
+            index_digest: resolved.index_digest.as_ref().map(Digest::to_string),
+            config_digest: Some(resolved.config_digest.to_string()),
+            layers: resolved.config.rootfs.diff_ids.clone(),
+        };
+        Self {
+            config: resolved.config.to_image_config(),
+            context: resolved.config.starting_context(),
+            base,
+        }
+    }
+}
+
+/// Resolves a base's image config without touching its layers, for planning: a registry's
+/// manifest (linux/amd64 from an index) and config blob, verified and cached by digest under
+/// [`PullOptions::cache_dir`] (a digest reference already cached needs no network); a layout
+/// or `docker save` directory's JSON documents; a layout or `docker save` tar streamed for its
+/// JSON entries only. `None` for `scratch`, `dir:` and `ext4:`, which have no config.
+pub async fn resolve_config(source: &BaseSource, opts: &PullOptions) -> Result<Option<BaseConfig>> {
+    let resolved = match source {
+        BaseSource::Registry(r) => registry::fetch_config(r, opts).await?,
+        BaseSource::OciLayout { path, tag } => {
+            let tag = tag.clone();
+            local_config(path, move |path, label| {
+                let mut files = json_files(path)?;
+                Ok(archive::oci_layout_config(&mut *files, label, tag.as_deref())?.0)
+            })
+            .await?
+        }
+        BaseSource::DockerArchive { path, tag } => {
+            let tag = tag.clone();
+            local_config(path, move |path, label| {
+                let mut files = json_files(path)?;
+                Ok(archive::docker_save_config(&mut *files, label, tag.as_deref())?.0)
+            })
+            .await?
+        }
+        BaseSource::Ext4(_) | BaseSource::Dir(_) | BaseSource::Scratch => return Ok(None),
+    };
+    Ok(Some(BaseConfig::new(source, resolved)))
+}
+
+/// The JSON documents of a local layout or archive: a directory as is, a tar streamed.
+fn json_files(path: &Path) -> Result<Box<dyn archive::JsonFiles + '_>> {
+    let meta = std::fs::metadata(path).map_err(Error::io("stat", path))?;
+    Ok(if meta.is_dir() {
+        Box::new(archive::DirFiles(path))
+    } else {
+        Box::new(archive::TarFiles(path))
+    })
+}
+
+/// Runs a blocking read of the local layout or archive at `path` off the async executor;
+/// `read` gets the path and its label for messages.
+async fn local_config(
+    path: &Path,
+    read: impl FnOnce(&Path, &str) -> Result<ResolvedConfig> + Send + 'static,
+) -> Result<ResolvedConfig> {
+    let owned = path.to_path_buf();
+    tokio::task::spawn_blocking(move || read(&owned, &owned.display().to_string()))
+        .await
+        .map_err(|e| Error::Io {
+            op: "join config task",
+            path: path.to_path_buf(),
+            source: std::io::Error::other(e.to_string()),
+        })?
 }
 
 /// Resolves a layered source (registry, OCI layout, docker archive) to a verified image.

@@ -5,7 +5,6 @@
 mod support;
 
 use std::fs;
-use std::path::Path;
 
 use firebuild_rootfs::layer::Ownership;
 use firebuild_rootfs::{BaseSource, Digest, Error, PrepareOptions, ext4, prepare};
@@ -13,61 +12,6 @@ use support::*;
 
 fn tools_ok() -> bool {
     support::tools_ok(&["mkfs.ext4", "e2fsck", "debugfs", "resize2fs"])
-}
-
-/// Writes an OCI image layout holding `img` tagged `v1`.
-fn write_layout(dir: &Path, img: &TestImage) {
-    let blobs = dir.join("blobs/sha256");
-    fs::create_dir_all(&blobs).unwrap();
-    let put = |b: &[u8]| fs::write(blobs.join(Digest::of(b).hex()), b).unwrap();
-    for (blob, _, _) in &img.layers {
-        put(blob);
-    }
-    put(&img.config);
-    put(&img.manifest);
-    fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-    let index = serde_json::json!({"schemaVersion": 2, "manifests": [{
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "digest": img.manifest_digest().to_string(), "size": img.manifest.len(),
-        "annotations": {"org.opencontainers.image.ref.name": "v1"}}]});
-    fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
-}
-
-fn tar_of(dir: &Path, out: &Path) {
-    let mut b = tar::Builder::new(fs::File::create(out).unwrap());
-    b.append_dir_all(".", dir).unwrap();
-    b.finish().unwrap();
-}
-
-/// A legacy `docker save` archive: `<hex>.json` config, `<id>/layer.tar` uncompressed layers.
-fn write_docker_save(dir: &Path, img: &TestImage, tamper: bool) {
-    fs::create_dir_all(dir).unwrap();
-    let cfg = format!("{}.json", img.config_digest().hex());
-    fs::write(dir.join(&cfg), &img.config).unwrap();
-    let mut layers = Vec::new();
-    for (i, (blob, _, _)) in img.layers.iter().enumerate() {
-        let mut plain = Vec::new();
-        std::io::copy(
-            &mut firebuild_rootfs::layer::decompress(&blob[..]).unwrap(),
-            &mut plain,
-        )
-        .unwrap();
-        if tamper && i == 1 {
-            // Same tar, one more zero block: still a valid archive, different diff id.
-            plain.extend_from_slice(&[0u8; 512]);
-        }
-        let name = format!("layer{i}/layer.tar");
-        fs::create_dir_all(dir.join(format!("layer{i}"))).unwrap();
-        fs::write(dir.join(&name), plain).unwrap();
-        layers.push(name);
-    }
-    let manifest =
-        serde_json::json!([{"Config": cfg, "RepoTags": ["test/img:v1"], "Layers": layers}]);
-    fs::write(
-        dir.join("manifest.json"),
-        serde_json::to_vec(&manifest).unwrap(),
-    )
-    .unwrap();
 }
 
 #[tokio::test]
