@@ -32,6 +32,17 @@ fn prerequisites() -> Option<(PathBuf, PathBuf, firebuild_vmm::kernel::Kernel)> 
     Some((busybox, vminit, kernel))
 }
 
+/// PID 1's shutdown went through: stubs removed, `/` remounted read-only (nothing mounted or
+/// open for writing was left on it).
+fn assert_clean_shutdown(log: &str) {
+    assert!(!log.contains("remounting / read-only:"), "{log}");
+    assert!(!log.contains("removing the mount point"), "{log}");
+    assert!(
+        log.contains("mount point stubs (removed at shutdown)"),
+        "{log}"
+    );
+}
+
 fn assert_no_stubs_or_agent(image: &Path) {
     let top = support::ext4_ls(image, "/");
     for gone in ["proc", "sys", "dev"] {
@@ -100,6 +111,7 @@ fn vminit_from_the_initramfs_builds_on_a_merged_usr_root_and_leaves_nothing() {
         "vminit started from the initramfs"
     );
     assert_eq!(firebuild_vmm::parse_exit_code(&log), Some(0), "exit marker");
+    assert_clean_shutdown(&log);
 
     // The step saw BuildKit's environment, with QEMU's DNS forwarder from ip='s dns0...
     let seen = support::ext4_cat(&image, "/seen-etc");
@@ -192,6 +204,7 @@ fn run_mode_without_metadata_runs_the_initramfs_image_config_and_reports_its_exi
         !log.contains("metadata unreachable"),
         "no source waited for"
     );
+    assert_clean_shutdown(&log);
     // /tmp was a tmpfs in run mode; the image gained no stubs.
     assert_eq!(support::ext4_cat(&image, "/tmp/run-tmp"), "");
     assert_no_stubs_or_agent(&image);
