@@ -51,6 +51,22 @@
 //! assert_eq!(last.context.user.as_deref(), Some("app"));
 //! assert_eq!(last.span.start_line, 8);
 //!
+//! // The base image's config, as the caller fetched it, seeds the stage.
+//! let base = firebuild_plan::ImageConfig {
+//!     env: vec![firebuild_plan::EnvVar::new("PATH", "/usr/bin:/bin")],
+//!     workdir: Some("/srv".into()),
+//!     ..Default::default()
+//! };
+//! let configs = std::collections::BTreeMap::from([("debian:12".to_owned(), base)]);
+//! let text = "FROM debian:12\nENV PATH=/opt/bin:$PATH\nRUN x\n";
+//! let req = PlanRequest {
+//!     base_configs: &configs,
+//!     ..PlanRequest::new("Dockerfile", text, Path::new("."))
+//! };
+//! let run = &plan(&req).unwrap().stages[0].steps[0];
+//! assert_eq!(run.context.env[0].value, "/opt/bin:/usr/bin:/bin");
+//! assert_eq!(run.context.workdir, "/srv");
+//!
 //! let err = plan(&PlanRequest::new("Dockerfile", "FROM a\nCOPY ../x /\n", Path::new(".")))
 //!     .unwrap_err();
 //! assert!(err.to_string().starts_with("Dockerfile:2:1: COPY failed: source path \"../x\""));
