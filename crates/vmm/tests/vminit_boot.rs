@@ -209,3 +209,65 @@ fn run_mode_without_metadata_runs_the_initramfs_image_config_and_reports_its_exi
     assert_eq!(support::ext4_cat(&image, "/tmp/run-tmp"), "");
     assert_no_stubs_or_agent(&image);
 }
+
+/// After the root switch PID 1 still forwards SIGTERM to the agent, which forwards it to the
+/// workload: a workload that sends SIGTERM to PID 1 gets it back through its trap.
+#[test]
+fn sigterm_to_pid1_reaches_the_workload_after_the_root_switch() {
+    let Some((busybox, vminit, kernel)) = prerequisites() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let root = support::merged_usr_root(dir.path(), &busybox, &["echo", "sleep"]);
+    let image = dir.path().join("rootfs.ext4");
+    support::make_ext4(&root, &image, 32);
+    let config = serde_json::json!({
+        "entrypoint": {"form": "exec", "value": ["/bin/sh", "-c",
+            "trap 'echo got-term; exit 3' TERM; kill -TERM 1; sleep 20 & wait $!; echo not-forwarded; exit 9"]},
+    })
+    .to_string();
+    let initrd = dir.path().join("agent.cpio");
+    firebuild_vmm::kernel::agent_initramfs(
+        &kernel,
+        &vminit,
+        &[(
+            firebuild_vmm::kernel::IMAGE_CONFIG_PATH,
+            config.as_bytes(),
+            0o644,
+        )],
+        &initrd,
+    )
+    .unwrap();
+    let mut driver = support::qemu_driver_with(
+        "vminit-term",
+        dir.path(),
+        &image,
+        &kernel,
+        Some(&initrd),
+        None,
+        &format!(
+            "{} firebuild.metadata=off",
+            firebuild_vmm::qemu::DEFAULT_CMDLINE
+        ),
+        256,
+    );
+    let outcome = driver.run(Duration::from_secs(120)).unwrap();
+    let log = std::fs::read_to_string(driver.console_log()).unwrap_or_default();
+    let code = firebuild_vmm::parse_exit_code(&log);
+    if code != Some(3) {
+        support::console(driver.console_log());
+        support::keep_console(driver.console_log(), "vminit-term");
+    }
+    assert!(
+        matches!(outcome, RunOutcome::Exited(e) if !e.stopped),
+        "qemu did not exit by itself: {outcome:?}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("forwarding") && l.contains("TERM") && l.contains("to the agent")),
+        "PID 1 forwarded"
+    );
+    assert!(log.contains("got-term"), "the workload's trap ran");
+    assert_eq!(code, Some(3), "the trap's exit code on the console");
+    assert_clean_shutdown(&log);
+}
