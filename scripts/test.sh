@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 ensure_rust
 ensure_apt gcc libc6-dev make binutils e2fsprogs fakeroot cpio busybox-static qemu-system-x86 \
-    docker-registry xz-utils zstd bzip2 lz4 iproute2 util-linux openssh-client curl
+    docker-registry xz-utils zstd bzip2 lz4 iproute2 util-linux openssh-client curl mmdebstrap
 
 if [ ! -d ../shared/conformance ]; then
     if [ -n "${CI:-}" ]; then
@@ -16,6 +16,10 @@ if [ ! -d ../shared/conformance ]; then
 fi
 
 bash scripts/build-vminit.sh # static vminit for the VM tests (target/vminit/vminit)
+# The Debian 12 base the VM tests build FROM (mmdebstrap, cached in the XDG cache).
+start=$(date +%s)
+bash scripts/debian-base.sh
+echo "debian base ready in $(($(date +%s) - start)) s"
 cargo test --workspace --locked "$@"
 
 # The conformance counts (buildkit parser/shell, moby patternmatcher), printed where a reader sees

@@ -86,10 +86,13 @@ impl GuestArgs {
 
 /// Finds the static vminit to put in the initramfs.
 fn find_vminit(given: Option<&Path>) -> anyhow::Result<PathBuf> {
-    let mut candidates = Vec::new();
+    // A path given explicitly is used as is: the library checks it when it builds the
+    // initramfs, after the Dockerfile was planned (so a bad Dockerfile is reported first).
     if let Some(p) = given {
-        candidates.push(p.to_path_buf());
-    } else {
+        return Ok(p.to_path_buf());
+    }
+    let mut candidates = Vec::new();
+    {
         if let Some(p) = std::env::var_os("FIREBUILD_VMINIT") {
             candidates.push(PathBuf::from(p));
         }

@@ -57,6 +57,17 @@ impl TreeSize {
     }
 }
 
+/// Bytes per inode in an image larger than its content: mkfs.ext4's default ratio.
+const BYTES_PER_INODE: u64 = 16 * 1024;
+
+/// Inodes for an image of `size` bytes holding `tree`: the tree's reservation, or mkfs's default
+/// density when the image is larger (a work image that steps fill). Too few inodes per block
+/// group would pin `resize2fs -M` to every group holding a used inode: a 4 GiB work image
+/// with the reservation of a 280 MB Debian tree could not shrink below 1.9 GB.
+fn inodes_for(tree: &TreeSize, size: u64) -> u64 {
+    tree.inode_reservation().max(size / BYTES_PER_INODE)
+}
+
 fn journal_for(bytes: u64) -> u64 {
     if bytes < 128 * MIB {
         4 * MIB
@@ -156,7 +167,7 @@ pub fn make_ext4(
         "-m".into(),
         "0".into(),
         "-N".into(),
-        tree.inode_reservation().to_string(),
+        inodes_for(&tree, size).to_string(),
         "-E".into(),
         "root_owner=0:0".into(),
     ];
@@ -399,6 +410,8 @@ mod tests {
             round_up(needed + 4 * MIB + 64 * MIB, MIB)
         );
         assert_eq!(t.inode_reservation(), 4096);
+        assert_eq!(inodes_for(&t, 64 * MIB), 4096);
+        assert_eq!(inodes_for(&t, 4096 * MIB), 262_144);
     }
 
     #[test]

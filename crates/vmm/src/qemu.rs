@@ -23,12 +23,14 @@ use crate::spec::{KernelFiles, Metadata, Network, VmSpec};
 pub const GUEST_IP: &str = "169.254.0.15";
 /// The host as the guest sees it under user networking.
 pub const HOST_IP: &str = "169.254.0.2";
+/// QEMU's DNS forwarder under user networking (`dns=`), the guest's name server.
+pub const DNS_IP: &str = "169.254.0.3";
 
 /// The kernel command line used when the spec gives none (before `tsc_early_khz`).
 ///
 /// No `init=`: the initramfs starts vminit from itself when it holds one
 /// ([`crate::kernel::agent_initramfs`]). `ip=`'s `dns0` field is QEMU user networking's DNS
-/// forwarder (the `.3` address of `net=169.254.0.0/16`), the build's name server.
+/// forwarder ([`DNS_IP`], pinned with `dns=` on the netdev), the build's name server.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 ip=169.254.0.15::169.254.0.2:255.255.0.0::eth0:off:169.254.0.3 root=/dev/vda";
 
 /// The `ip=` part of [`DEFAULT_CMDLINE`], dropped when the VM has no network.
@@ -162,7 +164,10 @@ impl QemuDriver {
         match &spec.network {
             Network::None => {}
             Network::User => {
-                let mut netdev = format!("user,id=n0,net=169.254.0.0/16,host={HOST_IP}");
+                // QEMU puts its DNS forwarder at net|0x0203 (169.254.2.3 for a /16) unless told:
+                // pin it to the address the kernel's ip= names.
+                let mut netdev =
+                    format!("user,id=n0,net=169.254.0.0/16,host={HOST_IP},dns={DNS_IP}");
                 if let Metadata::Server(addr) = &spec.metadata {
                     let relay = self.opts.relay.replace("{port}", &addr.port().to_string());
                     netdev.push_str(&format!(
@@ -437,7 +442,7 @@ mod tests {
         );
         assert!(joined.contains(",readonly=on"));
         assert!(joined.contains(
-            "user,id=n0,net=169.254.0.0/16,host=169.254.0.2,guestfwd=tcp:169.254.169.254:80-cmd:busybox nc 127.0.0.1 4567"
+            "user,id=n0,net=169.254.0.0/16,host=169.254.0.2,dns=169.254.0.3,guestfwd=tcp:169.254.169.254:80-cmd:busybox nc 127.0.0.1 4567"
         ));
         assert!(joined.contains("virtio-net-device,netdev=n0"));
         let append = &a[a.iter().position(|x| x == "-append").unwrap() + 1];
