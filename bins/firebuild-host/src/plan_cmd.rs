@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, bail};
 use clap::Args;
 use firebuild_build::BuildRequest;
+use firebuild_build::plan::Bases;
 use firebuild_plan::{BuildPlan, Command, Source, StepKind};
 use firebuild_rootfs::registry::PullOptions;
 
@@ -71,7 +72,7 @@ fn build_args(raw: &[String]) -> anyhow::Result<Vec<(String, String)>> {
 
 /// Runs the subcommand: prints the plan to stdout and warnings to stderr. The base images'
 /// configs (manifests and configs, not layers) are fetched first, so the plan shows the
-/// effective ENV, WORKDIR and USER.
+/// effective ENV, WORKDIR and USER; a base that cannot be fetched is a warning (offline use).
 pub fn run(args: &PlanArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let req = args.input.request("plan", Path::new("."))?;
@@ -81,7 +82,11 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<()> {
             .unwrap_or_else(crate::rootfs_cmd::default_cache),
     );
     let plan = rt
-        .block_on(firebuild_build::plan::resolve(&req, &pull))?
+        .block_on(firebuild_build::plan::resolve(
+            &req,
+            &pull,
+            Bases::BestEffort,
+        ))?
         .plan;
     for w in &plan.warnings {
         eprintln!("warning: {w}");

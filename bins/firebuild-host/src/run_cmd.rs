@@ -34,18 +34,7 @@ pub struct RunArgs {
 }
 
 fn read_metadata(path: &PathBuf) -> anyhow::Result<serde_json::Value> {
-    use std::io::Read as _;
-    let file = std::fs::File::open(path)
-        .with_context(|| format!("cannot read metadata {}", path.display()))?;
-    let mut bytes = Vec::new();
-    file.take(MAX_METADATA + 1)
-        .read_to_end(&mut bytes)
-        .with_context(|| format!("cannot read metadata {}", path.display()))?;
-    anyhow::ensure!(
-        bytes.len() as u64 <= MAX_METADATA,
-        "metadata {} is larger than {MAX_METADATA} bytes",
-        path.display()
-    );
+    let bytes = firebuild_build::read_bounded(path, MAX_METADATA, "metadata")?;
     serde_json::from_slice(&bytes)
         .with_context(|| format!("metadata {} is not valid JSON", path.display()))
 }

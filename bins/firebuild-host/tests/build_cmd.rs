@@ -177,7 +177,7 @@ fn builds_the_busybox_example_in_a_vm() {
     assert_eq!(manifest["image"]["workdir"], "/home/app");
     // Build args stay out of the manifest unless asked for (they often carry tokens).
     assert!(manifest.get("build_args").is_none(), "{manifest}");
-    assert_eq!(manifest["image"]["cmd"]["exec"][0], "/usr/local/bin/hello");
+    assert_eq!(manifest["image"]["cmd"]["value"][0], "/usr/local/bin/hello");
     assert_eq!(manifest["base"]["kind"], "scratch");
     let fc: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out_dir.join("demo.firecracker.json")).unwrap())

@@ -63,7 +63,7 @@ impl Builder {
     /// Resolves the Dockerfile into a plan, with the base images' configs (fetched, not their
     /// layers), without building anything.
     pub async fn plan(&self, req: &BuildRequest) -> Result<Planned> {
-        plan::resolve(req, &self.options.pull).await
+        plan::resolve(req, &self.options.pull, plan::Bases::Required).await
     }
 
     /// Builds `req`: plan, base image, kernel and agent, PKI and servers, the VM running the
@@ -95,8 +95,11 @@ impl Builder {
 
     async fn plan_phase(&self, req: &BuildRequest, events: &EventSink) -> Result<Planned> {
         let t = Instant::now();
-        let planned = self.plan(req).await?;
-        plan::check_supported(&planned)?;
+        // What the build cannot do is refused before anything is fetched.
+        let first = plan::plan_without_bases(req)?;
+        plan::check_supported(&first)?;
+        let planned =
+            plan::with_base_configs(req, first, &self.options.pull, plan::Bases::Required).await?;
         for w in &planned.plan.warnings {
             events(Event::Warning { message: w.clone() });
         }
@@ -163,8 +166,14 @@ impl Builder {
         };
         let result = vm::run(&self.options.guest, &vm_req, self.options.timeout).await?;
         let (outcome, scrub) = session.finish().await;
-        let console = keep_console(&result, req)?;
-        check_outcome(outcome, result, console, planned, self.options.timeout)?;
+        // The console log is kept beside the outputs only when the build failed.
+        let kept = req.out_dir.join(format!("{}.console.log", req.name));
+        let console = result.console.clone();
+        let checked = check_outcome(outcome, result, kept.clone(), planned, self.options.timeout);
+        if checked.is_err() {
+            std::fs::copy(&console, &kept).map_err(Error::io("copy", &console))?;
+        }
+        checked?;
         match scrub {
             Some(Ok(())) => Ok(()),
             Some(Err(e)) => Err(Error::Scrub(e)),
@@ -212,15 +221,6 @@ fn location_of(planned: &Planned, at: Option<firebuild_bootstrap::StepRef>) -> S
     })
     .map(|step| format!("{}:{}: ", planned.file.display(), step.span.start_line))
     .unwrap_or_default()
-}
-
-/// Copies the console log out of the work directory (removed at the end) for error messages.
-fn keep_console(result: &VmResult, req: &BuildRequest) -> Result<std::path::PathBuf> {
-    let kept = req.out_dir.join(format!("{}.console.log", req.name));
-    if result.console.exists() {
-        std::fs::copy(&result.console, &kept).map_err(Error::io("copy", &result.console))?;
-    }
-    Ok(kept)
 }
 
 /// The build's result from the guest's outcome and the VM's end.

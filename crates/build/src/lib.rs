@@ -54,7 +54,7 @@ pub use event::{Event, EventSink, Phase, Stream};
 pub use image::Built;
 pub use options::{
     BuildOptions, BuildRequest, DEFAULT_HEADROOM_MIB, GuestOptions, RunRequest, VmDriver,
-    manifest_beside,
+    manifest_beside, read_bounded,
 };
 pub use plan::Planned;
 pub use runner::{Ran, Runner, read_manifest, with_args};

@@ -193,3 +193,20 @@ impl RunRequest {
 pub fn manifest_beside(image: &Path) -> PathBuf {
     image.with_extension("manifest.json")
 }
+
+/// Reads at most `max` bytes of `path`; a larger file is an error naming it and `what` it is.
+pub fn read_bounded(path: &Path, max: u64, what: &'static str) -> Result<Vec<u8>> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(path).map_err(Error::io("read", path))?;
+    let mut bytes = Vec::new();
+    file.take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(Error::io("read", path))?;
+    if bytes.len() as u64 > max {
+        return Err(Error::Invalid {
+            what,
+            reason: format!("{} is larger than {max} bytes", path.display()),
+        });
+    }
+    Ok(bytes)
+}

@@ -14,7 +14,7 @@ use firebuild_rootfs::BaseSource;
 use firebuild_rootfs::registry::PullOptions;
 
 use crate::error::{Error, Result};
-use crate::options::BuildRequest;
+use crate::options::{BuildRequest, read_bounded};
 
 /// Largest Dockerfile read (buildkit refuses far smaller ones in practice).
 pub const MAX_DOCKERFILE: u64 = 4 << 20;
@@ -50,19 +50,11 @@ impl Planned {
 
 /// Reads the Dockerfile, bounded.
 fn read_dockerfile(path: &Path) -> Result<String> {
-    use std::io::Read as _;
-    let file = std::fs::File::open(path).map_err(Error::io("read Dockerfile", path))?;
-    let mut text = String::new();
-    file.take(MAX_DOCKERFILE + 1)
-        .read_to_string(&mut text)
-        .map_err(Error::io("read Dockerfile", path))?;
-    if text.len() as u64 > MAX_DOCKERFILE {
-        return Err(Error::Invalid {
-            what: "Dockerfile",
-            reason: format!("{} is larger than {MAX_DOCKERFILE} bytes", path.display()),
-        });
-    }
-    Ok(text)
+    let bytes = read_bounded(path, MAX_DOCKERFILE, "Dockerfile")?;
+    String::from_utf8(bytes).map_err(|_| Error::Invalid {
+        what: "Dockerfile",
+        reason: format!("{} is not UTF-8", path.display()),
+    })
 }
 
 fn plan_with(
@@ -98,10 +90,22 @@ pub fn base_references(plan: &BuildPlan) -> Vec<String> {
     refs
 }
 
-/// Fetches the configs of `references` (manifests and configs only).
+/// What to do when a base's config cannot be fetched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bases {
+    /// Fail: a build needs the base anyway.
+    Required,
+    /// Plan without it and say so in the plan's warnings (`plan` works offline).
+    BestEffort,
+}
+
+/// Fetches the configs of `references` (manifests and configs only); with
+/// [`Bases::BestEffort`], a base that cannot be fetched becomes a warning.
 pub async fn fetch_configs(
     references: &[String],
     pull: &PullOptions,
+    mode: Bases,
+    warnings: &mut Vec<String>,
 ) -> Result<BTreeMap<String, ImageConfig>> {
     let mut out = BTreeMap::new();
     for reference in references {
@@ -109,41 +113,64 @@ pub async fn fetch_configs(
             reference: reference.clone(),
             source,
         };
-        let source: BaseSource = reference.parse().map_err(base_error)?;
-        let found = firebuild_rootfs::resolve_config(&source, pull)
-            .await
-            .map_err(base_error)?;
-        if let Some(found) = found {
-            out.insert(reference.clone(), found.config);
+        let found = match reference.parse::<BaseSource>() {
+            Ok(source) => firebuild_rootfs::resolve_config(&source, pull).await,
+            Err(e) => Err(e),
+        };
+        match (found, mode) {
+            (Ok(Some(found)), _) => {
+                out.insert(reference.clone(), found.config);
+            }
+            (Ok(None), _) => {}
+            (Err(e), Bases::Required) => return Err(base_error(e)),
+            (Err(e), Bases::BestEffort) => warnings.push(format!(
+                "base {reference}: config not fetched, planned without it: {}",
+                crate::error::chain(&e)
+            )),
         }
     }
     Ok(out)
 }
 
-/// Plans `req`: once to learn the bases, then again with their configs.
-pub async fn resolve(req: &BuildRequest, pull: &PullOptions) -> Result<Planned> {
+/// Plans `req` without the bases' configs: enough to learn the stages and their references.
+pub fn plan_without_bases(req: &BuildRequest) -> Result<Planned> {
     let file = req.dockerfile_path();
     let text = read_dockerfile(&file)?;
-    let shown = file.display().to_string();
-    let empty = BTreeMap::new();
-    let first = plan_with(req, &shown, &text, &empty)?;
-    let references = base_references(&first);
-    if references.is_empty() {
-        return Ok(Planned {
-            file,
-            text,
-            plan: first,
-            base_configs: empty,
-        });
-    }
-    let base_configs = fetch_configs(&references, pull).await?;
-    let plan = plan_with(req, &shown, &text, &base_configs)?;
+    let plan = plan_with(req, &file.display().to_string(), &text, &BTreeMap::new())?;
     Ok(Planned {
         file,
         text,
         plan,
-        base_configs,
+        base_configs: BTreeMap::new(),
     })
+}
+
+/// Plans `first`'s Dockerfile again with its bases' configs fed in.
+pub async fn with_base_configs(
+    req: &BuildRequest,
+    first: Planned,
+    pull: &PullOptions,
+    mode: Bases,
+) -> Result<Planned> {
+    let references = base_references(&first.plan);
+    if references.is_empty() {
+        return Ok(first);
+    }
+    let mut warnings = Vec::new();
+    let base_configs = fetch_configs(&references, pull, mode, &mut warnings).await?;
+    let shown = first.file.display().to_string();
+    let mut plan = plan_with(req, &shown, &first.text, &base_configs)?;
+    plan.warnings.extend(warnings);
+    Ok(Planned {
+        plan,
+        base_configs,
+        ..first
+    })
+}
+
+/// Plans `req`: once to learn the bases, then again with their configs.
+pub async fn resolve(req: &BuildRequest, pull: &PullOptions, mode: Bases) -> Result<Planned> {
+    with_base_configs(req, plan_without_bases(req)?, pull, mode).await
 }
 
 /// Checks that the build can run the plan: one stage, based on an image or scratch.
@@ -186,12 +213,19 @@ mod tests {
     fn planned(dockerfile: &str) -> Result<Planned> {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("Dockerfile"), dockerfile).unwrap();
+        for name in ["a", "x"] {
+            std::fs::write(dir.path().join(name), name).unwrap();
+        }
         let req = BuildRequest::new(dir.path(), "t", dir.path().join("out"));
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
-        rt.block_on(resolve(&req, &PullOptions::new(dir.path().join("cache"))))
+        rt.block_on(resolve(
+            &req,
+            &PullOptions::new(dir.path().join("cache")),
+            Bases::Required,
+        ))
     }
 
     #[test]
@@ -219,6 +253,33 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("oci:/nonexistent/layout"), "{e}");
+    }
+
+    #[test]
+    fn best_effort_plans_without_an_unreachable_base() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("Dockerfile"),
+            "FROM oci:/nonexistent\nRUN true\n",
+        )
+        .unwrap();
+        let req = BuildRequest::new(dir.path(), "t", dir.path().join("out"));
+        let pull = PullOptions::new(dir.path().join("cache"));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let p = rt
+            .block_on(resolve(&req, &pull, Bases::BestEffort))
+            .unwrap();
+        assert!(p.base_configs.is_empty());
+        assert!(
+            p.plan
+                .warnings
+                .iter()
+                .any(|w| w.starts_with("base oci:/nonexistent: config not fetched")),
+            "{:?}",
+            p.plan.warnings
+        );
     }
 
     #[test]

@@ -18,7 +18,7 @@ use firebuild_vmm::RunOutcome;
 use crate::boot;
 use crate::error::{Error, Result};
 use crate::event::{Event, EventSink};
-use crate::options::{GuestOptions, RunRequest};
+use crate::options::{GuestOptions, RunRequest, read_bounded};
 use crate::vm::{self, VmRequest};
 
 /// Largest manifest read.
@@ -39,12 +39,8 @@ pub struct Ran {
 
 /// Reads the manifest beside an image.
 pub fn read_manifest(path: &Path) -> Result<Manifest> {
-    use std::io::Read as _;
-    let file = std::fs::File::open(path).map_err(Error::io("read manifest", path))?;
-    let mut text = String::new();
-    file.take(MAX_MANIFEST)
-        .read_to_string(&mut text)
-        .map_err(Error::io("read manifest", path))?;
+    let bytes = read_bounded(path, MAX_MANIFEST, "manifest")?;
+    let text = String::from_utf8_lossy(&bytes);
     Manifest::from_json(&text).map_err(Error::image(path))
 }
 
