@@ -33,7 +33,7 @@ pub struct RunArgs {
     pub args: Vec<String>,
 }
 
-fn read_metadata(path: &PathBuf) -> anyhow::Result<serde_json::Value> {
+fn read_metadata(path: &std::path::Path) -> anyhow::Result<serde_json::Value> {
     let bytes = firebuild_build::read_bounded(path, MAX_METADATA, "metadata")?;
     serde_json::from_slice(&bytes)
         .with_context(|| format!("metadata {} is not valid JSON", path.display()))
@@ -42,7 +42,7 @@ fn read_metadata(path: &PathBuf) -> anyhow::Result<serde_json::Value> {
 /// Runs the subcommand; the exit code is the workload's.
 pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let mut req = RunRequest::new(&args.image);
-    req.metadata = args.metadata.as_ref().map(read_metadata).transpose()?;
+    req.metadata = args.metadata.as_deref().map(read_metadata).transpose()?;
     req.args = args.args.clone();
     req.timeout = Duration::from_secs(args.timeout);
     let runner = Runner::new(args.guest.options()?);
