@@ -46,6 +46,16 @@ impl Planned {
         let index = usize::try_from(line).unwrap_or(0).saturating_sub(1);
         self.text.lines().nth(index).map_or("", str::trim)
     }
+
+    /// The instruction on lines `start..=end`, continuations joined into one line
+    /// (`RUN apt-get update && apt-get install -y hello`), as buildkit shows it.
+    pub fn instruction(&self, start: u32, end: u32) -> String {
+        (start..=end.max(start))
+            .map(|l| self.line(l).trim_end_matches('\\').trim())
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
 }
 
 /// Reads the Dockerfile, bounded.
@@ -233,6 +243,8 @@ mod tests {
         let p = planned("FROM scratch\nCOPY a /a\nCMD [\"/a\"]\n").unwrap();
         assert!(p.base_configs.is_empty());
         assert_eq!(p.line(2), "COPY a /a");
+        let p = planned("FROM scratch\nRUN echo a \\\n  && echo b\n").unwrap();
+        assert_eq!(p.instruction(2, 3), "RUN echo a && echo b");
         check_supported(&p).unwrap();
     }
 

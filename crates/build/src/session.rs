@@ -39,10 +39,7 @@ fn step_table(planned: &Planned) -> HashMap<StepRef, StepInfo> {
         .steps()
         .enumerate()
         .map(|(i, (stage, step))| {
-            let mut instruction = planned.line(step.span.start_line).to_owned();
-            if step.span.end_line > step.span.start_line {
-                instruction.push_str(" ...");
-            }
+            let mut instruction = planned.instruction(step.span.start_line, step.span.end_line);
             if instruction.len() > MAX_INSTRUCTION {
                 let cut = (0..=MAX_INSTRUCTION)
                     .rev()
