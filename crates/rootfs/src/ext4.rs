@@ -370,6 +370,27 @@ pub fn shrink(image: &Path) -> Result<u64> {
     Ok(bytes)
 }
 
+/// Removes the journal (`tune2fs -O ^has_journal`): before [`shrink`], so the minimum is the
+/// content's, not the content plus a journal sized for a larger work image.
+pub fn drop_journal(image: &Path) -> Result<()> {
+    run("tune2fs", ["-O", "^has_journal", path_str(image)?.as_str()]).map(|_| ())
+}
+
+/// Adds a journal sized for an image of `size` bytes (4 MiB under 128 MiB, 16 MiB under
+/// 1 GiB, 64 MiB above: [`TreeSize::min_image_bytes`]'s rule). Returns its size in bytes.
+pub fn add_journal(image: &Path, size: u64) -> Result<u64> {
+    let bytes = journal_for(size);
+    let arg = format!("size={}", bytes / MIB);
+    run("tune2fs", ["-J", arg.as_str(), path_str(image)?.as_str()])?;
+    fsck(image)?;
+    Ok(bytes)
+}
+
+/// The journal [`add_journal`] gives an image of `size` bytes.
+pub fn journal_size(size: u64) -> u64 {
+    journal_for(size)
+}
+
 /// Grows the image file and its filesystem to `size` bytes (no-op when already that big).
 /// Returns the filesystem's new size, which can be a little under `size` when the last block
 /// group would be too small to hold its own metadata; the file is `size` bytes.
