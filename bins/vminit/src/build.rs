@@ -52,15 +52,7 @@ pub async fn run(root: &Path, bootstrap: &Bootstrap) -> anyhow::Result<bool> {
     let real_root = firebuild_guest::paths::is_real_root(root);
     let mut env = match BuildEnv::install(root, &dns, real_root) {
         Ok(env) => env,
-        Err(e) => {
-            let message = truncate(format!("preparing the build environment: {e:#}"), MAX_ABORT);
-            tracing::error!("{message}");
-            client
-                .abort(&message, None, None)
-                .await
-                .context("reporting the failure")?;
-            return Ok(false);
-        }
+        Err(e) => return abort(&client, format!("preparing the build environment: {e:#}")).await,
     };
     let reporter = client.output(OutputOptions::default());
     for (n, (stage, step)) in commands.plan.steps().enumerate() {
@@ -116,17 +108,22 @@ pub async fn run(root: &Path, bootstrap: &Bootstrap) -> anyhow::Result<bool> {
     reporter.finish().await.context("flushing step output")?;
     // Before `Success`: the host may take the image as soon as it is told.
     if let Err(e) = env.restore() {
-        let message = truncate(format!("restoring the build environment: {e:#}"), MAX_ABORT);
-        tracing::error!("{message}");
-        client
-            .abort(&message, None, None)
-            .await
-            .context("reporting the failure")?;
-        return Ok(false);
+        return abort(&client, format!("restoring the build environment: {e:#}")).await;
     }
     client.success().await.context("reporting success")?;
     tracing::info!("build succeeded");
     Ok(true)
+}
+
+/// Reports a failure outside any step and ends the build (`Ok(false)`).
+async fn abort(client: &BootstrapClient, message: String) -> anyhow::Result<bool> {
+    let message = truncate(message, MAX_ABORT);
+    tracing::error!("{message}");
+    client
+        .abort(&message, None, None)
+        .await
+        .context("reporting the failure")?;
+    Ok(false)
 }
 
 fn describe(step: &Step) -> String {

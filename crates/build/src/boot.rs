@@ -5,13 +5,10 @@
 use std::path::{Path, PathBuf};
 
 use firebuild_plan::ImageConfig;
-use firebuild_vmm::kernel::{Kernel, KernelBuilder};
+use firebuild_vmm::kernel::{IMAGE_CONFIG_PATH, Kernel, KernelBuilder};
 
 use crate::error::{Error, Result};
 use crate::options::GuestOptions;
-
-/// Where the agent's initramfs puts the image config.
-pub const IMAGE_CONFIG_PATH: &str = "firebuild/image.json";
 
 /// A kernel and an initramfs ready to boot.
 #[derive(Debug, Clone)]

@@ -140,15 +140,3 @@ impl From<tokio::task::JoinError> for Error {
         Error::Task(e.to_string())
     }
 }
-
-/// An error and its sources on one line (`a: b: c`), for warnings.
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}

@@ -47,7 +47,6 @@ mod runner;
 mod session;
 mod vm;
 
-pub use boot::IMAGE_CONFIG_PATH;
 pub use builder::Builder;
 pub use error::{Error, Result};
 pub use event::{Event, EventSink, Phase, Stream};

@@ -135,7 +135,7 @@ pub async fn fetch_configs(
             (Err(e), Bases::Required) => return Err(base_error(e)),
             (Err(e), Bases::BestEffort) => warnings.push(format!(
                 "base {reference}: config not fetched, planned without it: {}",
-                crate::error::chain(&e)
+                firebuild_dockerfile::error::chain(&e)
             )),
         }
     }

@@ -43,6 +43,7 @@ fn spec(guest: &GuestOptions, req: &VmRequest<'_>, cmdline: String) -> VmSpec {
         initrd: Some(req.boot.initramfs.clone()),
     });
     spec.cmdline = Some(cmdline);
+    spec.console_log = Some(console_path(req));
     spec.network = Network::User;
     spec.metadata = req.metadata.map_or(Metadata::None, Metadata::Server);
     spec.memory_mib = guest.memory_mib;

@@ -355,6 +355,19 @@ pub fn render_snippet(src: &str, span: Span) -> String {
     format!("{gutter:>5} | {line}\n{pad:>5} | {under}")
 }
 
+/// An error and its sources joined on one line (`a: b: c`), for messages that must carry the
+/// whole cause without a chain-printing caller.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    msg
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1294,9 +1294,9 @@ impl<'r> Resolver<'r> {
                 let entries = match loaded.sources.get(&key) {
                     Some(e) => e.clone(),
                     None => {
-                        let e = ctx
-                            .resolve(pattern, exclude)
-                            .map_err(|e| self.err(span, format!("{what} failed: {}", chain(&e))))?;
+                        let e = ctx.resolve(pattern, exclude).map_err(|e| {
+                            self.err(span, format!("{what} failed: {}", crate::error::chain(&e)))
+                        })?;
                         loaded.sources.insert(key, e.clone());
                         e
                     }
@@ -1342,7 +1342,10 @@ impl<'r> Resolver<'r> {
                                 Some(&is) => is,
                                 None => {
                                     let head = ctx.read_head(&entry.path, 512).map_err(|e| {
-                                        self.err(span, format!("{what} failed: {}", chain(&e)))
+                                        self.err(
+                                            span,
+                                            format!("{what} failed: {}", crate::error::chain(&e)),
+                                        )
                                     })?;
                                     let is = context::archive_kind(&head).is_some();
                                     loaded.archives.insert(entry.path.clone(), is);
@@ -1402,18 +1405,6 @@ fn itoa(mut n: usize, buf: &mut [u8; 20]) -> &str {
         }
     }
     std::str::from_utf8(&buf[i..]).unwrap_or("0")
-}
-
-/// The error and its sources, joined (`a: b: c`).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        src = s.source();
-    }
-    msg
 }
 
 fn raw_heredoc(doc: &Heredoc) -> PlanHeredoc {

@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use firebuild_bootstrap::Outcome;
-use firebuild_vmm::{Driver, RunOutcome};
+use firebuild_vmm::kernel::Kernel;
+use firebuild_vmm::{Driver, QemuDriver, RunOutcome};
 
 const TOOLS: &[(&str, &str)] = &[
     ("qemu-system-x86_64", "the VM"),
@@ -30,6 +31,46 @@ fn prerequisites() -> Option<(PathBuf, PathBuf, firebuild_vmm::kernel::Kernel)> 
     let vminit = support::vminit()?;
     let kernel = support::kernel()?;
     Some((busybox, vminit, kernel))
+}
+
+/// Boots `image` in run mode with `config` (an image config, JSON) in the agent's initramfs and
+/// `firebuild.metadata=off`: the driver (for its console), how QEMU ended, and the console.
+fn boot_run_mode(
+    name: &str,
+    dir: &Path,
+    image: &Path,
+    kernel: &Kernel,
+    vminit: &Path,
+    config: &str,
+) -> (QemuDriver, RunOutcome, String) {
+    let initrd = dir.join(format!("{name}.cpio"));
+    firebuild_vmm::kernel::agent_initramfs(
+        kernel,
+        vminit,
+        &[(
+            firebuild_vmm::kernel::IMAGE_CONFIG_PATH,
+            config.as_bytes(),
+            0o644,
+        )],
+        &initrd,
+    )
+    .unwrap();
+    let mut driver = support::qemu_driver_with(
+        name,
+        dir,
+        image,
+        kernel,
+        Some(&initrd),
+        None,
+        &format!(
+            "{} firebuild.metadata=off",
+            firebuild_vmm::qemu::DEFAULT_CMDLINE
+        ),
+        256,
+    );
+    let outcome = driver.run(Duration::from_secs(120)).unwrap();
+    let log = std::fs::read_to_string(driver.console_log()).unwrap_or_default();
+    (driver, outcome, log)
 }
 
 /// PID 1's shutdown went through: stubs removed, `/` remounted read-only (nothing mounted or
@@ -155,33 +196,8 @@ fn run_mode_without_metadata_runs_the_initramfs_image_config_and_reports_its_exi
         "workdir": "/srv",
     })
     .to_string();
-    let initrd = dir.path().join("agent.cpio");
-    firebuild_vmm::kernel::agent_initramfs(
-        &kernel,
-        &vminit,
-        &[(
-            firebuild_vmm::kernel::IMAGE_CONFIG_PATH,
-            config.as_bytes(),
-            0o644,
-        )],
-        &initrd,
-    )
-    .unwrap();
-    let mut driver = support::qemu_driver_with(
-        "vminit-run",
-        dir.path(),
-        &image,
-        &kernel,
-        Some(&initrd),
-        None,
-        &format!(
-            "{} firebuild.metadata=off",
-            firebuild_vmm::qemu::DEFAULT_CMDLINE
-        ),
-        256,
-    );
-    let outcome = driver.run(Duration::from_secs(120)).unwrap();
-    let log = std::fs::read_to_string(driver.console_log()).unwrap_or_default();
+    let (driver, outcome, log) =
+        boot_run_mode("vminit-run", dir.path(), &image, &kernel, &vminit, &config);
     let code = firebuild_vmm::parse_exit_code(&log);
     if code != Some(7) || !log.contains("run-m-/srv-0") {
         support::console(driver.console_log());
@@ -226,33 +242,8 @@ fn sigterm_to_pid1_reaches_the_workload_after_the_root_switch() {
             "trap 'echo got-term; exit 3' TERM; kill -TERM 1; sleep 20 & wait $!; echo not-forwarded; exit 9"]},
     })
     .to_string();
-    let initrd = dir.path().join("agent.cpio");
-    firebuild_vmm::kernel::agent_initramfs(
-        &kernel,
-        &vminit,
-        &[(
-            firebuild_vmm::kernel::IMAGE_CONFIG_PATH,
-            config.as_bytes(),
-            0o644,
-        )],
-        &initrd,
-    )
-    .unwrap();
-    let mut driver = support::qemu_driver_with(
-        "vminit-term",
-        dir.path(),
-        &image,
-        &kernel,
-        Some(&initrd),
-        None,
-        &format!(
-            "{} firebuild.metadata=off",
-            firebuild_vmm::qemu::DEFAULT_CMDLINE
-        ),
-        256,
-    );
-    let outcome = driver.run(Duration::from_secs(120)).unwrap();
-    let log = std::fs::read_to_string(driver.console_log()).unwrap_or_default();
+    let (driver, outcome, log) =
+        boot_run_mode("vminit-term", dir.path(), &image, &kernel, &vminit, &config);
     let code = firebuild_vmm::parse_exit_code(&log);
     if code != Some(3) {
         support::console(driver.console_log());
