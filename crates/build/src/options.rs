@@ -210,3 +210,32 @@ pub fn read_bounded(path: &Path, max: u64, what: &'static str) -> Result<Vec<u8>
     }
     Ok(bytes)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn names_that_would_escape_or_hide_are_refused() {
+        for bad in ["", ".hidden", "a/b", "../x", "a b", &"x".repeat(65)] {
+            let e = BuildRequest::new(".", bad, "out").validate().unwrap_err();
+            assert!(e.to_string().starts_with("invalid name: "), "{e}");
+        }
+        BuildRequest::new(".", "debian-12_v1.0", "out")
+            .validate()
+            .unwrap();
+    }
+
+    #[test]
+    fn bounded_reads_name_the_file_and_its_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("md.json");
+        std::fs::write(&path, [b'x'; 11]).unwrap();
+        assert_eq!(read_bounded(&path, 11, "metadata").unwrap().len(), 11);
+        let e = read_bounded(&path, 10, "metadata").unwrap_err().to_string();
+        assert!(e.contains("md.json is larger than 10 bytes"), "{e}");
+        let e = read_bounded(&dir.path().join("none"), 10, "metadata").unwrap_err();
+        assert!(e.to_string().starts_with("cannot read "), "{e}");
+    }
+}
