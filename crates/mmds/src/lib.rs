@@ -49,6 +49,7 @@
 
 pub mod client;
 pub mod firecracker;
+mod head;
 mod http;
 pub mod imds;
 pub mod schema;

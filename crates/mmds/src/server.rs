@@ -20,6 +20,11 @@
 //! | other methods | 405 with `Allow: GET, PUT` |
 //! | guest side disabled | 503 |
 //! | `GET ...?wait_for_change=true&last_etag=E&timeout_sec=N` | 200 at once if the value's ETag is not `E`, otherwise when it changes; 304 after `N` s |
+//! | `last_etag` unbalanced, over 128 bytes or not an entity tag | 400 |
+//!
+//! `E` may be given as the `ETag` header gives it (`"abc"`, raw or percent-encoded), weak
+//! (`W/"abc"`) or bare (`abc`). Every 4xx carries a short `text/plain` reason; client input
+//! quoted in it is cut to 256 bytes with control characters dropped.
 //!
 //! Every guest response carries an `ETag`: for a `GET`, the strong hash of the canonical JSON
 //! of the value at the path (or of "absent" for a 404); otherwise the whole document's.
@@ -37,13 +42,15 @@
 //! | any write with `If-Match: <etag>` (`*`: exists) | 412 if the target's ETag differs |
 //! | `GET`/`PUT /guest-access {"enabled": bool}` | the guest-side switch |
 //!
-//! Errors have Firecracker's body `{"fault_message": "..."}`. Writes answer with the new
+//! Errors have Firecracker's body `{"fault_message": "..."}` (bounded like the guest's reasons). Writes answer with the new
 //! `ETag` of the addressed value. `PUT /mmds/config` is always the configuration endpoint; to
 //! store a data key named `config`, use `PATCH /mmds`.
 //!
 //! # Fairness and bounds
 //!
-//! One task per connection, at most [`ServerBuilder::max_connections`] at once per listener
+//! One request per connection (keep-alive off), its head read and checked before hyper sees
+//! it, so a malformed or oversized head gets a reason too (`head.rs`). One task per
+//! connection, at most [`ServerBuilder::max_connections`] at once per listener
 //! (further clients wait in the accept queue), 16 KiB of headers, request bodies bounded
 //! (guest: 1 KiB; host: the data limit plus 1 KiB), header and body read timeouts, long polls
 //! capped at [`MAX_LONG_POLL_SECS`].
@@ -51,8 +58,10 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -62,11 +71,13 @@ use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::MmdsVersion;
+use crate::head::{self, Replay};
 use crate::http::percent_decode;
 use crate::imds;
 use crate::store::{DEFAULT_DATA_LIMIT, Snapshot, Store, StoreError, etag_of};
@@ -412,8 +423,8 @@ async fn accept_loop(
             a = accept(&listener) => a,
             _ = stop.changed() => break,
         };
-        let io = match accepted {
-            Ok(io) => io,
+        let stream = match accepted {
+            Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "mmds accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -422,90 +433,111 @@ async fn accept_loop(
         };
         let shared = shared.clone();
         conns.spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let shared = shared.clone();
-                async move {
-                    Ok::<_, Infallible>(match side {
-                        Side::Guest => guest(&shared, req).await,
-                        Side::Host => host(&shared, req).await,
-                    })
-                }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .max_buf_size(HEADER_BUF)
-                .serve_connection(io, service);
-            match tokio::time::timeout(MAX_CONNECTION_LIFETIME, conn).await {
-                Ok(Err(e)) => tracing::debug!(error = %e, "mmds connection error"),
-                Err(_) => tracing::debug!("mmds connection lifetime reached"),
-                Ok(Ok(())) => {}
-            }
+            serve_connection(stream, shared, side).await;
             drop(permit);
         });
     }
     conns.shutdown().await;
 }
 
-enum Io {
-    Tcp(TokioIo<tokio::net::TcpStream>),
-    Unix(TokioIo<tokio::net::UnixStream>),
+/// One request on one connection: the head is read and checked by [`head::read`] (refusals
+/// are answered there, with a reason), then replayed to hyper. Keep-alive is off so that
+/// every head passes that check.
+async fn serve_connection(mut stream: Stream, shared: Arc<Shared>, side: Side) {
+    let prefix = match head::read(&mut stream, HEADER_BUF, HEADER_READ_TIMEOUT).await {
+        Ok(p) => p,
+        Err(head::Refused::Closed) => return,
+        Err(head::Refused::Answer(status, why)) => {
+            let (json, etag) = match side {
+                Side::Guest => (false, Some(shared.store.snapshot().etag)),
+                Side::Host => (true, None),
+            };
+            let bytes = head::render(status, &why, json, etag.as_deref());
+            let _ = tokio::time::timeout(BODY_READ_TIMEOUT, async {
+                stream.write_all(&bytes).await?;
+                stream.shutdown().await
+            })
+            .await;
+            return;
+        }
+    };
+    let service = hyper::service::service_fn(move |req| {
+        let shared = shared.clone();
+        async move {
+            Ok::<_, Infallible>(match side {
+                Side::Guest => guest(&shared, req).await,
+                Side::Host => host(&shared, req).await,
+            })
+        }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .keep_alive(false)
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        // The head was bounded by `head::read`; its query may have grown by percent-encoding.
+        .max_buf_size(HEADER_BUF * 4)
+        .serve_connection(TokioIo::new(Replay::new(prefix, stream)), service);
+    match tokio::time::timeout(MAX_CONNECTION_LIFETIME, conn).await {
+        Ok(Err(e)) => tracing::debug!(error = %e, "mmds connection error"),
+        Err(_) => tracing::debug!("mmds connection lifetime reached"),
+        Ok(Ok(())) => {}
+    }
 }
 
-impl hyper::rt::Read for Io {
+/// An accepted connection of either listener.
+enum Stream {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+impl AsyncRead for Stream {
     fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
-            Io::Tcp(s) => std::pin::Pin::new(s).poll_read(cx, buf),
-            Io::Unix(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
 
-impl hyper::rt::Write for Io {
+impl AsyncWrite for Stream {
     fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
         buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
+    ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
-            Io::Tcp(s) => std::pin::Pin::new(s).poll_write(cx, buf),
-            Io::Unix(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
-            Io::Tcp(s) => std::pin::Pin::new(s).poll_flush(cx),
-            Io::Unix(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Stream::Unix(s) => Pin::new(s).poll_flush(cx),
         }
     }
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
-            Io::Tcp(s) => std::pin::Pin::new(s).poll_shutdown(cx),
-            Io::Unix(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }
 
-async fn accept(l: &Listener) -> std::io::Result<Io> {
+async fn accept(l: &Listener) -> std::io::Result<Stream> {
     match l {
         Listener::Tcp(t) => {
             let (s, _) = t.accept().await?;
             let _ = s.set_nodelay(true);
-            Ok(Io::Tcp(TokioIo::new(s)))
+            Ok(Stream::Tcp(s))
         }
         Listener::Unix(u) => {
             let (s, _) = u.accept().await?;
-            Ok(Io::Unix(TokioIo::new(s)))
+            Ok(Stream::Unix(s))
         }
     }
 }
@@ -556,27 +588,73 @@ fn pointer_of(path: &str) -> &str {
     if path == "/" { "" } else { path }
 }
 
-async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, Resp> {
+/// Why a request body was not read.
+#[derive(Debug)]
+enum BodyError {
+    TooLarge(usize),
+    Unreadable,
+    TimedOut,
+}
+
+impl BodyError {
+    fn status(&self) -> StatusCode {
+        match self {
+            BodyError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            BodyError::Unreadable => StatusCode::BAD_REQUEST,
+            BodyError::TimedOut => StatusCode::REQUEST_TIMEOUT,
+        }
+    }
+
+    fn reason(&self) -> String {
+        match self {
+            BodyError::TooLarge(limit) => format!("Request body too large (limit {limit} bytes)."),
+            BodyError::Unreadable => "Cannot read the request body.".into(),
+            BodyError::TimedOut => "Request body read timed out.".into(),
+        }
+    }
+}
+
+async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, BodyError> {
     match tokio::time::timeout(BODY_READ_TIMEOUT, Limited::new(body, limit).collect()).await {
         Ok(Ok(c)) => Ok(c.to_bytes()),
         Ok(Err(e))
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some() =>
         {
-            Err(fault(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("Request body larger than {limit} bytes."),
-            ))
+            Err(BodyError::TooLarge(limit))
         }
-        Ok(Err(_)) => Err(fault(
-            StatusCode::BAD_REQUEST,
-            "Cannot read the request body.",
-        )),
-        Err(_) => Err(fault(
-            StatusCode::REQUEST_TIMEOUT,
-            "Request body read timed out.",
-        )),
+        Ok(Err(_)) => Err(BodyError::Unreadable),
+        Err(_) => Err(BodyError::TimedOut),
     }
+}
+
+/// Most bytes of client input (a path, a header value, a query key) quoted in a reason.
+const ECHO_LIMIT: usize = 256;
+/// Most bytes of any reason body.
+const REASON_LIMIT: usize = 1024;
+
+/// `s` as it may appear in a reason: control characters dropped, at most `limit` bytes (cut
+/// on a character boundary, `...` marking the cut).
+fn clamp(s: &str, limit: usize) -> String {
+    let mut out = String::with_capacity(s.len().min(limit + 3));
+    for c in s.chars().filter(|c| !c.is_control()) {
+        if out.len() + c.len_utf8() > limit {
+            out.push_str("...");
+            break;
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Client input quoted in a reason.
+fn echo(s: &str) -> String {
+    clamp(s, ECHO_LIMIT)
+}
+
+/// A guest-side refusal: plain text, bounded.
+fn refuse(status: StatusCode, reason: impl AsRef<str>) -> Resp {
+    text(status, clamp(reason.as_ref(), REASON_LIMIT))
 }
 
 async fn guest(shared: &Shared, req: Request<Incoming>) -> Resp {
@@ -591,29 +669,29 @@ async fn guest(shared: &Shared, req: Request<Incoming>) -> Resp {
 
 async fn guest_inner(shared: &Shared, req: Request<Incoming>) -> Resp {
     if !shared.guest_enabled.load(Ordering::Relaxed) {
-        return text(StatusCode::SERVICE_UNAVAILABLE, "MMDS is disabled.");
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "MMDS is disabled.");
     }
     let path = sanitize(req.uri().path());
     let (parts, body) = req.into_parts();
     match parts.method {
         Method::PUT => {
-            if read_body(body, GUEST_BODY_LIMIT).await.is_err() {
-                return text(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large.");
+            if let Err(e) = read_body(body, GUEST_BODY_LIMIT).await {
+                return refuse(e.status(), e.reason());
             }
             if parts.headers.contains_key("x-forwarded-for") {
-                return text(
+                return refuse(
                     StatusCode::BAD_REQUEST,
                     "Invalid header. Reason: Unsupported header name. Key: X-Forwarded-For",
                 );
             }
             if path != TOKEN_PATH {
-                return text(
+                return refuse(
                     StatusCode::NOT_FOUND,
-                    format!("Resource not found: {path}."),
+                    format!("Resource not found: {}.", echo(&path)),
                 );
             }
             let Some(ttl) = header(&parts.headers, &[TTL_HEADER, EC2_TTL_HEADER]) else {
-                return text(
+                return refuse(
                     StatusCode::BAD_REQUEST,
                     "Token time to live value not found. Use `X-metadata-token-ttl-seconds` \
                      header to specify the token's lifetime.",
@@ -624,11 +702,12 @@ async fn guest_inner(shared: &Shared, req: Request<Incoming>) -> Resp {
                     StatusCode::OK,
                     shared.tokens.mint(Duration::from_secs(u64::from(t))),
                 ),
-                _ => text(
+                _ => refuse(
                     StatusCode::BAD_REQUEST,
                     format!(
-                        "Invalid time to live value provided for token: {ttl}. Please provide \
-                         a value between {MIN_TTL_SECS} and {MAX_TTL_SECS}."
+                        "Invalid time to live value provided for token: {}. Please provide \
+                         a value between {MIN_TTL_SECS} and {MAX_TTL_SECS}.",
+                        echo(ttl)
                     ),
                 ),
             }
@@ -637,14 +716,14 @@ async fn guest_inner(shared: &Shared, req: Request<Incoming>) -> Resp {
             if shared.version() == MmdsVersion::V2 {
                 match header(&parts.headers, &[TOKEN_HEADER, EC2_TOKEN_HEADER]) {
                     None => {
-                        return text(
+                        return refuse(
                             StatusCode::UNAUTHORIZED,
                             "No MMDS token provided. Use `X-metadata-token` header to specify \
                              the session token.",
                         );
                     }
                     Some(t) if !shared.tokens.verify(t) => {
-                        return text(StatusCode::UNAUTHORIZED, "MMDS token not valid.");
+                        return refuse(StatusCode::UNAUTHORIZED, "MMDS token not valid.");
                     }
                     Some(_) => {}
                 }
@@ -662,7 +741,7 @@ async fn guest_inner(shared: &Shared, req: Request<Incoming>) -> Resp {
                 });
             let poll = match LongPoll::parse(parts.uri.query()) {
                 Ok(p) => p,
-                Err(msg) => return text(StatusCode::BAD_REQUEST, msg),
+                Err(msg) => return refuse(StatusCode::BAD_REQUEST, msg),
             };
             let pointer = pointer_of(&path).to_owned();
             let snap = match poll {
@@ -677,9 +756,9 @@ async fn guest_inner(shared: &Shared, req: Request<Incoming>) -> Resp {
             };
             let Some(value) = snap.data.pointer(&pointer) else {
                 return with_etag(
-                    text(
+                    refuse(
                         StatusCode::NOT_FOUND,
-                        format!("Resource not found: {path}."),
+                        format!("Resource not found: {}.", echo(&path)),
                     ),
                     &etag_of(None),
                 );
@@ -703,7 +782,7 @@ async fn guest_inner(shared: &Shared, req: Request<Incoming>) -> Resp {
             with_etag(r, &etag)
         }
         _ => {
-            let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "Not allowed HTTP method.");
+            let mut r = refuse(StatusCode::METHOD_NOT_ALLOWED, "Not allowed HTTP method.");
             r.headers_mut()
                 .insert(ALLOW, HeaderValue::from_static("GET, PUT"));
             r
@@ -712,6 +791,7 @@ async fn guest_inner(shared: &Shared, req: Request<Incoming>) -> Resp {
 }
 
 struct LongPoll {
+    /// The opaque part of the caller's ETag (see [`opaque_tag`]).
     last_etag: String,
     timeout: Duration,
 }
@@ -724,8 +804,8 @@ impl LongPoll {
         let mut timeout = None;
         for pair in q.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let v =
-                percent_decode(v, true).ok_or_else(|| format!("Invalid query parameter: {k}."))?;
+            let v = percent_decode(v, true)
+                .ok_or_else(|| format!("Invalid query parameter: {}.", echo(k)))?;
             match k {
                 "wait_for_change" => {
                     wait = match v.as_str() {
@@ -734,7 +814,14 @@ impl LongPoll {
                         _ => return Err("wait_for_change must be true or false.".into()),
                     }
                 }
-                "last_etag" => last = Some(v),
+                "last_etag" => {
+                    let tag = opaque_tag(&v).ok_or_else(|| {
+                        "Bad last_etag: give it as the ETag header does (\"tag\" or W/\"tag\") \
+                         or bare."
+                            .to_owned()
+                    })?;
+                    last = Some(tag.to_owned());
+                }
                 "timeout_sec" => {
                     let n: u64 = v
                         .parse()
@@ -759,13 +846,30 @@ impl LongPoll {
     }
 }
 
+/// Most bytes of an entity tag a guest may send.
+const MAX_ETAG: usize = 128;
+
+/// The opaque part of an entity tag given strong and quoted (`"abc"`, as the `ETag` header
+/// gives it), weak (`W/"abc"`) or bare (`abc`). `None` if it is unbalanced, longer than
+/// [`MAX_ETAG`] or holds a character RFC 9110 does not allow in one.
+fn opaque_tag(s: &str) -> Option<&str> {
+    let s = s.strip_prefix("W/").unwrap_or(s);
+    let s = match s.strip_prefix('"') {
+        Some(inner) => inner.strip_suffix('"')?,
+        None => s,
+    };
+    let ok = s.len() <= MAX_ETAG && s.bytes().all(|b| b.is_ascii_graphic() && b != b'"');
+    ok.then_some(s)
+}
+
 /// Waits until the value at `pointer` has an ETag other than `last_etag`; `None` on timeout.
 async fn wait_for_change(shared: &Shared, pointer: &str, p: &LongPoll) -> Option<Snapshot> {
     let deadline = tokio::time::Instant::now() + p.timeout;
     let mut rx = shared.store.subscribe();
     loop {
         let snap = rx.borrow_and_update().clone();
-        if etag_of(snap.data.pointer(pointer)) != p.last_etag {
+        let etag = etag_of(snap.data.pointer(pointer));
+        if opaque_tag(&etag) != Some(p.last_etag.as_str()) {
             return Some(snap);
         }
         tokio::select! {
@@ -775,8 +879,9 @@ async fn wait_for_change(shared: &Shared, pointer: &str, p: &LongPoll) -> Option
     }
 }
 
-fn fault(status: StatusCode, message: impl Into<String>) -> Resp {
-    let body = serde_json::json!({ "fault_message": message.into() });
+/// A host-side refusal: Firecracker's `{"fault_message": ...}`, bounded.
+fn fault(status: StatusCode, message: impl AsRef<str>) -> Resp {
+    let body = serde_json::json!({ "fault_message": clamp(message.as_ref(), REASON_LIMIT) });
     response(
         status,
         "application/json",
@@ -810,7 +915,9 @@ fn not_allowed(allow: &'static str) -> Resp {
 }
 
 async fn json_body(body: Incoming, limit: usize) -> Result<Value, Resp> {
-    let bytes = read_body(body, limit).await?;
+    let bytes = read_body(body, limit)
+        .await
+        .map_err(|e| fault(e.status(), e.reason()))?;
     serde_json::from_slice(&bytes)
         .map_err(|e| fault(StatusCode::BAD_REQUEST, format!("Invalid JSON body: {e}.")))
 }
@@ -888,7 +995,7 @@ async fn host(shared: &Shared, req: Request<Incoming>) -> Resp {
     } else {
         return fault(
             StatusCode::NOT_FOUND,
-            format!("Invalid request path: {path}."),
+            format!("Invalid request path: {}.", echo(&path)),
         );
     };
     let done = |r: Result<Snapshot, StoreError>| match r {
@@ -900,7 +1007,7 @@ async fn host(shared: &Shared, req: Request<Incoming>) -> Resp {
             Some(v) => ok_json(v),
             None => fault(
                 StatusCode::NOT_FOUND,
-                format!("Resource not found: {pointer}."),
+                format!("Resource not found: {}.", echo(&pointer)),
             ),
         },
         Method::PUT => match json_body(body, limit).await {
@@ -944,10 +1051,36 @@ mod tests {
         ))
         .unwrap()
         .unwrap();
-        assert_eq!(p.last_etag, "\"ab\"");
+        assert_eq!(p.last_etag, "ab");
         assert_eq!(p.timeout, Duration::from_secs(5));
+        // Quoted as the ETag header gives it, weak, or bare: the same tag.
+        for q in ["%22ab%22", "W/%22ab%22", "ab", "W/ab"] {
+            let p = LongPoll::parse(Some(&format!("wait_for_change=true&last_etag={q}")))
+                .unwrap()
+                .unwrap();
+            assert_eq!(p.last_etag, "ab", "{q}");
+        }
+        for bad in ["%22ab", "a%22b", "a%20b", "%0A", &"a".repeat(MAX_ETAG + 1)] {
+            let e = LongPoll::parse(Some(&format!("wait_for_change=true&last_etag={bad}")))
+                .err()
+                .unwrap_or_else(|| panic!("{bad} accepted"));
+            assert!(e.starts_with("Bad last_etag"), "{bad}: {e}");
+        }
         assert!(LongPoll::parse(Some("wait_for_change=true&timeout_sec=0")).is_err());
         assert!(LongPoll::parse(Some("wait_for_change=true&timeout_sec=99999")).is_err());
         assert!(LongPoll::parse(Some("wait_for_change=maybe")).is_err());
+    }
+
+    #[test]
+    fn echoed_input_is_bounded_and_printable() {
+        assert_eq!(echo("/a\nb\u{1b}[31mc"), "/ab[31mc");
+        let long = "é".repeat(200);
+        let e = echo(&long);
+        assert!(
+            e.len() <= ECHO_LIMIT + 3 && e.ends_with("..."),
+            "{}",
+            e.len()
+        );
+        assert_eq!(echo("/short"), "/short");
     }
 }

@@ -19,6 +19,23 @@ fn data() -> serde_json::Value {
     })
 }
 
+/// A server holding `data` with a data limit of `limit` bytes, and its API socket.
+async fn start_limited(
+    limit: usize,
+    data: serde_json::Value,
+) -> (ServerHandle, tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("api.sock");
+    let s = Server::builder()
+        .api_socket(&sock)
+        .data_limit(limit)
+        .initial_data(data)
+        .start()
+        .await
+        .unwrap();
+    (s, dir, sock)
+}
+
 async fn start() -> (ServerHandle, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::builder()
@@ -494,14 +511,7 @@ async fn scrub_and_guest_switch() {
 
 #[tokio::test]
 async fn size_limits() {
-    let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("api.sock");
-    let s = Server::builder()
-        .api_socket(&sock)
-        .data_limit(100)
-        .start()
-        .await
-        .unwrap();
+    let (s, _dir, sock) = start_limited(100, json!({})).await;
     let big = format!(r#"{{"k": "{}"}}"#, "x".repeat(100));
     let r = host(&sock, Method::PUT, "/mmds", &[], &big).await;
     assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
@@ -573,6 +583,135 @@ async fn concurrent_guests_are_all_served() {
     }
     for task in tasks {
         assert_eq!(task.await.unwrap().text(), "v");
+    }
+    s.shutdown().await;
+}
+
+/// `GET path` with a V2 token, as raw bytes (the query may hold a raw `"`, which `http::Uri`
+/// refuses to build).
+fn raw_get(target: &str, token: &str) -> Vec<u8> {
+    format!("GET {target} HTTP/1.1\r\nHost: x\r\nX-metadata-token: {token}\r\n\r\n").into_bytes()
+}
+
+#[tokio::test]
+async fn long_poll_takes_last_etag_quoted_weak_or_bare() {
+    let s = common::serve(json!({"k": "v"})).await;
+    let addr = s.local_addr();
+    let t = token(addr).await;
+    let etag = guest_get(addr, "/k", &t).await.etag();
+    let bare = etag.trim_matches('"');
+    assert_eq!(bare.len(), 32, "{etag}");
+    // The ETag exactly as the header gave it (raw and percent-encoded), weak, and bare: all
+    // mean "unchanged", so each waits its one second and ends in 304 with the same ETag.
+    let enc = etag.replace('"', "%22");
+    for given in [
+        etag.clone(),
+        enc.clone(),
+        format!("W/{etag}"),
+        format!("W/{enc}"),
+        bare.to_owned(),
+    ] {
+        let target = format!("/k?wait_for_change=true&last_etag={given}&timeout_sec=1");
+        let r = common::raw_guest(addr, &raw_get(&target, &t)).await;
+        assert_eq!(r.status, 304, "{given}: {r:?}");
+        assert_eq!(r.header("etag"), Some(etag.as_str()), "{given}");
+    }
+    // A different tag, in any form, answers at once with the value.
+    for stale in ["\"0000\"", "W/\"0000\"", "0000"] {
+        let target = format!("/k?wait_for_change=true&last_etag={stale}&timeout_sec=30");
+        let r = common::raw_guest(addr, &raw_get(&target, &t)).await;
+        assert_eq!((r.status, r.body.as_str()), (200, "v"), "{stale}");
+    }
+    s.shutdown().await;
+}
+
+/// A 4xx as a guest or host sees it: status, a Content-Type and a short, bounded reason.
+fn assert_reason(r: &common::RawReply, status: u16, ctype: &str, has: &str) {
+    assert_eq!(r.status, status, "{r:?}");
+    assert_eq!(r.header("content-type"), Some(ctype), "{r:?}");
+    assert!(r.body.contains(has), "want {has:?} in {r:?}");
+    assert!(r.body.len() <= 1100, "reason of {} bytes", r.body.len());
+    assert!(!r.body.chars().any(char::is_control), "{r:?}");
+}
+
+#[tokio::test]
+async fn every_guest_4xx_has_a_reason() {
+    let (s, _d) = start().await;
+    let addr = s.local_addr();
+    let t = token(addr).await;
+    let long_path = format!("/{}", "p".repeat(10_000));
+    let long_ttl = "9".repeat(5_000);
+    let put = |target: &str, headers: &str, body: &str| {
+        format!(
+            "PUT {target} HTTP/1.1\r\nHost: x\r\n{headers}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    #[rustfmt::skip]
+    let rows: Vec<(String, u16, &str)> = vec![
+        (put("/latest/api/token", "", ""), 400, "Token time to live value not found"),
+        (put("/latest/api/token", &format!("X-metadata-token-ttl-seconds: {long_ttl}\r\n"), ""), 400, "Invalid time to live value"),
+        (put("/latest/api/token", "X-metadata-token-ttl-seconds: 60\r\nX-Forwarded-For: 1.2.3.4\r\n", ""), 400, "X-Forwarded-For"),
+        (put(&long_path, "X-metadata-token-ttl-seconds: 60\r\n", ""), 404, "Resource not found: /ppp"),
+        (put("/latest/api/token", "X-metadata-token-ttl-seconds: 60\r\n", &"z".repeat(2000)), 413, "Request body too large (limit 1024 bytes)"),
+        ("GET /k HTTP/1.1\r\nHost: x\r\n\r\n".into(), 401, "No MMDS token provided"),
+        ("GET /k HTTP/1.1\r\nHost: x\r\nX-metadata-token: nope\r\n\r\n".into(), 401, "MMDS token not valid"),
+        (String::from_utf8(raw_get(&long_path, &t)).unwrap(), 404, "Resource not found: /ppp"),
+        (String::from_utf8(raw_get("/latest?wait_for_change=true&last_etag=\"ab&timeout_sec=1", &t)).unwrap(), 400, "Bad last_etag"),
+        (String::from_utf8(raw_get("/latest?wait_for_change=true&timeout_sec=0", &t)).unwrap(), 400, "timeout_sec must be between"),
+        (String::from_utf8(raw_get("/latest?wait_for_change=perhaps", &t)).unwrap(), 400, "wait_for_change must be"),
+        (String::from_utf8(raw_get("/latest?last_etag=%ff", &t)).unwrap(), 400, "Invalid query parameter: last_etag"),
+        ("DELETE /k HTTP/1.1\r\nHost: x\r\n\r\n".into(), 405, "Not allowed HTTP method"),
+        ("GET /k HTTP/1.1\r\nno colon here\r\n\r\n".into(), 400, "malformed request head"),
+        ("GET /k HTTP/1.1\r\nContent-Length: -1\r\n\r\n".into(), 400, "bad Content-Length"),
+        (format!("GET /k HTTP/1.1\r\nX-Big: {}\r\n\r\n", "h".repeat(20_000)), 431, "request head larger than 16384 bytes"),
+    ];
+    for (req, status, has) in rows {
+        let r = common::raw_guest(addr, req.as_bytes()).await;
+        let first = req.lines().next().unwrap_or("");
+        assert_reason(&r, status, "text/plain", has);
+        assert!(r.header("etag").is_some(), "{first}: no ETag");
+    }
+    // Echoed input is cut: the 10 000-byte path and the 5 000-digit TTL come back short.
+    let r = common::raw_guest(addr, &raw_get(&long_path, &t)).await;
+    assert!(r.body.ends_with("....") && r.body.len() < 300, "{}", r.body);
+    let ttl = format!("X-metadata-token-ttl-seconds: {long_ttl}\r\n");
+    let r = common::raw_guest(addr, put("/latest/api/token", &ttl, "").as_bytes()).await;
+    assert!(r.body.len() < 400, "{} bytes", r.body.len());
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn every_host_4xx_has_a_reason() {
+    let (s, _dir, sock) = start_limited(100, json!({"k": "v"})).await;
+    let req = |m: &str, target: &str, headers: &str, body: &str| {
+        format!(
+            "{m} {target} HTTP/1.1\r\nHost: x\r\n{headers}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let long = format!("/{}", "q".repeat(10_000));
+    #[rustfmt::skip]
+    let rows: Vec<(String, u16, &str)> = vec![
+        (req("GET", &long, "", ""), 404, "Invalid request path: /qqq"),
+        (req("GET", "/mmds/absent", "", ""), 404, "Resource not found: /absent"),
+        (req("DELETE", "/mmds/absent", "", ""), 404, "nothing at"),
+        (req("PUT", "/mmds", "", "{nope"), 400, "Invalid JSON body"),
+        (req("PUT", "/mmds", "", &format!(r#"{{"k": "{}"}}"#, "x".repeat(200))), 413, "limit"),
+        (req("PUT", "/mmds", "", &" ".repeat(5_000)), 413, "Request body too large (limit 1124 bytes)"),
+        (req("PUT", "/mmds/k", "If-Match: \"0000\"\r\n", "\"w\""), 412, "precondition failed"),
+        (req("PUT", "/mmds/config", "", r#"{"version": "V3"}"#), 400, "unknown variant"),
+        (req("PUT", "/guest-access", "", "{}"), 400, "enabled"),
+        (req("POST", "/mmds", "", ""), 405, "Not allowed HTTP method"),
+        (req("GET", "/mmds/%zz", "", ""), 400, "Invalid path encoding"),
+        ("GET /mmds HTTP/1.1\r\nno colon here\r\n\r\n".into(), 400, "malformed request head"),
+    ];
+    for (raw, status, has) in rows {
+        let conn = tokio::net::UnixStream::connect(&sock).await.unwrap();
+        let r = common::raw(conn, raw.as_bytes()).await;
+        assert_reason(&r, status, "application/json", has);
+        let fault: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert!(fault["fault_message"].is_string(), "{r:?}");
     }
     s.shutdown().await;
 }

@@ -110,6 +110,17 @@ pub enum Error {
         /// The last lines of its standard error.
         stderr: String,
     },
+    /// An xattr cannot be written into the image safely (its file's path or its name has a
+    /// byte outside the allow-list, or is too long); nothing was written.
+    #[error("xattr {name} on {path} refused: {reason}")]
+    Xattr {
+        /// The file's path in the image, escaped as Rust's `{:?}` does and cut to 256 bytes.
+        path: String,
+        /// The xattr's name, escaped and cut the same way.
+        name: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
     /// The requested image size cannot hold the content.
     #[error(
         "requested image size {requested} bytes is too small: the content needs at least {needed} bytes"

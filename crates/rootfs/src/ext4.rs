@@ -249,8 +249,23 @@ fn replay_script(dir: &Path, side: &SideTable) -> Result<String> {
     Ok(s)
 }
 
+/// Longest line of the `debugfs -f` script, newline included. debugfs reads the script with
+/// `fgets` into a `BUFSIZ` buffer (8192 bytes with glibc, 1024 with musl; very old releases
+/// used 256): a longer line would be cut and its tail run as a second command.
+const MAX_SCRIPT_LINE: usize = 1000;
+/// Longest xattr name Linux accepts (`XATTR_NAME_MAX`).
+const MAX_XATTR_NAME: usize = 255;
+
 /// Writes the side table's xattrs into the image with `debugfs -w` (`ea_set -f`), which needs
 /// no privilege on an image file.
+///
+/// The names come from base image layers, so the script is built so that no name can add a
+/// command: each value goes through a file named by a counter (`ea_set -f 7`, the script run
+/// from the directory holding the files), and each path and xattr name must pass
+/// [`ea_set_line`]'s byte allow-list, which leaves nothing debugfs's line reader (`fgets`, `#`
+/// comments, `\r`) or its parser (`ss_parse`: blanks split words, `"` quotes, `""` is a quote,
+/// a leading `-` is an option) treats specially. A path or name outside it fails the image
+/// with [`Error::Xattr`] naming both; nothing is written.
 fn set_xattrs(image: &Path, side: &SideTable) -> Result<()> {
     let with: Vec<_> = side
         .entries
@@ -260,39 +275,120 @@ fn set_xattrs(image: &Path, side: &SideTable) -> Result<()> {
     if with.is_empty() {
         return Ok(());
     }
-    let tmp = image.with_extension("xattrs");
-    fs::create_dir_all(&tmp).map_err(Error::io("create", &tmp))?;
-    let mut cmds = String::new();
-    let mut n = 0;
+    let mut script = String::new();
+    let mut values = Vec::new();
     for (rel, meta) in with {
-        let p = path_str(&Path::new("/").join(rel))?;
-        if p.contains('"') {
-            tracing::warn!(path = %p, "xattrs not kept: path has a double quote");
-            continue;
-        }
+        let path = Path::new("/").join(rel);
         for (name, value) in &meta.xattrs {
-            let vf = tmp.join(n.to_string());
-            n += 1;
-            fs::write(&vf, value).map_err(Error::io("write", &vf))?;
-            cmds.push_str(&format!(
-                "ea_set -f \"{}\" \"{p}\" \"{name}\"\n",
-                path_str(&vf)?
-            ));
+            script.push_str(&ea_set_line(values.len(), &path, name)?);
+            values.push(value.as_slice());
         }
     }
-    let cf = tmp.join("cmds");
-    fs::write(&cf, cmds).map_err(Error::io("write", &cf))?;
-    let r = run(
-        "debugfs",
-        [
-            "-w",
-            "-f",
-            path_str(&cf)?.as_str(),
-            path_str(image)?.as_str(),
-        ],
-    );
+    let image_abs = std::path::absolute(image).map_err(Error::io("resolve", image))?;
+    let tmp = image.with_extension("xattrs");
+    fs::create_dir_all(&tmp).map_err(Error::io("create", &tmp))?;
+    let r = write_and_run_debugfs(&tmp, &script, &values, &image_abs);
     let _ = fs::remove_dir_all(&tmp);
-    r.map(|_| ())
+    r
+}
+
+/// One `ea_set` command line for the value file `n`, or [`Error::Xattr`] if `path` or `name`
+/// has a byte outside the allow-list: path bytes `[A-Za-z0-9._+@:,=~%/-]`, absolute, no `.`
+/// or `..` component; name bytes `[A-Za-z0-9._-]`, starting with a letter and holding a
+/// `.` (`security.capability`); the whole line under [`MAX_SCRIPT_LINE`]. None of those bytes
+/// is a blank, a quote, a line end or a comment mark to debugfs, so the line is always the
+/// five words `ea_set -f N PATH NAME`.
+fn ea_set_line(n: usize, path: &Path, name: &str) -> Result<String> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::Component;
+    let refuse = |reason| Error::Xattr {
+        path: escaped(&format!("{path:?}")),
+        name: escaped(&format!("{name:?}")),
+        reason,
+    };
+    let path_ok = |b: &u8| b.is_ascii_alphanumeric() || b"._+@:,=~%/-".contains(b);
+    let p = path.as_os_str().as_bytes();
+    if !p.starts_with(b"/")
+        || path
+            .components()
+            .any(|c| !matches!(c, Component::RootDir | Component::Normal(_)))
+    {
+        return Err(refuse("the path is not absolute and normalised"));
+    }
+    if !p.iter().all(path_ok) {
+        return Err(refuse("the path has a byte outside [A-Za-z0-9._+@:,=~%/-]"));
+    }
+    let name_ok = |b: u8| b.is_ascii_alphanumeric() || b"._-".contains(&b);
+    if name.len() > MAX_XATTR_NAME
+        || !name.bytes().next().is_some_and(|b| b.is_ascii_alphabetic())
+        || !name.contains('.')
+        || !name.bytes().all(name_ok)
+    {
+        return Err(refuse(
+            "the name is not namespace.name in [A-Za-z0-9._-] of at most 255 bytes",
+        ));
+    }
+    let line = format!("ea_set -f {n} {} {name}\n", path.display());
+    if line.len() > MAX_SCRIPT_LINE {
+        return Err(refuse(
+            "the path and name are too long for one debugfs command line",
+        ));
+    }
+    Ok(line)
+}
+
+/// `s` cut to 256 bytes on a character boundary (`...` marks the cut).
+fn escaped(s: &str) -> String {
+    const LIMIT: usize = 256;
+    match s.char_indices().find(|(i, c)| i + c.len_utf8() > LIMIT) {
+        Some((i, _)) => format!("{}...", &s[..i]),
+        None => s.to_owned(),
+    }
+}
+
+/// Writes value `i` to `dir/i` and `script` to `dir/cmds`, then runs `debugfs -w -f cmds` on
+/// `image` from `dir`. debugfs exits 0 when a command fails, so an `ea_set:` complaint on its
+/// standard error is a failure too.
+fn write_and_run_debugfs(dir: &Path, script: &str, values: &[&[u8]], image: &Path) -> Result<()> {
+    for (i, v) in values.iter().enumerate() {
+        let f = dir.join(i.to_string());
+        fs::write(&f, v).map_err(Error::io("write", &f))?;
+    }
+    let cmds = dir.join("cmds");
+    fs::write(&cmds, script).map_err(Error::io("write", &cmds))?;
+    let tool = "debugfs";
+    debug!(tool, image = %image.display(), commands = values.len(), "running");
+    let out = Command::new(tool)
+        .current_dir(dir)
+        .arg("-w")
+        .arg("-f")
+        .arg("cmds")
+        .arg(image)
+        .output()
+        .map_err(|source| Error::Spawn {
+            tool: tool.to_owned(),
+            source,
+        })?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let failed: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("ea_set:"))
+        .take(8)
+        .collect();
+    if !out.status.success() || !failed.is_empty() {
+        let tail: Vec<&str> = stderr.lines().rev().take(8).collect();
+        let shown = if failed.is_empty() {
+            tail.into_iter().rev().collect()
+        } else {
+            failed
+        };
+        return Err(Error::Tool {
+            tool: format!("{tool} -w -f cmds {}", image.display()),
+            status: out.status.to_string(),
+            stderr: shown.join(" | "),
+        });
+    }
+    Ok(())
 }
 
 fn shell_quote(s: &str) -> String {
@@ -415,8 +511,241 @@ pub fn grow(image: &Path, size: u64) -> Result<u64> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
+    use proptest::prelude::*;
     use std::collections::BTreeMap;
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+
+    /// debugfs's reading of a `-f` script, from e2fsprogs' `source_file` and `ss_parse`: lines
+    /// by `fgets` into a buffer of `bufsiz` (a longer line is cut in two), `#` lines skipped,
+    /// `\n` and `\r` end the line, leading blanks skipped, `!` runs a shell, then words split
+    /// on blanks with `"` quoting and `""` a quote inside quotes. `None` on unbalanced quotes.
+    fn debugfs_commands(script: &[u8], bufsiz: usize) -> Vec<Option<Vec<Vec<u8>>>> {
+        let mut lines = Vec::new();
+        let mut rest = script;
+        while !rest.is_empty() {
+            let take = match rest.iter().position(|&b| b == b'\n') {
+                Some(i) if i < bufsiz - 1 => i + 1,
+                _ => rest.len().min(bufsiz - 1),
+            };
+            lines.push(&rest[..take]);
+            rest = &rest[take..];
+        }
+        let mut out = Vec::new();
+        for line in lines {
+            if line.first() == Some(&b'#') {
+                continue;
+            }
+            let end = line
+                .iter()
+                .position(|&b| b == b'\n' || b == b'\r' || b == 0)
+                .unwrap_or(line.len());
+            let mut l = &line[..end];
+            while let Some((&(b' ' | b'\t'), tail)) = l.split_first() {
+                l = tail;
+            }
+            if l.first() == Some(&b'!') {
+                out.push(Some(vec![b"!shell".to_vec()]));
+                continue;
+            }
+            out.push(ss_parse(l));
+        }
+        out
+    }
+
+    fn ss_parse(l: &[u8]) -> Option<Vec<Vec<u8>>> {
+        let mut words = Vec::new();
+        let mut cur: Option<Vec<u8>> = None;
+        let mut quoted = false;
+        let mut i = 0;
+        loop {
+            let c = l.get(i).copied();
+            if quoted {
+                match c {
+                    None => return None,
+                    Some(b'"') if l.get(i + 1) == Some(&b'"') => {
+                        cur.get_or_insert_with(Vec::new).push(b'"');
+                        i += 2;
+                    }
+                    Some(b'"') => {
+                        quoted = false;
+                        i += 1;
+                    }
+                    Some(c) => {
+                        cur.get_or_insert_with(Vec::new).push(c);
+                        i += 1;
+                    }
+                }
+                continue;
+            }
+            match (c, cur.is_some()) {
+                (None, _) => {
+                    words.extend(cur.take());
+                    return Some(words);
+                }
+                (Some(b' ' | b'\t'), _) => {
+                    words.extend(cur.take());
+                    i += 1;
+                }
+                (Some(b'"'), _) => {
+                    cur.get_or_insert_with(Vec::new);
+                    quoted = true;
+                    i += 1;
+                }
+                (Some(c), _) => {
+                    cur.get_or_insert_with(Vec::new).push(c);
+                    i += 1;
+                }
+            }
+        }
+    }
+
+    /// What a line must be: one command, exactly `ea_set -f N PATH NAME`, no word but `-f`
+    /// starting with `-`, under every `fgets` buffer debugfs is built with.
+    fn assert_one_ea_set(line: &str, n: usize, path: &[u8], name: &str) {
+        assert!(line.len() <= MAX_SCRIPT_LINE, "{} bytes", line.len());
+        assert_eq!(line.bytes().filter(|&b| b == b'\n').count(), 1, "{line:?}");
+        for bufsiz in [1024, 8192] {
+            let cmds = debugfs_commands(line.as_bytes(), bufsiz);
+            let want: Vec<Vec<u8>> = vec![
+                b"ea_set".to_vec(),
+                b"-f".to_vec(),
+                n.to_string().into_bytes(),
+                path.to_vec(),
+                name.as_bytes().to_vec(),
+            ];
+            assert_eq!(cmds, vec![Some(want)], "{line:?}");
+        }
+    }
+
+    #[test]
+    fn file_capability_on_ping_is_one_ea_set() {
+        let line = ea_set_line(0, Path::new("/usr/bin/ping"), "security.capability").unwrap();
+        assert_eq!(line, "ea_set -f 0 /usr/bin/ping security.capability\n");
+        assert_one_ea_set(&line, 0, b"/usr/bin/ping", "security.capability");
+        let rel = Path::new("/").join("usr/lib/x86_64-linux-gnu/gstreamer1.0/gst-ptp-helper");
+        let line = ea_set_line(12, &rel, "user.mime_type").unwrap();
+        assert_one_ea_set(&line, 12, rel.as_os_str().as_bytes(), "user.mime_type");
+    }
+
+    #[test]
+    fn hostile_names_are_refused_naming_the_path() {
+        for (path, name) in [
+            ("/usr/bin/ping", "security.capability\nwrite /etc/shadow x"),
+            ("/usr/bin/ping\nrdump / /tmp/x", "security.capability"),
+            ("/a b", "user.x"),
+            ("/a\"b", "user.x"),
+            ("/a;b", "user.x"),
+            ("/a#b", "user.x"),
+            ("/a\\b", "user.x"),
+            ("/a/../b", "user.x"),
+            ("/ok", "-f/etc/shadow"),
+            ("/ok", "user.x\r"),
+            ("/ok", "user x"),
+            ("/ok", "nodot"),
+        ] {
+            let e = ea_set_line(0, Path::new(path), name).unwrap_err();
+            let msg = e.to_string();
+            assert!(matches!(e, Error::Xattr { .. }), "{msg}");
+            assert!(!msg.contains('\n') && !msg.contains('\r'), "{msg:?}");
+            assert!(msg.contains(&format!("{path:?}")), "{msg}");
+        }
+        let non_utf8 = Path::new(OsStr::from_bytes(b"/usr/bin/\xffping"));
+        let msg = ea_set_line(0, non_utf8, "security.capability")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("\\xFF"), "{msg}");
+        let long = format!("/{}", "a/".repeat(600));
+        assert!(ea_set_line(0, Path::new(&long), "user.x").is_err());
+    }
+
+    #[test]
+    fn a_refused_name_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("img.ext4");
+        let mut side = SideTable::default();
+        let mut xattrs = BTreeMap::new();
+        xattrs.insert("user.a\nwrite /etc/passwd p".to_owned(), b"v".to_vec());
+        side.entries.insert(
+            "f".into(),
+            crate::layer::FileMeta {
+                uid: 0,
+                gid: 0,
+                mode: 0o644,
+                symlink: false,
+                node: NodeKind::Plain,
+                xattrs,
+            },
+        );
+        assert!(matches!(
+            set_xattrs(&image, &side),
+            Err(Error::Xattr { .. })
+        ));
+        assert!(!image.with_extension("xattrs").exists());
+    }
+
+    fn hostile_byte() -> impl Strategy<Value = u8> {
+        prop_oneof![
+            any::<u8>(),
+            prop::sample::select(b"\n\r\"' \t\\#;!-<>\0./".to_vec()),
+            prop::sample::select(b"abcz09._-/".to_vec()),
+        ]
+    }
+
+    fn hostile_char() -> impl Strategy<Value = char> {
+        prop_oneof![
+            any::<char>(),
+            prop::sample::select(vec![
+                '\n', '\r', '"', '\'', ' ', '\t', '\\', '#', ';', '!', '-', '\0', 'é'
+            ]),
+            prop::sample::select(vec!['a', 'z', '0', '.', '_', '-']),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// No path or name, however hostile (line ends, quotes, blanks, non-UTF-8 bytes), makes
+        /// more than one debugfs command: either it is refused or the line parses back to
+        /// exactly `ea_set -f N PATH NAME`.
+        #[test]
+        fn no_name_adds_a_command(
+            n in 0usize..100_000,
+            path in prop::collection::vec(hostile_byte(), 0..80),
+            name in prop::collection::vec(hostile_char(), 0..40),
+        ) {
+            let mut p = b"/".to_vec();
+            p.extend_from_slice(&path);
+            let path = Path::new(OsStr::from_bytes(&p));
+            let name: String = name.into_iter().collect();
+            match ea_set_line(n, path, &name) {
+                Ok(line) => assert_one_ea_set(&line, n, &p, &name),
+                Err(e) => {
+                    let is_xattr = matches!(e, Error::Xattr { .. });
+                    prop_assert!(is_xattr, "{e}");
+                    let msg = e.to_string();
+                    prop_assert!(!msg.contains('\n') && !msg.contains('\r'));
+                }
+            }
+        }
+
+        /// Realistic names are kept.
+        #[test]
+        fn plain_names_are_kept(
+            n in 0usize..100_000,
+            dirs in prop::collection::vec("[a-z0-9][a-z0-9._+-]{0,20}", 1..8),
+            name in "(user|security|trusted)\\.[a-z][a-z0-9_.-]{0,30}",
+        ) {
+            let p = format!("/{}", dirs.join("/"));
+            let line = ea_set_line(n, Path::new(&p), &name);
+            prop_assert!(line.is_ok(), "{p} {name}: {line:?}");
+            if let Ok(line) = line {
+                assert_one_ea_set(&line, n, p.as_bytes(), &name);
+            }
+        }
+    }
 
     #[test]
     fn sizes_follow_the_formula() {

@@ -139,3 +139,53 @@ pub async fn serve(data: serde_json::Value) -> firebuild_mmds::server::ServerHan
         .await
         .unwrap()
 }
+
+/// A raw answer: status code, lower-cased header lines, body.
+#[derive(Debug)]
+pub struct RawReply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl RawReply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Sends raw bytes (the server closes after one answer) and parses the whole answer.
+pub async fn raw<S>(mut s: S, raw: &[u8]) -> RawReply
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    s.write_all(raw).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf).await;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    RawReply {
+        status,
+        headers,
+        body: body.to_owned(),
+    }
+}
+
+/// [`raw`] to the guest side.
+pub async fn raw_guest(addr: SocketAddr, bytes: &[u8]) -> RawReply {
+    raw(tokio::net::TcpStream::connect(addr).await.unwrap(), bytes).await
+}
