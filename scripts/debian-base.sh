@@ -28,25 +28,9 @@ SOURCE_DATE_EPOCH=1700000000 mmdebstrap --quiet --variant=minbase --include=ca-c
     --customize-hook='rm -f "$1/etc/resolv.conf" "$1/etc/hostname"' \
     bookworm "$work/layer.tar" http://deb.debian.org/debian >&2
 
-blobs="$work/layout/blobs/sha256"
-mkdir -p "$blobs"
-layer_sha=$(sha256sum "$work/layer.tar" | cut -d' ' -f1)
-layer_size=$(stat -c %s "$work/layer.tar")
-mv "$work/layer.tar" "$blobs/$layer_sha"
-
-# The uncompressed layer's digest is its diff_id too.
-printf '%s' '{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin","FIREBUILD_BASE=debian-12"],"Cmd":["bash"]},"rootfs":{"type":"layers","diff_ids":["sha256:'"$layer_sha"'"]},"history":[{"created_by":"mmdebstrap --variant=minbase --include=ca-certificates bookworm"}]}' >"$work/config.json"
-config_sha=$(sha256sum "$work/config.json" | cut -d' ' -f1)
-config_size=$(stat -c %s "$work/config.json")
-mv "$work/config.json" "$blobs/$config_sha"
-
-printf '%s' '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:'"$config_sha"'","size":'"$config_size"'},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:'"$layer_sha"'","size":'"$layer_size"'}]}' >"$work/manifest.json"
-manifest_sha=$(sha256sum "$work/manifest.json" | cut -d' ' -f1)
-manifest_size=$(stat -c %s "$work/manifest.json")
-mv "$work/manifest.json" "$blobs/$manifest_sha"
-
-printf '%s' '{"imageLayoutVersion":"1.0.0"}' >"$work/layout/oci-layout"
-printf '%s' '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:'"$manifest_sha"'","size":'"$manifest_size"',"annotations":{"org.opencontainers.image.ref.name":"12"}}]}' >"$work/layout/index.json"
+oci_layout "$work/layer.tar" \
+    '{"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin","FIREBUILD_BASE=debian-12"],"Cmd":["bash"]}' \
+    "mmdebstrap --variant=minbase --include=ca-certificates bookworm" "$work" 12
 
 rm -rf "$out"
 mv "$work/layout" "$out"

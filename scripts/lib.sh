@@ -25,3 +25,27 @@ ensure_rust() {
         . "$HOME/.cargo/env"
     fi
 }
+
+# Packs an uncompressed layer tar as a one-layer OCI image layout: oci_layout LAYER_TAR RUN_CONFIG_JSON
+# CREATED_BY WORK_DIR TAG. RUN_CONFIG_JSON is the image config's "config" object (Env, Cmd...); the
+# layout is written to WORK_DIR/layout (the layer tar is moved into it).
+oci_layout() {
+    local layer=$1 run_config=$2 created_by=$3 work=$4 tag=$5
+    local blobs="$work/layout/blobs/sha256"
+    mkdir -p "$blobs"
+    local layer_sha layer_size config_sha config_size manifest_sha manifest_size
+    layer_sha=$(sha256sum "$layer" | cut -d' ' -f1)
+    layer_size=$(stat -c %s "$layer")
+    mv "$layer" "$blobs/$layer_sha"
+    # The uncompressed layer's digest is its diff_id too.
+    printf '%s' '{"architecture":"amd64","os":"linux","config":'"$run_config"',"rootfs":{"type":"layers","diff_ids":["sha256:'"$layer_sha"'"]},"history":[{"created_by":"'"$created_by"'"}]}' >"$work/config.json"
+    config_sha=$(sha256sum "$work/config.json" | cut -d' ' -f1)
+    config_size=$(stat -c %s "$work/config.json")
+    mv "$work/config.json" "$blobs/$config_sha"
+    printf '%s' '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:'"$config_sha"'","size":'"$config_size"'},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:'"$layer_sha"'","size":'"$layer_size"'}]}' >"$work/manifest.json"
+    manifest_sha=$(sha256sum "$work/manifest.json" | cut -d' ' -f1)
+    manifest_size=$(stat -c %s "$work/manifest.json")
+    mv "$work/manifest.json" "$blobs/$manifest_sha"
+    printf '%s' '{"imageLayoutVersion":"1.0.0"}' >"$work/layout/oci-layout"
+    printf '%s' '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:'"$manifest_sha"'","size":'"$manifest_size"',"annotations":{"org.opencontainers.image.ref.name":"'"$tag"'"}}]}' >"$work/layout/index.json"
+}

@@ -19,7 +19,18 @@ bash scripts/build-vminit.sh # static vminit for the VM tests (target/vminit/vmi
 # The Debian 12 base the VM tests build FROM (mmdebstrap, cached in the XDG cache).
 start=$(date +%s)
 bash scripts/debian-base.sh
-echo "debian base ready in $(($(date +%s) - start)) s"
+bash scripts/busybox-base.sh
+echo "bases ready in $(($(date +%s) - start)) s"
+
+# The Docker engine the differential tests compare with (crates/build/tests/reference): started
+# when none answers, and stopped again at exit. Under CI an engine that cannot start fails here.
+if engine=$(bash scripts/docker-engine.sh start); then
+    case "$engine" in started*) trap 'bash scripts/docker-engine.sh stop "${engine#started }"' EXIT ;; esac
+elif [ -n "${CI:-}" ]; then
+    exit 1
+else
+    echo "note: no Docker engine: the differential tests will skip" >&2
+fi
 cargo test --workspace --locked "$@"
 
 # The conformance counts (buildkit parser/shell, moby patternmatcher), printed where a reader sees

@@ -77,6 +77,27 @@ pub fn mount_run_mode() {
 
 fn mount_api_filesystems() {
     mount_all(MOUNTS);
+    dev_links();
+}
+
+/// The links a container runtime makes in /dev (runc's `setupDevSymlinks`), which devtmpfs lacks:
+/// `cat /dev/stdin`, bash's `<(...)` and `/dev/fd/N` need them in a RUN as they work under
+/// `docker build` (the differential test `build-env` compares).
+const DEV_LINKS: &[(&str, &str)] = &[
+    ("/proc/self/fd", "/dev/fd"),
+    ("/proc/self/fd/0", "/dev/stdin"),
+    ("/proc/self/fd/1", "/dev/stdout"),
+    ("/proc/self/fd/2", "/dev/stderr"),
+];
+
+fn dev_links() {
+    for &(target, link) in DEV_LINKS {
+        match std::os::unix::fs::symlink(target, link) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => tracing::warn!("linking {link} to {target}: {e}"),
+        }
+    }
 }
 
 fn mount_all(list: &[(&str, &str, &str, MountFlags, &std::ffi::CStr)]) {

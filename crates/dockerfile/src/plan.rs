@@ -76,9 +76,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use firebuild_plan::{
-    Base, BuildPlan, EnvVar, Healthcheck as PlanHealthcheck, Heredoc as PlanHeredoc, ImageConfig,
-    Origin, Resource, ResourceKind, Run as PlanRun, SCHEMA_VERSION, Source, Span, Stage, Step,
-    StepContext, StepKind, Transfer as PlanTransfer, default_shell,
+    Base, BuildPlan, Command, EnvVar, Healthcheck as PlanHealthcheck, Heredoc as PlanHeredoc,
+    ImageConfig, Origin, Resource, ResourceKind, Run as PlanRun, SCHEMA_VERSION, Source, Span,
+    Stage, Step, StepContext, StepKind, Transfer as PlanTransfer, default_shell,
 };
 
 use crate::ast::Heredoc;
@@ -793,11 +793,11 @@ impl<'r> Resolver<'r> {
                 }
                 InstructionKind::Cmd(cmd) => {
                     // buildkit's `dispatchCmd`: replaces CMD, keeps the (base's) ENTRYPOINT.
-                    state.config.cmd = Some(cmd.clone());
+                    state.config.cmd = Some(stored_command(cmd, &state.shell));
                     cmd_set = true;
                 }
                 InstructionKind::Entrypoint(cmd) => {
-                    state.config.entrypoint = Some(cmd.clone());
+                    state.config.entrypoint = Some(stored_command(cmd, &state.shell));
                     if !cmd_set {
                         // buildkit's `dispatchEntrypoint`: an ENTRYPOINT clears the CMD
                         // inherited from the base unless this stage has set a CMD itself.
@@ -1480,6 +1480,18 @@ fn parse_expose(word: &str) -> Result<Vec<(u32, String)>, String> {
         return Err(bad("invalid range"));
     }
     Ok((lo..=hi).map(|n| (n, proto.clone())).collect())
+}
+
+/// A CMD or ENTRYPOINT as the image config stores it: buildkit's `dispatchCmd` and
+/// `dispatchEntrypoint` turn the shell form into the argv `SHELL + [command]` with the SHELL in
+/// force at that instruction, so a later SHELL does not change how the image starts.
+fn stored_command(cmd: &Command, shell: &[String]) -> Command {
+    match cmd {
+        Command::Shell(line) => {
+            Command::Exec(shell.iter().cloned().chain([line.clone()]).collect())
+        }
+        exec @ Command::Exec(_) => exec.clone(),
+    }
 }
 
 #[cfg(test)]

@@ -288,3 +288,20 @@ fn a_bad_base_trigger_is_refused_naming_the_from_line() {
         assert!(err.contains("ONBUILD trigger"), "{err}");
     }
 }
+
+#[test]
+fn shell_form_cmd_and_entrypoint_keep_the_shell_in_force_at_their_line() {
+    // buildkit: `CMD echo hi` is stored as `SHELL + ["echo hi"]` when the line is read; a later
+    // SHELL changes RUN, not how the image starts.
+    let p = with_base(
+        &format!(
+            "FROM {BASE}\nSHELL [\"/bin/bash\", \"-c\"]\nENTRYPOINT exec server\n\
+             CMD echo first\nSHELL [\"/bin/ash\", \"-c\"]\n"
+        ),
+        base_config(),
+    );
+    let config = &last_stage(&p).config;
+    assert_eq!(config.entrypoint, exec(&["/bin/bash", "-c", "exec server"]));
+    assert_eq!(config.cmd, exec(&["/bin/bash", "-c", "echo first"]));
+    assert_eq!(config.shell, Some(vec!["/bin/ash".into(), "-c".into()]));
+}

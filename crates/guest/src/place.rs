@@ -29,7 +29,7 @@
 //!   [`crate::paths`]); archive entries are confined to the extraction directory.
 
 use std::fs::{self, File, FileTimes, OpenOptions, Permissions};
-use std::io::{self, BufReader, Read, Seek};
+use std::io::{self, BufReader, Read, Seek, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
@@ -172,7 +172,7 @@ impl Placer {
     /// Places a plan resource received at `staged` (consumed: moved when possible).
     pub fn place_resource(&self, resource: &Resource, staged: &Path) -> Result<PathBuf> {
         let name = resource.path.rsplit('/').next().unwrap_or(&resource.path);
-        if resource.extract {
+        if resource.extract && is_archive(staged)? {
             self.extract(staged, &resource.target)
         } else {
             self.place(staged, &resource.target, name)
@@ -359,23 +359,21 @@ impl Placer {
         paths::create_dirs(&self.root, &target, 0o755, self.owner.0, self.owner.1)?;
         let dir = paths::resolve(&self.root, &target)?;
         let mut file = File::open(staged).map_err(Error::io("open", staged))?;
-        let mut magic = [0u8; 6];
-        let n = read_up_to(&mut file, &mut magic).map_err(Error::io("read", staged))?;
-        file.rewind().map_err(Error::io("read", staged))?;
+        let compression = Compression::detect(&mut file, staged)?;
         let reader = BufReader::new(file);
         let bad = |e: io::Error| Error::Place {
             what: staged.display().to_string(),
             reason: format!("archive: {e}"),
         };
-        match &magic[..n] {
-            [0x1f, 0x8b, ..] => self.untar(flate2::read::MultiGzDecoder::new(reader), &dir),
-            [b'B', b'Z', b'h', ..] => self.untar(bzip2::read::MultiBzDecoder::new(reader), &dir),
-            [0x28, 0xb5, 0x2f, 0xfd, ..] => {
+        match compression {
+            Compression::Gzip => self.untar(flate2::read::MultiGzDecoder::new(reader), &dir),
+            Compression::Bzip2 => self.untar(bzip2::read::MultiBzDecoder::new(reader), &dir),
+            Compression::Zstd => {
                 let dec = ruzstd::decoding::StreamingDecoder::new(reader)
                     .map_err(|e| bad(io::Error::other(e.to_string())))?;
                 self.untar(dec, &dir)
             }
-            [0xfd, b'7', b'z', b'X', b'Z', 0] => {
+            Compression::Xz => {
                 // lzma-rs decodes into a writer: go through an unnamed temporary file.
                 let mut tmp = tempfile_in(&dir)?;
                 let mut r = reader;
@@ -384,7 +382,7 @@ impl Placer {
                 tmp.rewind().map_err(Error::io("read", staged))?;
                 self.untar(BufReader::new(tmp), &dir)
             }
-            _ => self.untar(reader, &dir),
+            Compression::None => self.untar(reader, &dir),
         }
         .map_err(|e| match e {
             Error::Io { source, .. } if source.kind() == io::ErrorKind::InvalidData => bad(source),
@@ -519,6 +517,99 @@ impl Placer {
 }
 
 /// A relative, normalised archive path (leading `/` and `./` dropped); `None` if `..` climbs out.
+/// How an ADD source is compressed, from its magic bytes (moby's `archive.DetectCompression`).
+enum Compression {
+    None,
+    Gzip,
+    Bzip2,
+    Xz,
+    Zstd,
+}
+
+impl Compression {
+    /// Reads the magic bytes of `file` and rewinds it.
+    fn detect(file: &mut File, path: &Path) -> Result<Self> {
+        let mut magic = [0u8; 6];
+        let n = read_up_to(file, &mut magic).map_err(Error::io("read", path))?;
+        file.rewind().map_err(Error::io("read", path))?;
+        Ok(match &magic[..n] {
+            [0x1f, 0x8b, ..] => Self::Gzip,
+            [b'B', b'Z', b'h', ..] => Self::Bzip2,
+            [0x28, 0xb5, 0x2f, 0xfd, ..] => Self::Zstd,
+            [0xfd, b'7', b'z', b'X', b'Z', 0] => Self::Xz,
+            _ => Self::None,
+        })
+    }
+}
+
+/// A writer that keeps the first `limit` bytes and then refuses more (to decode only the start
+/// of an xz stream).
+struct Head {
+    bytes: Vec<u8>,
+    limit: usize,
+}
+
+impl Write for Head {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let room = self.limit - self.bytes.len();
+        if room == 0 {
+            return Err(io::Error::other("enough"));
+        }
+        let n = room.min(buf.len());
+        self.bytes.extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Whether an ADD source is extracted: Docker's rule (BuildKit's `isArchivePath`) is that a local
+/// file is an archive when, decompressed as its magic bytes say, its first tar header reads. Any
+/// other file (a `.gz` of something that is not a tar, an empty file, text) is copied as it is.
+pub fn is_archive(path: &Path) -> Result<bool> {
+    const HEADER: usize = 512;
+    let mut file = File::open(path).map_err(Error::io("open", path))?;
+    if !file.metadata().map_err(Error::io("stat", path))?.is_file() {
+        return Ok(false);
+    }
+    let compression = Compression::detect(&mut file, path)?;
+    let mut head = [0u8; HEADER];
+    let read = |mut r: Box<dyn Read>, head: &mut [u8]| read_up_to(&mut r, head).unwrap_or(0);
+    let reader = BufReader::new(file);
+    let n = match compression {
+        Compression::None => read(Box::new(reader), &mut head),
+        Compression::Gzip => read(
+            Box::new(flate2::read::MultiGzDecoder::new(reader)),
+            &mut head,
+        ),
+        Compression::Bzip2 => read(
+            Box::new(bzip2::read::MultiBzDecoder::new(reader)),
+            &mut head,
+        ),
+        Compression::Zstd => match ruzstd::decoding::StreamingDecoder::new(reader) {
+            Ok(dec) => read(Box::new(dec), &mut head),
+            Err(_) => 0,
+        },
+        Compression::Xz => {
+            let mut out = Head {
+                bytes: Vec::with_capacity(HEADER),
+                limit: HEADER,
+            };
+            let _ = lzma_rs::xz_decompress(&mut { reader }, &mut out);
+            head[..out.bytes.len()].copy_from_slice(&out.bytes);
+            out.bytes.len()
+        }
+    };
+    // Raw: the first header only, not the long-name or PAX records it may announce.
+    let mut archive = tar::Archive::new(&head[..n]);
+    Ok(matches!(
+        archive.entries().ok().and_then(|e| e.raw(true).next()),
+        Some(Ok(_))
+    ))
+}
+
 fn confine_rel(p: &str) -> Option<String> {
     let mut out: Vec<&str> = Vec::new();
     for c in p.split('/') {

@@ -351,3 +351,33 @@ fn archive_entries_cannot_escape_and_chown_overrides_owners() {
     p.extract(&good, "/y").unwrap();
     assert_eq!(owner_mode(&r.join("y/pkg/bin/run")), (1000, 50, 0o4755));
 }
+
+#[test]
+fn add_copies_what_is_not_a_tar_as_it_is() {
+    let t = guest();
+    let r = t.path();
+    let staging = r.join(".staging");
+    let gz_text = staging.join("notes.gz");
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(b"not a tar\n").unwrap();
+    fs::write(&gz_text, enc.finish().unwrap()).unwrap();
+    let empty = staging.join("empty.tar");
+    fs::write(&empty, b"").unwrap();
+    let text = staging.join("text.tar");
+    fs::write(&text, b"hello\n").unwrap();
+    for path in [&gz_text, &empty, &text] {
+        assert!(
+            !firebuild_guest::place::is_archive(path).unwrap(),
+            "{}",
+            path.display()
+        );
+    }
+    let tar = staging.join("a.tar");
+    fs::write(&tar, tar_bytes(false)).unwrap();
+    assert!(firebuild_guest::place::is_archive(&tar).unwrap());
+    let gz = staging.join("a.tar.gz");
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(&tar_bytes(false)).unwrap();
+    fs::write(&gz, enc.finish().unwrap()).unwrap();
+    assert!(firebuild_guest::place::is_archive(&gz).unwrap());
+}
