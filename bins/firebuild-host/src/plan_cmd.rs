@@ -100,8 +100,9 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<()> {
 }
 
 /// One-line summary of what a step does.
-fn summary(kind: &StepKind) -> String {
-    match kind {
+fn summary(step: &firebuild_plan::Step) -> String {
+    match &step.kind {
+        StepKind::Workdir => step.context.workdir.clone(),
         StepKind::Run(run) => match &run.command {
             Command::Shell(s) => s.clone(),
             Command::Exec(argv) => format!("{argv:?}"),
@@ -183,7 +184,7 @@ pub fn table(plan: &BuildPlan) -> String {
                 ),
                 clip(&step.context.workdir, 30),
                 step.context.user.clone().unwrap_or_else(|| "-".into()),
-                clip(&summary(&step.kind), 70),
+                clip(&summary(step), 70),
             ]);
         }
     }

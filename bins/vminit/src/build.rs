@@ -48,6 +48,15 @@ pub async fn run(root: &Path, bootstrap: &Bootstrap) -> anyhow::Result<bool> {
     let commands = client.commands().await.context("fetching the build plan")?;
     let total = commands.plan.steps().count();
     tracing::info!(build = %commands.build_id, steps = total, "build plan received");
+    if commands.plan.schema_version > firebuild_plan::SCHEMA_VERSION {
+        let message = format!(
+            "the build plan has schema version {}; this vminit reads up to {}: rebuild vminit \
+             with the same firebuild as the host",
+            commands.plan.schema_version,
+            firebuild_plan::SCHEMA_VERSION
+        );
+        return abort(&client, message).await;
+    }
     let dns = crate::net::kernel_dns(root);
     let real_root = firebuild_guest::paths::is_real_root(root);
     let mut env = match BuildEnv::install(root, &dns, real_root) {
@@ -70,6 +79,9 @@ pub async fn run(root: &Path, bootstrap: &Bootstrap) -> anyhow::Result<bool> {
             StepKind::Copy(t) | StepKind::Add(t) => place(root, &client, t)
                 .await
                 .map(|()| (Exit::Code(0), VecDeque::new())),
+            StepKind::Workdir => firebuild_guest::step::make_workdir(root, &step.context)
+                .map(|()| (Exit::Code(0), VecDeque::new()))
+                .map_err(anyhow::Error::from),
         };
         let (exit, last) = match result {
             Ok(r) => r,
@@ -131,6 +143,7 @@ fn describe(step: &Step) -> String {
         StepKind::Run(r) => format!("RUN {:?}", r.command),
         StepKind::Copy(t) => format!("COPY -> {}", t.dest),
         StepKind::Add(t) => format!("ADD -> {}", t.dest),
+        StepKind::Workdir => format!("WORKDIR {}", step.context.workdir),
     };
     s = truncate(s, 200);
     s

@@ -137,6 +137,7 @@ impl From<&plan::Step> for pb::Step {
             plan::StepKind::Run(run) => Kind::Run(run.into()),
             plan::StepKind::Copy(t) => Kind::Copy(t.into()),
             plan::StepKind::Add(t) => Kind::Add(t.into()),
+            plan::StepKind::Workdir => Kind::Workdir(pb::step::Workdir {}),
         };
         pb::Step {
             index: wide(s.index),
@@ -412,6 +413,7 @@ impl TryFrom<pb::Step> for plan::Step {
             Kind::Run(run) => plan::StepKind::Run(run.try_into()?),
             Kind::Copy(t) => plan::StepKind::Copy(t.try_into()?),
             Kind::Add(t) => plan::StepKind::Add(t.try_into()?),
+            Kind::Workdir(pb::step::Workdir {}) => plan::StepKind::Workdir,
         };
         Ok(plan::Step {
             index: index("Step.index", s.index)?,
@@ -877,6 +879,7 @@ mod tests {
             run.prop_map(plan::StepKind::Run),
             transfer_step().prop_map(plan::StepKind::Copy),
             transfer_step().prop_map(plan::StepKind::Add),
+            Just(plan::StepKind::Workdir),
         ];
         let context = (
             env(),

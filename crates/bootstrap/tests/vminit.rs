@@ -52,6 +52,7 @@ async fn vminit_runs_run_add_copy_with_tree_and_100_mib_file() {
                     .await
                     .unwrap();
             }
+            StepKind::Workdir => {}
             StepKind::Copy(t) | StepKind::Add(t) => {
                 for source in &t.sources {
                     let firebuild_plan::Source::Path { resources, .. } = source else {

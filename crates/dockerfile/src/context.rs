@@ -8,7 +8,7 @@
 //! symlink pointing outside) is an error, and so is a source that matches nothing.
 //!
 //! It also holds the small path helpers the resolver needs: [`clean_path`] (Go's `path.Clean`),
-//! [`join_workdir`] and [`archive_kind`] (tar/compressed-archive detection by magic bytes).
+//! [`join_workdir`], [`normalize_workdir`] and [`archive_kind`] (tar/compressed-archive detection by magic bytes).
 //!
 //! The context directory is read-only input: nothing here writes, spawns or touches the
 //! network.
@@ -189,6 +189,18 @@ pub fn join_workdir(current: &str, dir: &str) -> String {
             "{}/{dir}",
             if current.is_empty() { "/" } else { current }
         ))
+    }
+}
+
+/// The working directory after `WORKDIR requested`, as buildkit's `normalizeWorkdirUnix` makes it:
+/// a relative path is joined to `current` and cleaned, an absolute one is kept as written (the
+/// image config shows `/a/b/../c` if that is what the Dockerfile says; the guest cleans it when
+/// it makes or enters the directory).
+pub fn normalize_workdir(current: &str, requested: &str) -> String {
+    if requested.starts_with('/') {
+        requested.to_owned()
+    } else {
+        join_workdir(current, requested)
     }
 }
 
@@ -728,6 +740,8 @@ mod tests {
         assert_eq!(join_workdir("/app", "src/../lib"), "/app/lib");
         assert_eq!(join_workdir("/app", "/srv/"), "/srv");
         assert_eq!(join_workdir("/app", ".."), "/");
+        assert_eq!(normalize_workdir("/app", "/a/b/../c/"), "/a/b/../c/");
+        assert_eq!(normalize_workdir("/a/b/../c/", "d/../e"), "/a/c/e");
     }
 
     #[test]

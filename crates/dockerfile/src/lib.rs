@@ -49,7 +49,8 @@
 //! // The whole plan. No step reads the context, so none is needed on disk.
 //! let built = plan(&PlanRequest::new("Dockerfile", dockerfile, Path::new("."))).unwrap();
 //! assert_eq!(built.stages[0].base, Base::Image { reference: "debian:12".into() });
-//! let (_, run) = built.steps().next().unwrap();
+//! // WORKDIR is a step (the directory is made as the USER of its line), then the RUN.
+//! let (_, run) = built.steps().nth(1).unwrap();
 //! assert!(matches!(run.kind, StepKind::Run(_)));
 //! assert_eq!(run.context.workdir, "/opt/app");
 //! assert_eq!(run.context.env[0].value, "/opt/app");

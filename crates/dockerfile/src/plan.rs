@@ -76,9 +76,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use firebuild_plan::{
-    Base, BuildPlan, Command, EnvVar, Healthcheck as PlanHealthcheck, Heredoc as PlanHeredoc,
-    ImageConfig, Origin, Resource, ResourceKind, Run as PlanRun, SCHEMA_VERSION, Source, Span,
-    Stage, Step, StepContext, StepKind, Transfer as PlanTransfer, default_shell,
+    Base, BuildPlan, Command, DEFAULT_PATH, EnvVar, Healthcheck as PlanHealthcheck,
+    Heredoc as PlanHeredoc, ImageConfig, Origin, Resource, ResourceKind, Run as PlanRun,
+    SCHEMA_VERSION, Source, Span, Stage, Step, StepContext, StepKind, Transfer as PlanTransfer,
+    default_shell,
 };
 
 use crate::ast::Heredoc;
@@ -271,6 +272,17 @@ impl Inherit {
             config: config.clone(),
             triggers,
         }
+    }
+}
+
+impl Inherit {
+    /// What a stage built `FROM scratch` starts from: buildkit's `emptyImage` has one variable
+    /// in its config, `PATH` (the default one), which the image keeps.
+    fn scratch() -> Self {
+        let mut state = Self::default();
+        state.env.set("PATH", DEFAULT_PATH.to_owned());
+        state.config.env = vec![EnvVar::new("PATH", DEFAULT_PATH)];
+        state
     }
 }
 
@@ -648,7 +660,7 @@ impl<'r> Resolver<'r> {
         };
         let lower = image.to_ascii_lowercase();
         let (base, mut state) = if lower == "scratch" {
-            (Base::Scratch, Inherit::default())
+            (Base::Scratch, Inherit::scratch())
         } else if let Some(i) = names
             .iter()
             .position(|n| n.as_deref() == Some(lower.as_str()))
@@ -768,8 +780,18 @@ impl<'r> Resolver<'r> {
                     if dir.is_empty() {
                         return Err(self.err(ins.span, "WORKDIR requires a non-empty path"));
                     }
-                    state.workdir = context::join_workdir(&state.workdir, &dir);
+                    state.workdir = context::normalize_workdir(&state.workdir, &dir);
                     state.config.workdir = Some(state.workdir.clone());
+                    // buildkit's `dispatchWorkdir`: a workdir other than `/` is made now, as the
+                    // USER in force now, not when a later RUN needs it.
+                    if state.workdir != "/" {
+                        steps.push(Step {
+                            index: steps.len(),
+                            span: ins.span,
+                            context: ctx(&state, &args),
+                            kind: StepKind::Workdir,
+                        });
+                    }
                 }
                 InstructionKind::User(user) => {
                     let scope = Scope {
@@ -1222,7 +1244,7 @@ impl<'r> Resolver<'r> {
             let (is_add, transfer) = match &mut step.kind {
                 StepKind::Copy(t) => (false, t),
                 StepKind::Add(t) => (true, t),
-                StepKind::Run(_) => continue,
+                StepKind::Run(_) | StepKind::Workdir => continue,
             };
             if let Some(p) = p {
                 self.load_context(span)?;

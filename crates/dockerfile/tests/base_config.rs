@@ -113,9 +113,12 @@ fn base_workdir_and_user_are_in_force_and_kept_in_the_config() {
     let stage = last_stage(&p);
     assert_eq!(stage.steps[0].context.workdir, "/srv");
     assert_eq!(stage.steps[0].context.user.as_deref(), Some("app"));
-    // WORKDIR is relative to the base's.
+    // WORKDIR is relative to the base's, and made as the USER in force at its line.
+    assert_eq!(stage.steps[1].kind, StepKind::Workdir);
     assert_eq!(stage.steps[1].context.workdir, "/srv/sub");
-    assert_eq!(stage.steps[1].context.user.as_deref(), Some("root"));
+    assert_eq!(stage.steps[1].context.user.as_deref(), Some("app"));
+    assert_eq!(stage.steps[2].context.workdir, "/srv/sub");
+    assert_eq!(stage.steps[2].context.user.as_deref(), Some("root"));
     assert_eq!(stage.config.workdir.as_deref(), Some("/srv/sub"));
     assert_eq!(stage.config.user.as_deref(), Some("root"));
 
@@ -215,15 +218,24 @@ fn a_stage_built_from_an_image_based_stage_inherits_through() {
 }
 
 #[test]
-fn scratch_and_unknown_bases_start_empty() {
+fn scratch_starts_with_the_default_path_and_unknown_bases_start_empty() {
     let configs = BTreeMap::from([(BASE.to_owned(), base_config())]);
-    for dockerfile in ["FROM scratch\nRUN x\n", "FROM other/image:2\nRUN x\n"] {
+    // buildkit's `emptyImage`: PATH, in the steps' env and in the image config.
+    let path = vec![EnvVar::new("PATH", firebuild_plan::DEFAULT_PATH)];
+    for (dockerfile, env) in [
+        ("FROM scratch\nRUN x\n", path.clone()),
+        ("FROM other/image:2\nRUN x\n", Vec::new()),
+    ] {
         let p = plan_with(dockerfile, &configs);
         let stage = last_stage(&p);
-        assert!(stage.steps[0].context.env.is_empty(), "{dockerfile}");
+        assert_eq!(stage.steps[0].context.env, env, "{dockerfile}");
         assert_eq!(stage.steps[0].context.workdir, "/");
         assert_eq!(stage.steps[0].context.user, None);
-        assert_eq!(stage.config, ImageConfig::default(), "{dockerfile}");
+        let config = ImageConfig {
+            env,
+            ..ImageConfig::default()
+        };
+        assert_eq!(stage.config, config, "{dockerfile}");
     }
 }
 

@@ -67,7 +67,7 @@ fn arg(step: &Step, name: &str) -> Option<String> {
 fn transfer(step: &Step) -> &Transfer {
     match &step.kind {
         StepKind::Copy(t) | StepKind::Add(t) => t,
-        StepKind::Run(_) => panic!("not a transfer: {step:?}"),
+        StepKind::Run(_) | StepKind::Workdir => panic!("not a transfer: {step:?}"),
     }
 }
 
@@ -121,7 +121,8 @@ fn multi_stage_build_with_copy_from_name_and_index() {
             reference: "gcc:13".into()
         }
     );
-    let copy = &p.stages[0].steps[0];
+    // steps[0] is the WORKDIR.
+    let copy = &p.stages[0].steps[1];
     assert_eq!(targets(copy), [("main.c".into(), "/src/main.c".into())]);
     let from_name = transfer(&p.stages[1].steps[0]);
     assert_eq!(from_name.origin, Origin::Stage { index: 0 });
@@ -257,11 +258,14 @@ fn workdir_user_env_and_shell_inherit_from_a_stage_base() {
          RUN ls\n",
         ctx.path(),
     );
-    let first = &p.stages[0].steps[0];
+    // Each WORKDIR is a step (made as the user in force), before the RUN.
+    assert_eq!(p.stages[0].steps[0].context.workdir, "/app");
+    assert_eq!(p.stages[0].steps[1].context.workdir, "/app/src");
+    let first = &p.stages[0].steps[2];
     assert_eq!(first.context.workdir, "/app/src");
     assert_eq!(first.context.user.as_deref(), Some("nobody"));
     assert_eq!(first.context.shell, ["/bin/ash", "-c"]);
-    let second = &p.stages[1].steps[0];
+    let second = &p.stages[1].steps[1];
     assert_eq!(second.context.workdir, "/app/lib");
     assert_eq!(second.context.user.as_deref(), Some("nobody"));
     assert_eq!(second.context.shell, ["/bin/ash", "-c"]);
@@ -332,8 +336,9 @@ fn globbed_sources_land_in_the_destination_directory() {
         ("sub/d.txt", "d"),
     ]);
     let p = resolve("FROM scratch\nWORKDIR /w\nCOPY *.txt out/\n", ctx.path());
+    assert_eq!(p.stages[0].steps[0].kind, StepKind::Workdir);
     assert_eq!(
-        targets(&p.stages[0].steps[0]),
+        targets(&p.stages[0].steps[1]),
         [
             ("a.txt".into(), "/w/out/a.txt".into()),
             ("b.txt".into(), "/w/out/b.txt".into()),
@@ -665,7 +670,7 @@ fn the_multistage_example_resolves() {
         targets(copy_docs),
         [("docs/usage.md".into(), "/srv/docs/usage.md".into())]
     );
-    let copy_src = &p.stages[0].steps[0];
+    let copy_src = &p.stages[0].steps[1];
     let paths: Vec<String> = targets(copy_src).into_iter().map(|(p, _)| p).collect();
     assert_eq!(
         paths,

@@ -45,6 +45,9 @@ pub const MAX_ARCHIVE_ENTRIES: u64 = 1_000_000;
 /// Deepest directory tree placed.
 pub const MAX_TREE_DEPTH: usize = 256;
 
+/// The mode of a file COPY writes from a heredoc (buildkit's `dispatchCopy`).
+const HEREDOC_MODE: u32 = 0o664;
+
 /// Resolves `--chown` in the guest's user database: `(uid, gid)`; `(0, 0)` when absent.
 pub fn resolve_owner(db: &UserDb, chown: Option<&Chown>) -> Result<(u32, u32)> {
     let Some(c) = chown else {
@@ -195,16 +198,16 @@ impl Placer {
         Ok(host)
     }
 
-    /// Writes `content` as a file named `name` at `target` (COPY from a heredoc), mode 0644
-    /// unless `--chmod`.
+    /// Writes `content` as a file named `name` at `target` (COPY from a heredoc), mode 0664
+    /// unless `--chmod`: buildkit makes an inline document with `llb.Mkfile(f, 0664, data)`.
     pub fn place_bytes(&self, content: &[u8], target: &str, name: &str) -> Result<PathBuf> {
         let guest = self.file_target(&paths::normalize(target), name)?;
         self.create_parents(&guest)?;
         let host = paths::resolve_nofollow(&self.root, &guest)?;
         refuse_dir(&host, &guest)?;
         let mode = match &self.chmod {
-            Some(c) => apply_chmod(c, 0o644, false)?,
-            None => 0o644,
+            Some(c) => apply_chmod(c, HEREDOC_MODE, false)?,
+            None => HEREDOC_MODE,
         };
         let meta = paths::FileMeta {
             mode,
@@ -297,7 +300,9 @@ impl Placer {
                 let host = paths::resolve(&self.root, target)?;
                 fs::create_dir(&host).map_err(Error::io("create directory", &host))?;
                 paths::chown(&host, self.owner.0, self.owner.1)?;
-                let mode = self.mode_for(meta.mode(), true)?;
+                // `--chmod` applies to what is copied, not to the directory made to hold it
+                // (Docker: `COPY --chmod=0750 d /c/d` leaves /c/d as the source dir's mode).
+                let mode = meta.mode() & 0o7777;
                 fs::set_permissions(&host, Permissions::from_mode(mode))
                     .map_err(Error::io("chmod", &host))?;
                 set_mtime(&host, meta)?;
@@ -341,7 +346,9 @@ impl Placer {
                 }
                 self.merge(&src, &guest, depth + 1)?;
                 paths::chown(&host, self.owner.0, self.owner.1)?;
-                let mode = self.mode_for(meta.mode(), true)?;
+                // `--chmod` applies to what is copied, not to the directory made to hold it
+                // (Docker: `COPY --chmod=0750 d /c/d` leaves /c/d as the source dir's mode).
+                let mode = meta.mode() & 0o7777;
                 fs::set_permissions(&host, Permissions::from_mode(mode))
                     .map_err(Error::io("chmod", &host))?;
                 set_mtime(&host, &meta)?;

@@ -26,7 +26,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use firebuild_plan::{Command, Step, StepKind};
+use firebuild_plan::{Command, Step, StepContext, StepKind};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::error::{Error, Result};
@@ -34,7 +34,7 @@ use crate::passwd::{Identity, UserDb};
 use crate::paths;
 
 /// Docker's default `PATH` for a step that sets none.
-pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub const DEFAULT_PATH: &str = firebuild_plan::DEFAULT_PATH;
 /// Longest line delivered at once; longer lines arrive in pieces of this size.
 pub const MAX_LINE: usize = 64 * 1024;
 /// How long output is still read after the step's process exited.
@@ -180,6 +180,21 @@ pub async fn run_step(
     run(root, &RunRequest::from_step(step)?, on_line).await
 }
 
+/// Resolves `user` in the guest and creates `workdir` (normalised) and its missing parents owned
+/// by them, mode 0755; existing directories are left as they are.
+fn workdir_as(root: &Path, workdir: &str, user: Option<&str>) -> Result<(Identity, String)> {
+    let db = UserDb::load(root)?;
+    let identity = db.resolve(user.unwrap_or(""))?;
+    let workdir = paths::normalize(workdir);
+    paths::create_dirs(root, &workdir, 0o755, identity.uid, identity.gid)?;
+    Ok((identity, workdir))
+}
+
+/// A `WORKDIR` step: creates the context's workdir owned by the context's user.
+pub fn make_workdir(root: &Path, ctx: &StepContext) -> Result<()> {
+    workdir_as(root, &ctx.workdir, ctx.user.as_deref()).map(|_| ())
+}
+
 /// Everything the child needs, prepared before `fork` (no allocation happens in the child).
 struct ChildSetup {
     chroot: Option<CString>,
@@ -194,10 +209,7 @@ pub async fn run(
     req: &RunRequest,
     mut on_line: impl FnMut(Stream, &[u8]),
 ) -> Result<Exit> {
-    let db = UserDb::load(root)?;
-    let identity = db.resolve(req.user.as_deref().unwrap_or(""))?;
-    let workdir = paths::normalize(&req.workdir);
-    paths::create_dirs(root, &workdir, 0o755, identity.uid, identity.gid)?;
+    let (identity, workdir) = workdir_as(root, &req.workdir, req.user.as_deref())?;
 
     let mut script_host = None;
     let mut argv = req.argv.clone();

@@ -29,7 +29,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 /// Version of the plan's JSON schema. Bumped on any incompatible change.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// A region of a Dockerfile: 1-based lines and columns, end inclusive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -196,6 +196,10 @@ impl StepContext {
     }
 }
 
+/// The `PATH` a build step gets when its env has none, and the one buildkit puts in the config
+/// of an image built `FROM scratch` (`system.DefaultPathEnv`).
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 /// The default shell, `["/bin/sh", "-c"]`.
 pub fn default_shell() -> Vec<String> {
     vec!["/bin/sh".to_owned(), "-c".to_owned()]
@@ -220,7 +224,7 @@ impl EnvVar {
     }
 }
 
-/// The three kinds of step that change the filesystem.
+/// The kinds of step that change the filesystem.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum StepKind {
@@ -230,6 +234,11 @@ pub enum StepKind {
     Copy(Transfer),
     /// `ADD`.
     Add(Transfer),
+    /// `WORKDIR`: creates the step context's workdir (and missing parents) owned by the
+    /// context's user, when the instruction is read (buildkit's `dispatchWorkdir` adds an
+    /// `llb.Mkdir` with the USER in force), so a later USER or the lack of any RUN after it
+    /// does not change who owns it or whether it exists.
+    Workdir,
 }
 
 impl StepKind {
@@ -239,6 +248,7 @@ impl StepKind {
             StepKind::Run(_) => "RUN",
             StepKind::Copy(_) => "COPY",
             StepKind::Add(_) => "ADD",
+            StepKind::Workdir => "WORKDIR",
         }
     }
 }

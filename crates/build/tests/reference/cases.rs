@@ -18,6 +18,8 @@ pub struct Case {
     /// `# pending: why` — firebuild does not build this yet (it must refuse it with an error);
     /// Docker's build is still checked.
     pub pending: Option<String>,
+    /// `# by-design: hardlinks (why)` — hardlink groups are not compared in this case, and why.
+    pub by_design_hardlinks: Option<String>,
     /// Which bases the Dockerfile declares (`ARG BASE`, `ARG BUSYBOX`).
     pub uses_debian: bool,
     pub uses_busybox: bool,
@@ -36,6 +38,7 @@ impl Case {
             build_args: Vec::new(),
             reference: None,
             pending: None,
+            by_design_hardlinks: None,
             uses_debian: text.lines().any(|l| l.trim() == "ARG BASE"),
             uses_busybox: text.lines().any(|l| l.trim() == "ARG BUSYBOX"),
         };
@@ -52,6 +55,13 @@ impl Case {
                     case.build_args.push((k.to_owned(), v.to_owned()));
                 }
                 "pending" => case.pending = Some(value),
+                "by-design" => {
+                    let why = value.strip_prefix("hardlinks").unwrap_or_else(|| {
+                        panic!("{}: unknown `# by-design:` {value}", dir.display())
+                    });
+                    let why = why.trim().trim_start_matches('(').trim_end_matches(')');
+                    case.by_design_hardlinks = Some(why.to_owned());
+                }
                 "reference" => {
                     let (file, why) = value.split_once(' ').unwrap_or((&value, ""));
                     let why = why.trim().trim_start_matches('(').trim_end_matches(')');

@@ -22,6 +22,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -156,7 +157,10 @@ fn run_output(events: &[Event]) -> Vec<Vec<String>> {
                 number,
                 instruction,
                 ..
-            } if instruction.starts_with("RUN") => {
+            } if instruction
+                .get(..4)
+                .is_some_and(|k| k.eq_ignore_ascii_case("RUN ")) =>
+            {
                 steps.insert(*number, Vec::new());
             }
             Event::Output { number, line, .. } => {
@@ -221,6 +225,8 @@ struct Outcome {
     docker: Option<Duration>,
     firebuild: Option<(Duration, Duration)>,
     reference: Option<(String, String)>,
+    /// Hardlink groups not compared, and why.
+    by_design_hardlinks: Option<String>,
     /// Why firebuild does not build it yet, and the error it gave.
     pending: Option<String>,
 }
@@ -257,6 +263,7 @@ fn run_case(env: &Env, builder: &Builder, rt: &tokio::runtime::Runtime, case: &C
         docker: None,
         firebuild: None,
         reference: case.reference.clone(),
+        by_design_hardlinks: case.by_design_hardlinks.clone(),
         pending: None,
     };
     let tag = format!("firebuild-ref/case-{}", case.name);
@@ -285,8 +292,13 @@ fn run_case(env: &Env, builder: &Builder, rt: &tokio::runtime::Runtime, case: &C
             .push("firebuild builds this case now: remove its `# pending:` line".to_owned()),
         (_, Err(e), None) => outcome.diffs.push(format!("firebuild build failed: {e}")),
         (Ok(d), Ok(f), None) => {
-            let (d_tree, d_config) = docker::contents(&tag);
-            let f_tree = tree::from_ext4(&f.image, scratch.path());
+            let (mut d_tree, d_config) = docker::contents(&tag);
+            let mut f_tree = tree::from_ext4(&f.image, scratch.path());
+            if case.by_design_hardlinks.is_some() {
+                for node in d_tree.values_mut().chain(f_tree.values_mut()) {
+                    node.hardlink_group = None;
+                }
+            }
             outcome.diffs.extend(compare::trees(&d_tree, &f_tree));
             outcome.diffs.extend(compare::configs(&d_config, &f.config));
             if case.compare_output {
@@ -334,7 +346,7 @@ fn conformance_md(outcomes: &[Outcome]) -> String {
     }
     md += "\n## Cases\n\n| case | base | pins | result |\n|---|---|---|---|\n";
     for o in outcomes {
-        let result = match (&o.diffs.is_empty(), &o.reference, &o.pending) {
+        let mut result = match (&o.diffs.is_empty(), &o.reference, &o.pending) {
             (false, _, _) => format!("**differs** ({} differences)", o.diffs.len()),
             (true, _, Some(why)) => format!("not built by firebuild yet: {why}"),
             (true, None, None) => "identical".to_owned(),
@@ -342,6 +354,9 @@ fn conformance_md(outcomes: &[Outcome]) -> String {
                 format!("identical to Docker's build of `{file}`: {why}")
             }
         };
+        if let (true, Some(why)) = (o.diffs.is_empty(), &o.by_design_hardlinks) {
+            let _ = write!(result, "; hardlink groups differ by design: {why}");
+        }
         let _ = writeln!(md, "| `{}` | {} | {} | {result} |", o.name, o.base, o.pins);
     }
     md
@@ -404,12 +419,56 @@ fn report(outcomes: &[Outcome], all_cases: bool) {
     );
 }
 
+/// Cases run at once: `FIREBUILD_REFERENCE_JOBS`, default 2 (the VMs and Docker overlap on two
+/// cores); `benches/reference.sh` runs them one at a time for its timings.
+fn jobs() -> usize {
+    std::env::var("FIREBUILD_REFERENCE_JOBS")
+        .ok()
+        .and_then(|j| j.parse().ok())
+        .unwrap_or(2)
+        .max(1)
+}
+
+/// Runs the cases on `jobs` workers, each with its own builder (and layer cache) and runtime.
+fn run_all(env: &Env, guest: &GuestOptions, cases: &[&Case], jobs: usize) -> Vec<Outcome> {
+    let next = AtomicUsize::new(0);
+    let outcomes = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            scope.spawn(|| {
+                let layers = tempfile::tempdir().unwrap();
+                let builder = Builder::new(BuildOptions::new(guest.clone(), layers.path()));
+                let rt = tokio::runtime::Runtime::new().unwrap();
+                while let Some(case) = cases.get(next.fetch_add(1, Ordering::SeqCst)) {
+                    let started = Instant::now();
+                    let outcome = run_case(env, &builder, &rt, case);
+                    let verdict = match (outcome.diffs.is_empty(), &outcome.pending) {
+                        (false, _) => "DIFFERS",
+                        (true, Some(_)) => "pending (firebuild refuses it, Docker builds it)",
+                        (true, None) => "identical",
+                    };
+                    let mut line =
+                        format!("{}: {verdict} in {} s", case.name, secs(started.elapsed()));
+                    for diff in &outcome.diffs {
+                        let _ = write!(line, "\n    {diff}");
+                    }
+                    eprintln!("{line}");
+                    outcomes.lock().unwrap().push(outcome);
+                }
+            });
+        }
+    });
+    outcomes.into_inner().unwrap()
+}
+
 #[test]
 fn firebuild_builds_what_docker_builds() {
     let Some(env) = prerequisites() else { return };
     let all = cases::load(&repo().join("tests/reference"));
     assert!(all.len() >= 25, "the corpus has only {} cases", all.len());
-    let only = std::env::var("FIREBUILD_REFERENCE_ONLY").ok();
+    let only = std::env::var("FIREBUILD_REFERENCE_ONLY")
+        .ok()
+        .filter(|o| !o.is_empty());
     let selected: Vec<&Case> = all
         .iter()
         .filter(|c| {
@@ -417,32 +476,12 @@ fn firebuild_builds_what_docker_builds() {
                 .is_none_or(|o| o.split(',').any(|n| n == c.name))
         })
         .collect();
-    let layers = tempfile::tempdir().unwrap();
     let guest = GuestOptions::new(
         &env.vminit,
         firebuild_vmm::kernel::default_cache_dir().unwrap(),
     );
-    let builder = Builder::new(BuildOptions::new(guest, layers.path()));
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let mut outcomes = Vec::new();
-    for case in selected {
-        let started = Instant::now();
-        let outcome = run_case(&env, &builder, &rt, case);
-        eprintln!(
-            "{}: {} in {} s",
-            case.name,
-            if outcome.diffs.is_empty() {
-                "identical"
-            } else {
-                "DIFFERS"
-            },
-            secs(started.elapsed())
-        );
-        for diff in &outcome.diffs {
-            eprintln!("    {diff}");
-        }
-        outcomes.push(outcome);
-    }
+    let mut outcomes = run_all(&env, &guest, &selected, jobs());
+    outcomes.sort_by(|a, b| a.name.cmp(&b.name));
     report(&outcomes, only.is_none());
     let failed: Vec<String> = outcomes
         .iter()
