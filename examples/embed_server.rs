@@ -66,6 +66,10 @@ async fn main() -> anyhow::Result<()> {
                 let line = format!("would run {:?}", run.command.argv(&step.context.shell));
                 output.line(at, OutputStream::Stdout, line).await?;
             }
+            StepKind::Workdir => {
+                let dir = rootfs.path().join(step.context.workdir.trim_start_matches('/'));
+                std::fs::create_dir_all(dir)?;
+            }
             StepKind::Copy(t) | StepKind::Add(t) => {
                 for source in &t.sources {
                     let firebuild_plan::Source::Path { resources, .. } = source else {
