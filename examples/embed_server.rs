@@ -67,7 +67,9 @@ async fn main() -> anyhow::Result<()> {
                 output.line(at, OutputStream::Stdout, line).await?;
             }
             StepKind::Workdir => {
-                let dir = rootfs.path().join(step.context.workdir.trim_start_matches('/'));
+                let dir = rootfs
+                    .path()
+                    .join(step.context.workdir.trim_start_matches('/'));
                 std::fs::create_dir_all(dir)?;
             }
             StepKind::Copy(t) | StepKind::Add(t) => {

@@ -109,9 +109,8 @@ fn find_vminit(given: Option<&Path>) -> anyhow::Result<PathBuf> {
     }
     // A workspace build leaves a dynamically linked `vminit` beside this executable
     // (target/debug/vminit): only a static one can run in the guest, so skip the others.
-    let usable = |p: &&PathBuf| {
-        std::fs::read(p).is_ok_and(|elf| firebuild_vmm::kernel::is_static_elf(&elf))
-    };
+    let usable =
+        |p: &&PathBuf| std::fs::read(p).is_ok_and(|elf| firebuild_vmm::kernel::is_static_elf(&elf));
     match candidates.iter().find(usable) {
         Some(path) => Ok(path.clone()),
         None => bail!(
