@@ -37,7 +37,7 @@ fn plan_json_of_the_multistage_example() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "stderr: {stderr}");
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(plan["schema_version"], 1);
+    assert_eq!(plan["schema_version"], firebuild_plan::SCHEMA_VERSION);
     assert_eq!(plan["target"], 1);
     let runtime = &plan["stages"][1];
     assert_eq!(runtime["name"], "runtime");
