@@ -122,21 +122,33 @@ pub fn run_output(log: &str) -> Vec<Vec<String>> {
 }
 
 /// The image's file tree as a container made from it shows it (`docker create` + `docker
-/// export`), and its config (`docker image inspect`).
+/// export`), and its config (`docker image inspect`). The export is tried three times: under
+/// load the engine has been seen to fail one (its message is kept for the panic).
 pub fn contents(tag: &str) -> (Tree, OciRunConfig) {
-    // The command is never run; an image without CMD needs one to be created.
-    let id = checked(&["create", tag, "/firebuild-reference-placeholder"]);
-    let mut child = Command::new(DOCKER)
-        .args(["export", &id])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let tree = tree::from_tar(child.stdout.take().unwrap());
-    assert!(child.wait().unwrap().success(), "docker export {id}");
-    checked(&["rm", &id]);
+    let mut failures = Vec::new();
+    let tree = loop {
+        match export(tag) {
+            Ok(tree) => break tree,
+            Err(e) if failures.len() < 2 => failures.push(e),
+            Err(e) => panic!("docker export of {tag}: {}; {e}", failures.join("; ")),
+        }
+    };
     let json = checked(&["image", "inspect", "--format", "{{json .Config}}", tag]);
     let config = serde_json::from_str(&json).unwrap();
     (tree, config)
+}
+
+fn export(tag: &str) -> Result<Tree, String> {
+    // The command is never run; an image without CMD needs one to be created.
+    let id = checked(&["create", tag, "/firebuild-reference-placeholder"]);
+    // Read whole (a Debian image is ~120 MiB) so a failed export is seen before it is parsed.
+    let out = docker(&["export", &id]);
+    docker(&["rm", "-f", &id]);
+    if out.status.success() {
+        Ok(tree::from_tar(out.stdout.as_slice()))
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+    }
 }
 
 /// Removes a case's image.

@@ -336,13 +336,25 @@ fn conformance_md(outcomes: &[Outcome]) -> String {
          ## Differences by design\n\n\
          - Timestamps are not compared: neither builder makes them reproducible by default.\n",
     );
+    // One line per reason, naming every path it covers.
+    let mut lines: Vec<(&str, &str, Vec<String>)> = Vec::new();
     for rule in compare::BY_DESIGN {
         let side = match rule.allowed {
             compare::Allowed::Container => "not compared",
             compare::Allowed::OnlyInDocker => "only in Docker's export",
             compare::Allowed::OnlyInFirebuild => "only in firebuild's image",
         };
-        let _ = writeln!(md, "- `{}` {side}: {}.", rule.path, rule.why);
+        let path = format!("`{}`", rule.path);
+        match lines
+            .iter_mut()
+            .find(|(s, w, _)| *s == side && *w == rule.why)
+        {
+            Some((_, _, paths)) => paths.push(path),
+            None => lines.push((side, rule.why, vec![path])),
+        }
+    }
+    for (side, why, paths) in lines {
+        let _ = writeln!(md, "- {} {side}: {why}.", paths.join(", "));
     }
     md += "\n## Cases\n\n| case | base | pins | result |\n|---|---|---|---|\n";
     for o in outcomes {
