@@ -132,7 +132,7 @@ fn secs(d: Duration) -> String {
 /// stdout (so a caller can capture it), their stderr on stderr.
 pub fn render(event: Event) {
     match event {
-        Event::Warning { message } => eprintln!("warning: {message}"),
+        Event::Warning { message } => eprintln!("warning: {}", shown(&message)),
         Event::BaseStarted { reference } => eprintln!("==> base {reference}"),
         Event::VmStarting { driver } => eprintln!("==> vm ({driver})"),
         Event::PhaseFinished { phase, elapsed } => {
@@ -143,10 +143,13 @@ pub fn render(event: Event) {
             total,
             line,
             instruction,
-        } => eprintln!("==> [{number}/{total}] line {line}: {instruction}"),
+        } => eprintln!(
+            "==> [{number}/{total}] line {line}: {}",
+            shown(&instruction)
+        ),
         Event::Output { stream, line, .. } => match stream {
-            Stream::Stderr => eprintln!("    {line}"),
-            Stream::Stdout => println!("    {line}"),
+            Stream::Stderr => eprintln!("    {}", shown(&line)),
+            Stream::Stdout => println!("    {}", shown(&line)),
         },
         Event::StepFinished {
             number,
@@ -160,9 +163,28 @@ pub fn render(event: Event) {
             };
             eprintln!("    [{number}] {how} in {}", secs(elapsed));
         }
-        Event::Console { line } => println!("{line}"),
+        Event::Console { line } => println!("{}", shown(&line)),
         _ => {}
     }
+}
+
+/// A line from the guest or the Dockerfile as it may reach the user's terminal: control
+/// characters (escape sequences that move the cursor, retitle the window, clear the screen...)
+/// are shown as escapes instead of acting; tabs stay.
+fn shown(line: &str) -> std::borrow::Cow<'_, str> {
+    let acts = |c: char| c.is_control() && c != '\t';
+    if !line.chars().any(acts) {
+        return std::borrow::Cow::Borrowed(line);
+    }
+    let mut out = String::with_capacity(line.len() + 8);
+    for c in line.chars() {
+        if acts(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// Runs the subcommand.
@@ -201,4 +223,22 @@ async fn build(args: &BuildArgs) -> anyhow::Result<()> {
         built.firecracker_config.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_control_sequences_are_shown_not_run() {
+        // A RUN printing a clear-screen, a window-title change and a carriage return.
+        assert_eq!(
+            shown("a\u{1b}[2J\u{1b}]0;pwned\u{7}b\rc"),
+            "a\\u{1b}[2J\\u{1b}]0;pwned\\u{7}b\\rc"
+        );
+        assert_eq!(shown("tab\there, ünïcode"), "tab\there, ünïcode");
+        assert!(matches!(shown("plain"), std::borrow::Cow::Borrowed(_)));
+        // C1 controls (a one-byte CSI for some terminals) too.
+        assert_eq!(shown("x\u{9b}2J"), "x\\u{9b}2J");
+    }
 }
