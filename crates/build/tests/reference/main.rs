@@ -284,8 +284,12 @@ fn run_case(env: &Env, builder: &Builder, rt: &tokio::runtime::Runtime, case: &C
     match (&docker_built, &fb, &case.pending) {
         (Err(log), _, _) => outcome.diffs.push(format!("docker build failed:\n{log}")),
         (Ok(_), Err(e), Some(why)) => {
-            let error = e.lines().next().unwrap_or_default();
-            outcome.pending = Some(format!("{why} (firebuild: \"{error}\")"));
+            eprintln!(
+                "{}: pending; firebuild says: {}",
+                case.name,
+                e.lines().next().unwrap_or_default()
+            );
+            outcome.pending = Some(why.clone());
         }
         (Ok(_), Ok(_), Some(_)) => outcome
             .diffs
