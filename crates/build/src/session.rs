@@ -19,6 +19,12 @@ use crate::error::{Error, Result};
 use crate::event::{Event, EventSink, Phase, Stream};
 use crate::plan::Planned;
 
+/// How long the guest may stay silent (no heartbeat, no output) before the build declares it
+/// lost. The bootstrap default (30 s) is tight for a software-emulated VM sharing two host cores
+/// with another build: a CPU-heavy step (`apt-get` reading its package lists) starved the
+/// guest's heartbeat for 30 s in the differential harness.
+const GUEST_SILENCE: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// The address the guest reaches the host at under QEMU user networking.
 pub const HOST_IN_GUEST: &str = firebuild_vmm::qemu::HOST_IP;
 
@@ -98,6 +104,7 @@ impl Session {
             .plan(planned.plan.clone())
             .tls(pki.server.clone())
             .expected_client(build_id)
+            .heartbeat_timeout(GUEST_SILENCE)
             .serve(listener)
             .await
             .map_err(Error::Bootstrap)?;
