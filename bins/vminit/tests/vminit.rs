@@ -101,7 +101,8 @@ async fn build_mode_runs_run_add_copy_as_the_right_users() {
         seen.iter()
             .filter(|e| matches!(e, Event::StepFinished { exit_code: 0, .. }))
             .count(),
-        4
+        5,
+        "RUN, COPY, ADD, WORKDIR (a step of its own) and RUN"
     );
 
     // Secrets never reach the console, even at debug level.
