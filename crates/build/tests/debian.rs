@@ -10,15 +10,15 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
+
+mod support;
+
+use support::{base_layout, collector, repo};
 
 use firebuild_build::{
-    BuildOptions, BuildRequest, Builder, Event, EventSink, GuestOptions, RunRequest, Runner,
+    BuildOptions, BuildRequest, Builder, Event, GuestOptions, RunRequest, Runner,
 };
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 /// The static vminit and the Debian base layout; `None` (reason printed) outside CI.
 fn prerequisites() -> Option<(PathBuf, PathBuf)> {
@@ -36,18 +36,10 @@ fn prerequisites() -> Option<(PathBuf, PathBuf)> {
         why.push(format!("no static vminit at {}", vminit.display()));
     }
     if why.is_empty() {
-        let out = Command::new("bash")
-            .arg(repo().join("scripts/debian-base.sh"))
-            .output()
-            .unwrap();
-        if out.status.success() {
-            let layout = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-            return Some((vminit, PathBuf::from(layout)));
+        match base_layout("debian-base.sh") {
+            Ok(layout) => return Some((vminit, layout)),
+            Err(e) => why.push(e),
         }
-        why.push(format!(
-            "scripts/debian-base.sh failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
     }
     assert!(std::env::var_os("CI").is_none(), "{}", why.join("; "));
     eprintln!("skipping: {}", why.join("; "));
@@ -56,12 +48,6 @@ fn prerequisites() -> Option<(PathBuf, PathBuf)> {
 
 fn guest(vminit: &Path) -> GuestOptions {
     GuestOptions::new(vminit, firebuild_vmm::kernel::default_cache_dir().unwrap())
-}
-
-fn collector() -> (EventSink, Arc<Mutex<Vec<Event>>>) {
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let sink = Arc::clone(&seen);
-    (Arc::new(move |e: Event| sink.lock().unwrap().push(e)), seen)
 }
 
 fn debugfs(image: &Path, request: &str) -> String {

@@ -18,22 +18,21 @@ mod compare;
 mod docker;
 mod tree;
 
+#[path = "../support/mod.rs"]
+mod support;
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use firebuild_build::{BuildOptions, BuildRequest, Builder, Event, EventSink, GuestOptions, Phase};
+use firebuild_build::{BuildOptions, BuildRequest, Builder, Event, GuestOptions, Phase};
 use firebuild_rootfs::config::OciImageConfig;
 
 use cases::Case;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+use support::{base_layout, collector, repo};
 
 /// Fails under CI, skips (reason printed) elsewhere.
 fn unmet(why: &str) -> Option<Env> {
@@ -52,21 +51,6 @@ struct Env {
     vminit: PathBuf,
     debian: Base,
     busybox: Base,
-}
-
-/// Runs a base script (`scripts/<name>`), which prints the layout's directory.
-fn base_layout(script: &str) -> Result<PathBuf, String> {
-    let out = Command::new("bash")
-        .arg(repo().join("scripts").join(script))
-        .output()
-        .unwrap();
-    if !out.status.success() {
-        return Err(format!(
-            "scripts/{script} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
 }
 
 fn read_json(path: &Path) -> serde_json::Value {
@@ -140,12 +124,6 @@ struct FirebuildBuilt {
     image: PathBuf,
     config: firebuild_plan::ImageConfig,
     run_output: Vec<Vec<String>>,
-}
-
-fn collector() -> (EventSink, Arc<Mutex<Vec<Event>>>) {
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let sink = Arc::clone(&seen);
-    (Arc::new(move |e: Event| sink.lock().unwrap().push(e)), seen)
 }
 
 /// Each RUN step's output lines, in step order.
