@@ -77,9 +77,9 @@ use std::path::{Path, PathBuf};
 
 use firebuild_plan::{
     Base, BuildPlan, Command, DEFAULT_PATH, EnvVar, Healthcheck as PlanHealthcheck,
-    Heredoc as PlanHeredoc, ImageConfig, Origin, Resource, ResourceKind, Run as PlanRun,
-    SCHEMA_VERSION, Source, Span, Stage, Step, StepContext, StepKind, Transfer as PlanTransfer,
-    default_shell,
+    Heredoc as PlanHeredoc, ImageConfig, Origin, Resource, ResourceKind, Run as PlanRun, RunMount,
+    SCHEMA_VERSION, Sharing as PlanSharing, Source, Span, Stage, Step, StepContext, StepKind,
+    Transfer as PlanTransfer, default_shell,
 };
 
 use crate::ast::Heredoc;
@@ -87,7 +87,8 @@ use crate::context::{self, BuildContext, ComponentMatcher, Entry, PathFilter};
 use crate::dockerignore::{IgnoreFile, PatternMatcher, glob_match};
 use crate::error::{Error, SyntaxError};
 use crate::instructions::{
-    ArgDef, Healthcheck, Instruction, InstructionKind, Security, SourceArg, Transfer,
+    ArgDef, Healthcheck, Instruction, InstructionKind, Mount, MountType, Security, Sharing,
+    SourceArg, Transfer,
 };
 use crate::shell::{Env, Lexer};
 
@@ -906,12 +907,6 @@ impl<'r> Resolver<'r> {
                 }
                 InstructionKind::Maintainer(_) => {}
                 InstructionKind::Run(run) => {
-                    if !run.mounts.is_empty() {
-                        return Err(self.err(
-                            ins.span,
-                            "RUN --mount is not supported by firebuild (steps run in a VM without buildkit mounts); remove the flag",
-                        ));
-                    }
                     if run.security != Security::Sandbox {
                         return Err(self.err(
                             ins.span,
@@ -921,6 +916,12 @@ impl<'r> Resolver<'r> {
                     let mut step_run = PlanRun::new(run.command.clone());
                     step_run.network = run.network;
                     step_run.heredocs = run.heredocs.iter().map(raw_heredoc).collect();
+                    let scope = Scope {
+                        env: &state.env,
+                        args: &args,
+                    };
+                    step_run.mounts =
+                        self.mounts(ins, &run.mounts, &scope, &state, index, names, deps)?;
                     steps.push(Step {
                         index: steps.len(),
                         span: ins.span,
@@ -987,51 +988,7 @@ impl<'r> Resolver<'r> {
         deps: &mut Vec<usize>,
     ) -> Result<(PlanTransfer, Option<PendingTransfer>), Error> {
         let what = if is_add { "ADD" } else { "COPY" };
-        let origin = match &t.from {
-            None => Origin::Context,
-            Some(from) => {
-                let from = self.expand(scope, from, ins)?;
-                let lower = from.to_ascii_lowercase();
-                let by_index = lower.parse::<usize>().ok();
-                let found = by_index.or_else(|| {
-                    names
-                        .iter()
-                        .position(|n| n.as_deref() == Some(lower.as_str()))
-                });
-                match found {
-                    Some(i) if i >= names.len() => {
-                        return Err(self.err(
-                            ins.span,
-                            format!("{what} --from={from}: no stage with index {i}"),
-                        ));
-                    }
-                    Some(i) if i < index => {
-                        deps.push(i);
-                        Origin::Stage { index: i }
-                    }
-                    Some(i) if i == index => {
-                        return Err(self.err(
-                            ins.span,
-                            format!(
-                                "{what} --from={from} refers to its own stage (circular dependency)"
-                            ),
-                        ));
-                    }
-                    Some(_) => {
-                        return Err(self.err(
-                            ins.span,
-                            format!(
-                                "{what} --from={from} refers to a stage defined later: only earlier stages can be copied from"
-                            ),
-                        ));
-                    }
-                    None if from.is_empty() => {
-                        return Err(self.err(ins.span, format!("{what} --from must not be empty")));
-                    }
-                    None => Origin::Image { reference: from },
-                }
-            }
-        };
+        let origin = self.origin(ins, t.from.as_deref(), what, scope, index, names, deps)?;
 
         let dest_raw = self.expand(scope, &t.dest, ins)?;
         if dest_raw.is_empty() {
@@ -1178,6 +1135,165 @@ impl<'r> Resolver<'r> {
         Ok((transfer, pending))
     }
 
+    /// Resolves a `--from=` value (expanded): an earlier stage by name or index, else an image.
+    #[allow(clippy::too_many_arguments)]
+    fn origin(
+        &self,
+        ins: &Instruction,
+        from: Option<&str>,
+        what: &str,
+        scope: &Scope<'_>,
+        index: usize,
+        names: &[Option<String>],
+        deps: &mut Vec<usize>,
+    ) -> Result<Origin, Error> {
+        let Some(from) = from else {
+            return Ok(Origin::Context);
+        };
+        let from = self.expand(scope, from, ins)?;
+        let lower = from.to_ascii_lowercase();
+        let by_index = lower.parse::<usize>().ok();
+        let found = by_index.or_else(|| {
+            names
+                .iter()
+                .position(|n| n.as_deref() == Some(lower.as_str()))
+        });
+        let refuse = |m: String| Err(self.err(ins.span, m));
+        match found {
+            Some(i) if i >= names.len() => {
+                refuse(format!("{what} --from={from}: no stage with index {i}"))
+            }
+            Some(i) if i < index => {
+                deps.push(i);
+                Ok(Origin::Stage { index: i })
+            }
+            Some(i) if i == index => refuse(format!(
+                "{what} --from={from} refers to its own stage (circular dependency)"
+            )),
+            Some(_) => refuse(format!(
+                "{what} --from={from} refers to a stage defined later: only earlier stages can be copied from"
+            )),
+            None if from.is_empty() => refuse(format!("{what} --from must not be empty")),
+            None => Ok(Origin::Image { reference: from }),
+        }
+    }
+
+    /// Resolves `RUN --mount`s with buildkit's defaults (`runmount.go`): values expanded,
+    /// relative targets joined to the workdir, `id` defaulting to the target (cache) or its
+    /// file name (secret), secret files at `/run/secrets/<id>` mode 0400, cache dirs 0755.
+    /// Context bind mounts get their files in [`Self::finish_stage`].
+    #[allow(clippy::too_many_arguments)]
+    fn mounts(
+        &self,
+        ins: &Instruction,
+        mounts: &[Mount],
+        scope: &Scope<'_>,
+        state: &Inherit,
+        index: usize,
+        names: &[Option<String>],
+        deps: &mut Vec<usize>,
+    ) -> Result<Vec<RunMount>, Error> {
+        let mut out = Vec::with_capacity(mounts.len());
+        for m in mounts {
+            let ex = |v: &Option<String>| -> Result<Option<String>, Error> {
+                v.as_ref().map(|v| self.expand(scope, v, ins)).transpose()
+            };
+            let target = ex(&m.target)?
+                .filter(|t| !t.is_empty())
+                .map(|t| context::join_workdir(&state.workdir, &t));
+            let need_target = || {
+                target
+                    .clone()
+                    .ok_or_else(|| self.err(ins.span, "RUN --mount: target is required".to_owned()))
+            };
+            let mount = match m.kind {
+                MountType::Bind => RunMount::Bind {
+                    target: need_target()?,
+                    from: self.origin(
+                        ins,
+                        m.from.as_deref(),
+                        "RUN --mount",
+                        scope,
+                        index,
+                        names,
+                        deps,
+                    )?,
+                    source: normalize_source(&ex(&m.source)?.unwrap_or_default()),
+                    rw: !m.readonly,
+                    resources: Vec::new(),
+                },
+                MountType::Cache => {
+                    if m.from.is_some() || m.source.is_some() {
+                        return Err(self.err(
+                            ins.span,
+                            "RUN --mount=type=cache with from= or source= is not supported by firebuild (the cache starts empty)",
+                        ));
+                    }
+                    let target = need_target()?;
+                    RunMount::Cache {
+                        id: ex(&m.id)?
+                            .filter(|i| !i.is_empty())
+                            .unwrap_or_else(|| target.clone()),
+                        target,
+                        sharing: match m.sharing {
+                            Sharing::Shared => PlanSharing::Shared,
+                            Sharing::Private => PlanSharing::Private,
+                            Sharing::Locked => PlanSharing::Locked,
+                        },
+                        readonly: m.readonly,
+                        uid: m.uid.unwrap_or(0),
+                        gid: m.gid.unwrap_or(0),
+                        mode: m.mode.unwrap_or(0o755),
+                    }
+                }
+                MountType::Tmpfs => RunMount::Tmpfs {
+                    target: need_target()?,
+                    size: match ex(&m.size)? {
+                        Some(v) => Some(parse_size(&v).ok_or_else(|| {
+                            self.err(ins.span, format!("RUN --mount=type=tmpfs: bad size {v:?}"))
+                        })?),
+                        None => None,
+                    },
+                },
+                MountType::Secret => {
+                    let env = ex(&m.env)?.filter(|e| !e.is_empty());
+                    let id = match ex(&m.id)?.filter(|i| !i.is_empty()) {
+                        Some(id) => id,
+                        None => match &target {
+                            Some(t) => t.rsplit('/').next().unwrap_or_default().to_owned(),
+                            None => env.clone().unwrap_or_default(),
+                        },
+                    };
+                    if id.is_empty() {
+                        return Err(self.err(ins.span, "RUN --mount=type=secret needs an id"));
+                    }
+                    let target = match (target.clone(), &env) {
+                        (Some(t), _) => Some(t),
+                        (None, Some(_)) => None,
+                        (None, None) => Some(format!("/run/secrets/{id}")),
+                    };
+                    RunMount::Secret {
+                        id,
+                        target,
+                        env,
+                        required: m.required,
+                        mode: m.mode.unwrap_or(0o400),
+                        uid: m.uid.unwrap_or(0),
+                        gid: m.gid.unwrap_or(0),
+                    }
+                }
+                MountType::Ssh => {
+                    return Err(self.err(
+                        ins.span,
+                        "RUN --mount=type=ssh is not supported by firebuild (no SSH agent forwarding into the build VM); fetch with a secret mount instead",
+                    ));
+                }
+            };
+            out.push(mount);
+        }
+        Ok(out)
+    }
+
     /// Loads `.dockerignore` (or `<Dockerfile>.dockerignore`) once.
     fn load_context(&mut self, span: Span) -> Result<(), Error> {
         if self.context.is_some() {
@@ -1244,7 +1360,11 @@ impl<'r> Resolver<'r> {
             let (is_add, transfer) = match &mut step.kind {
                 StepKind::Copy(t) => (false, t),
                 StepKind::Add(t) => (true, t),
-                StepKind::Run(_) | StepKind::Workdir => continue,
+                StepKind::Run(run) => {
+                    self.resolve_binds(span, step.index, &mut run.mounts)?;
+                    continue;
+                }
+                StepKind::Workdir => continue,
             };
             if let Some(p) = p {
                 self.load_context(span)?;
@@ -1264,6 +1384,65 @@ impl<'r> Resolver<'r> {
             }
         }
         Ok(stage)
+    }
+
+    /// Gives each context bind mount its files: the source resolved as `COPY <source> /` would
+    /// resolve it (`.dockerignore` applied), targets relative to the mount's root.
+    fn resolve_binds(
+        &mut self,
+        span: Span,
+        step: usize,
+        mounts: &mut [RunMount],
+    ) -> Result<(), Error> {
+        for m in mounts {
+            let RunMount::Bind {
+                from: Origin::Context,
+                source,
+                resources,
+                ..
+            } = m
+            else {
+                continue;
+            };
+            let mut transfer = PlanTransfer {
+                origin: Origin::Context,
+                sources: vec![Source::Path {
+                    pattern: if source.is_empty() {
+                        ".".to_owned()
+                    } else {
+                        source.clone()
+                    },
+                    resources: Vec::new(),
+                }],
+                dest: "/".to_owned(),
+                chown: None,
+                chmod: None,
+                link: false,
+                parents: false,
+                exclude: Vec::new(),
+                keep_git_dir: false,
+            };
+            let pending = PendingTransfer {
+                step,
+                is_add: false,
+                dest_dir: true,
+                exclude: None,
+            };
+            self.load_context(span)?;
+            self.resolve_sources(span, &mut transfer, &pending)?;
+            for s in transfer.sources {
+                if let Source::Path {
+                    resources: found, ..
+                } = s
+                {
+                    resources.extend(found);
+                }
+            }
+            for r in resources.iter_mut() {
+                r.id = self.new_id();
+            }
+        }
+        Ok(())
     }
 
     fn new_id(&mut self) -> String {
@@ -1568,4 +1747,34 @@ mod tests {
         assert_eq!(v.list, [EnvVar::new("A", "3"), EnvVar::new("B", "2")]);
         assert_eq!(v.get("A"), Some("3"));
     }
+}
+
+/// A bind mount's `source=` as a relative, normalised path (`./a/../b/` → `b`; `/` → empty).
+fn normalize_source(source: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for c in source.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            c => parts.push(c),
+        }
+    }
+    parts.join("/")
+}
+
+/// A tmpfs `size=` as buildkit's `units.RAMInBytes` reads it: a number with an optional
+/// binary unit (`64m`, `1g`, `512k`, `100`).
+fn parse_size(v: &str) -> Option<u64> {
+    let v = v.trim().to_ascii_lowercase();
+    let v = v.strip_suffix('b').unwrap_or(&v);
+    let (num, mult) = match v.chars().last()? {
+        'k' => (&v[..v.len() - 1], 1u64 << 10),
+        'm' => (&v[..v.len() - 1], 1 << 20),
+        'g' => (&v[..v.len() - 1], 1 << 30),
+        't' => (&v[..v.len() - 1], 1 << 40),
+        _ => (v, 1),
+    };
+    num.trim().parse::<u64>().ok()?.checked_mul(mult)
 }

@@ -6,8 +6,8 @@ use std::path::Path;
 
 use firebuild_dockerfile::{Error, PlanRequest, plan};
 use firebuild_plan::{
-    Base, BuildPlan, Chmod, Command, EnvVar, Network, Origin, Resource, ResourceKind, Source, Step,
-    StepKind, Transfer,
+    Base, BuildPlan, Chmod, Command, EnvVar, Network, Origin, Resource, ResourceKind, RunMount,
+    Sharing, Source, Step, StepKind, Transfer,
 };
 
 /// A context directory with the given files (`path`, `content`).
@@ -411,23 +411,104 @@ fn missing_source_and_unknown_stage_fail() {
 }
 
 #[test]
-fn run_mount_and_security_are_rejected_network_is_kept() {
+fn security_is_rejected_network_is_kept() {
     let ctx = context(&[]);
-    let msg = fail(
-        "FROM alpine\nRUN --mount=type=cache,target=/root/.cache make\n",
-        ctx.path(),
-    );
+    let msg = fail("FROM alpine\nRUN --security=insecure make\n", ctx.path());
     assert!(
-        msg.starts_with("Dockerfile:2:1:") && msg.contains("--mount"),
+        msg.starts_with("Dockerfile:2:1:") && msg.contains("--security"),
         "{msg}"
     );
-    let msg = fail("FROM alpine\nRUN --security=insecure make\n", ctx.path());
-    assert!(msg.contains("--security"), "{msg}");
+    let msg = fail("FROM alpine\nRUN --mount=type=ssh make\n", ctx.path());
+    assert!(
+        msg.starts_with("Dockerfile:2:1:") && msg.contains("type=ssh"),
+        "{msg}"
+    );
     let p = resolve("FROM alpine\nRUN --network=none make\n", ctx.path());
     match &p.stages[0].steps[0].kind {
         StepKind::Run(run) => assert_eq!(run.network, Network::None),
         other => panic!("{other:?}"),
     }
+}
+
+fn mounts(step: &Step) -> &[RunMount] {
+    match &step.kind {
+        StepKind::Run(run) => &run.mounts,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn run_mounts_resolve_with_buildkit_defaults() {
+    let ctx = context(&[("go.mod", "module x"), ("src/a.c", "int a;"), ("skip", "s")]);
+    std::fs::write(ctx.path().join(".dockerignore"), "skip\n").unwrap();
+    let df = "FROM alpine AS build\nRUN true\nFROM alpine\nARG V=cache\nWORKDIR /w\n\
+              RUN --mount=type=cache,target=/var/$V/apt,sharing=locked \\\n\
+                  --mount=type=cache,id=go,target=gocache,uid=1000,mode=0700 \\\n\
+                  --mount=type=secret,id=tok \\\n\
+                  --mount=type=secret,id=k,env=KEY \\\n\
+                  --mount=type=tmpfs,target=/scratch,size=64m \\\n\
+                  --mount=type=bind,source=.,target=/ctx \\\n\
+                  --mount=type=bind,from=build,source=/usr/../etc,target=/e,rw make\n";
+    let p = resolve(df, ctx.path());
+    let m = mounts(&p.stages[1].steps[1]);
+    assert_eq!(
+        m[0],
+        RunMount::Cache {
+            target: "/var/cache/apt".into(),
+            id: "/var/cache/apt".into(),
+            sharing: Sharing::Locked,
+            readonly: false,
+            uid: 0,
+            gid: 0,
+            mode: 0o755,
+        }
+    );
+    assert!(
+        matches!(&m[1], RunMount::Cache { id, target, uid: 1000, mode: 0o700, .. } if id == "go" && target == "/w/gocache")
+    );
+    assert_eq!(
+        m[2],
+        RunMount::Secret {
+            id: "tok".into(),
+            target: Some("/run/secrets/tok".into()),
+            env: None,
+            required: false,
+            mode: 0o400,
+            uid: 0,
+            gid: 0,
+        }
+    );
+    assert!(matches!(&m[3], RunMount::Secret { target: None, env: Some(e), .. } if e == "KEY"));
+    assert_eq!(
+        m[4],
+        RunMount::Tmpfs {
+            target: "/scratch".into(),
+            size: Some(64 << 20)
+        }
+    );
+    let RunMount::Bind {
+        target,
+        from: Origin::Context,
+        source,
+        rw: false,
+        resources,
+    } = &m[5]
+    else {
+        panic!("{:?}", m[5]);
+    };
+    assert_eq!((target.as_str(), source.as_str()), ("/ctx", ""));
+    let mut found: Vec<&str> = resources.iter().map(|r| r.target.as_str()).collect();
+    found.sort();
+    assert!(
+        found.contains(&"/go.mod") && found.contains(&"/src/a.c"),
+        "{found:?}"
+    );
+    assert!(!found.iter().any(|t| t.ends_with("skip")), "{found:?}");
+    assert!(resources.iter().all(|r| r.id.starts_with('r')));
+    assert!(
+        matches!(&m[6], RunMount::Bind { from: Origin::Stage { index: 0 }, source, rw: true, .. } if source == "etc")
+    );
+    assert_eq!(p.stages[1].disks().len(), 3, "{:?}", p.stages[1].disks());
 }
 
 #[test]

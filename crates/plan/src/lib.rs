@@ -29,7 +29,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 /// Version of the plan's JSON schema. Bumped on any incompatible change.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// A region of a Dockerfile: 1-based lines and columns, end inclusive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -95,6 +95,52 @@ impl BuildPlan {
         self.stages
             .iter()
             .flat_map(|stage| stage.steps.iter().map(move |step| (stage, step)))
+    }
+
+    /// The plan one build VM runs: stage `index` alone, as the target.
+    pub fn only_stage(&self, index: usize) -> Option<BuildPlan> {
+        let stage = self.stage(index)?.clone();
+        Some(BuildPlan {
+            schema_version: self.schema_version,
+            dockerfile: self.dockerfile.clone(),
+            target: index,
+            stages: vec![stage],
+            warnings: Vec::new(),
+        })
+    }
+}
+
+impl Stage {
+    /// The disks a VM building this stage needs besides its root, each once, in first-use
+    /// order: earlier stages and images its steps copy or bind from, and its cache mounts.
+    pub fn disks(&self) -> Vec<DiskRole> {
+        let mut out: Vec<DiskRole> = Vec::new();
+        let mut add = |role: DiskRole| {
+            if !out.contains(&role) {
+                out.push(role);
+            }
+        };
+        let origin = |o: &Origin, add: &mut dyn FnMut(DiskRole)| match o {
+            Origin::Stage { index } => add(DiskRole::Stage(*index)),
+            Origin::Image { reference } => add(DiskRole::Image(reference.clone())),
+            Origin::Context => {}
+        };
+        for step in &self.steps {
+            match &step.kind {
+                StepKind::Copy(t) | StepKind::Add(t) => origin(&t.origin, &mut add),
+                StepKind::Run(run) => {
+                    for m in &run.mounts {
+                        match m {
+                            RunMount::Bind { from, .. } => origin(from, &mut add),
+                            RunMount::Cache { id, .. } => add(DiskRole::Cache(id.clone())),
+                            RunMount::Tmpfs { .. } | RunMount::Secret { .. } => {}
+                        }
+                    }
+                }
+                StepKind::Workdir => {}
+            }
+        }
+        out
     }
 }
 
@@ -315,17 +361,161 @@ pub struct Run {
     /// a script (through its shebang if any, else the shell).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub heredocs: Vec<Heredoc>,
+    /// `--mount`s, in order, values expanded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<RunMount>,
 }
 
 impl Run {
-    /// A RUN with default flags and no heredocs.
+    /// A RUN with default flags, no heredocs and no mounts.
     pub fn new(command: Command) -> Self {
         Self {
             command,
             network: Network::Default,
             heredocs: Vec::new(),
+            mounts: Vec::new(),
         }
     }
+}
+
+/// `sharing=` of a cache mount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Sharing {
+    /// Concurrent writers allowed (buildkit's default).
+    #[default]
+    Shared,
+    /// Each concurrent writer gets its own instance.
+    Private,
+    /// One writer at a time.
+    Locked,
+}
+
+/// One `RUN --mount`, resolved (values expanded, defaults applied as buildkit applies them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RunMount {
+    /// `type=bind`: files of the context, a stage or an image, at `target`; read-only unless
+    /// `rw` (writes are then discarded after the step).
+    Bind {
+        /// Absolute path in the step.
+        target: String,
+        /// Where the files come from.
+        from: Origin,
+        /// Path inside the origin (`/`-separated, relative, normalised; empty for its root).
+        source: String,
+        /// `rw`.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        rw: bool,
+        /// For a context bind: the files, as resources whose `target` is relative to the
+        /// mount's root (`/` is the mount itself).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        resources: Vec<Resource>,
+    },
+    /// `type=cache`: a directory kept on the host between builds, never in the image.
+    Cache {
+        /// Absolute path in the step.
+        target: String,
+        /// `id=` (default: the target).
+        id: String,
+        /// `sharing=`.
+        #[serde(default)]
+        sharing: Sharing,
+        /// `ro`.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        readonly: bool,
+        /// Owner of the cache directory when created (`uid=`, default 0).
+        #[serde(default)]
+        uid: u32,
+        /// Group of the cache directory when created (`gid=`, default 0).
+        #[serde(default)]
+        gid: u32,
+        /// Mode of the cache directory when created (`mode=`, default 0o755).
+        mode: u32,
+    },
+    /// `type=tmpfs`: an empty memory file system for the step.
+    Tmpfs {
+        /// Absolute path in the step.
+        target: String,
+        /// `size=` in bytes, if limited.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        size: Option<u64>,
+    },
+    /// `type=secret`: a secret from the build's invocation, in memory during the step only.
+    Secret {
+        /// `id=` (default: the target's file name).
+        id: String,
+        /// File path in the step (default `/run/secrets/<id>`; none when only `env` is given).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        target: Option<String>,
+        /// Environment variable that gets the value (`env=`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        env: Option<String>,
+        /// `required`: fail when the build was not given the secret (else the step runs
+        /// without it).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        required: bool,
+        /// File mode (default 0o400).
+        mode: u32,
+        /// File owner (default 0).
+        #[serde(default)]
+        uid: u32,
+        /// File group (default 0).
+        #[serde(default)]
+        gid: u32,
+    },
+}
+
+impl RunMount {
+    /// The mount's path in the step, if it has one.
+    pub fn target(&self) -> Option<&str> {
+        match self {
+            RunMount::Bind { target, .. }
+            | RunMount::Cache { target, .. }
+            | RunMount::Tmpfs { target, .. } => Some(target),
+            RunMount::Secret { target, .. } => target.as_deref(),
+        }
+    }
+}
+
+/// The resource id under which the host serves secret `id` to the step that mounts it.
+pub fn secret_resource_id(id: &str) -> String {
+    format!("secret:{id}")
+}
+
+/// The secret id of a resource id made by [`secret_resource_id`].
+pub fn secret_of_resource(resource: &str) -> Option<&str> {
+    resource.strip_prefix("secret:")
+}
+
+/// What an extra disk attached to a build VM holds; the guest finds it by its serial
+/// ([`DiskRole::serial`], at most 20 bytes, virtio-blk's limit).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum DiskRole {
+    /// The result of an earlier stage, read-only.
+    Stage(usize),
+    /// An image's file system (`COPY --from=<image>`, `--mount=from=<image>`), read-only.
+    Image(String),
+    /// A cache mount's directory, read-write.
+    Cache(String),
+}
+
+impl DiskRole {
+    /// The disk's serial: `stage-N`, or a prefix and 12 hex digits of a hash of the name.
+    pub fn serial(&self) -> String {
+        match self {
+            DiskRole::Stage(i) => format!("stage-{i}"),
+            DiskRole::Image(r) => format!("image-{:012x}", fnv1a(r.as_bytes()) >> 16),
+            DiskRole::Cache(id) => format!("cache-{:012x}", fnv1a(id.as_bytes()) >> 16),
+        }
+    }
+}
+
+/// FNV-1a, 64 bits: stable across releases (the std hasher is not).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// Where the sources of a COPY/ADD come from.
