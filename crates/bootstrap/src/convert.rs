@@ -185,7 +185,78 @@ impl From<&plan::Run> for pb::Run {
             command: Some((&r.command).into()),
             network: pb::Network::from(r.network).into(),
             heredocs: r.heredocs.iter().map(Into::into).collect(),
+            mounts: r.mounts.iter().map(Into::into).collect(),
         }
+    }
+}
+
+impl From<plan::Sharing> for pb::Sharing {
+    fn from(s: plan::Sharing) -> Self {
+        match s {
+            plan::Sharing::Shared => pb::Sharing::Shared,
+            plan::Sharing::Private => pb::Sharing::Private,
+            plan::Sharing::Locked => pb::Sharing::Locked,
+        }
+    }
+}
+
+impl From<&plan::RunMount> for pb::RunMount {
+    fn from(m: &plan::RunMount) -> Self {
+        use pb::run_mount::Kind;
+        let kind = match m {
+            plan::RunMount::Bind {
+                target,
+                from,
+                source,
+                rw,
+                resources,
+            } => Kind::Bind(pb::run_mount::Bind {
+                target: target.clone(),
+                from: Some(from.into()),
+                source: source.clone(),
+                rw: *rw,
+                resources: resources.iter().map(Into::into).collect(),
+            }),
+            plan::RunMount::Cache {
+                target,
+                id,
+                sharing,
+                readonly,
+                uid,
+                gid,
+                mode,
+            } => Kind::Cache(pb::run_mount::Cache {
+                target: target.clone(),
+                id: id.clone(),
+                sharing: pb::Sharing::from(*sharing).into(),
+                readonly: *readonly,
+                uid: *uid,
+                gid: *gid,
+                mode: *mode,
+            }),
+            plan::RunMount::Tmpfs { target, size } => Kind::Tmpfs(pb::run_mount::Tmpfs {
+                target: target.clone(),
+                size: *size,
+            }),
+            plan::RunMount::Secret {
+                id,
+                target,
+                env,
+                required,
+                mode,
+                uid,
+                gid,
+            } => Kind::Secret(pb::run_mount::Secret {
+                id: id.clone(),
+                target: target.clone(),
+                env: env.clone(),
+                required: *required,
+                mode: *mode,
+                uid: *uid,
+                gid: *gid,
+            }),
+        };
+        pb::RunMount { kind: Some(kind) }
     }
 }
 
@@ -465,6 +536,75 @@ impl TryFrom<pb::Run> for plan::Run {
             command: r.command.ok_or(missing("Run.command"))?.try_into()?,
             network,
             heredocs: r.heredocs.into_iter().map(Into::into).collect(),
+            mounts: list(r.mounts, TryInto::try_into)?,
+        })
+    }
+}
+
+/// Permission bits: at most `0o7777`.
+fn mode(field: &'static str, value: u32) -> Result<u32, ConversionError> {
+    if value > 0o7777 {
+        return Err(invalid(
+            field,
+            format!("mode {value:#o} has bits above 0o7777"),
+        ));
+    }
+    Ok(value)
+}
+
+impl TryFrom<pb::RunMount> for plan::RunMount {
+    type Error = ConversionError;
+
+    fn try_from(m: pb::RunMount) -> Result<Self, Self::Error> {
+        use pb::run_mount::Kind;
+        Ok(match m.kind.ok_or(missing("RunMount.kind"))? {
+            Kind::Bind(b) => plan::RunMount::Bind {
+                target: b.target,
+                from: b.from.ok_or(missing("RunMount.Bind.from"))?.try_into()?,
+                source: b.source,
+                rw: b.rw,
+                resources: list(b.resources, TryInto::try_into)?,
+            },
+            Kind::Cache(c) => {
+                let sharing = match pb::Sharing::try_from(c.sharing) {
+                    Ok(pb::Sharing::Shared) => plan::Sharing::Shared,
+                    Ok(pb::Sharing::Private) => plan::Sharing::Private,
+                    Ok(pb::Sharing::Locked) => plan::Sharing::Locked,
+                    Ok(pb::Sharing::Unspecified) | Err(_) => {
+                        return Err(invalid(
+                            "RunMount.Cache.sharing",
+                            format!("unknown sharing mode {}", c.sharing),
+                        ));
+                    }
+                };
+                plan::RunMount::Cache {
+                    target: c.target,
+                    id: c.id,
+                    sharing,
+                    readonly: c.readonly,
+                    uid: c.uid,
+                    gid: c.gid,
+                    mode: mode("RunMount.Cache.mode", c.mode)?,
+                }
+            }
+            Kind::Tmpfs(t) => plan::RunMount::Tmpfs {
+                target: t.target,
+                size: t.size,
+            },
+            Kind::Secret(s) => {
+                if s.id.is_empty() {
+                    return Err(invalid("RunMount.Secret.id", "empty secret id"));
+                }
+                plan::RunMount::Secret {
+                    id: s.id,
+                    target: s.target,
+                    env: s.env,
+                    required: s.required,
+                    mode: mode("RunMount.Secret.mode", s.mode)?,
+                    uid: s.uid,
+                    gid: s.gid,
+                }
+            }
         })
     }
 }
@@ -824,13 +964,81 @@ mod tests {
         ]
     }
 
+    fn origin() -> impl Strategy<Value = plan::Origin> {
+        prop_oneof![
+            Just(plan::Origin::Context),
+            any::<u32>().prop_map(|i| plan::Origin::Stage { index: i as usize }),
+            text().prop_map(|reference| plan::Origin::Image { reference }),
+        ]
+    }
+
+    fn run_mount() -> impl Strategy<Value = plan::RunMount> {
+        let ids = (any::<u32>(), any::<u32>(), 0u32..=0o7777);
+        prop_oneof![
+            (
+                text(),
+                origin(),
+                text(),
+                any::<bool>(),
+                proptest::collection::vec(resource(), 0..3)
+            )
+                .prop_map(|(target, from, source, rw, resources)| {
+                    plan::RunMount::Bind {
+                        target,
+                        from,
+                        source,
+                        rw,
+                        resources,
+                    }
+                }),
+            (
+                text(),
+                text(),
+                prop_oneof![
+                    Just(plan::Sharing::Shared),
+                    Just(plan::Sharing::Private),
+                    Just(plan::Sharing::Locked)
+                ],
+                any::<bool>(),
+                ids.clone(),
+            )
+                .prop_map(|(target, id, sharing, readonly, (uid, gid, mode))| {
+                    plan::RunMount::Cache {
+                        target,
+                        id,
+                        sharing,
+                        readonly,
+                        uid,
+                        gid,
+                        mode,
+                    }
+                }),
+            (text(), proptest::option::of(any::<u64>()))
+                .prop_map(|(target, size)| plan::RunMount::Tmpfs { target, size }),
+            (
+                "[a-z0-9_.-]{1,12}",
+                opt_text(),
+                opt_text(),
+                any::<bool>(),
+                ids
+            )
+                .prop_map(|(id, target, env, required, (uid, gid, mode))| {
+                    plan::RunMount::Secret {
+                        id,
+                        target,
+                        env,
+                        required,
+                        mode,
+                        uid,
+                        gid,
+                    }
+                }),
+        ]
+    }
+
     fn transfer_step() -> impl Strategy<Value = plan::Transfer> {
         (
-            prop_oneof![
-                Just(plan::Origin::Context),
-                any::<u32>().prop_map(|i| plan::Origin::Stage { index: i as usize }),
-                text().prop_map(|reference| plan::Origin::Image { reference }),
-            ],
+            origin(),
             proptest::collection::vec(source(), 0..3),
             text(),
             proptest::option::of(
@@ -869,11 +1077,13 @@ mod tests {
                 Just(plan::Network::Host)
             ],
             proptest::collection::vec(heredoc(), 0..2),
+            proptest::collection::vec(run_mount(), 0..3),
         )
-            .prop_map(|(command, network, heredocs)| plan::Run {
+            .prop_map(|(command, network, heredocs, mounts)| plan::Run {
                 command,
                 network,
                 heredocs,
+                mounts,
             });
         let kind = prop_oneof![
             run.prop_map(plan::StepKind::Run),
@@ -1075,6 +1285,71 @@ mod tests {
         );
     }
 
+    fn run_with(mount: pb::run_mount::Kind) -> pb::Run {
+        pb::Run {
+            command: Some(pb::Command {
+                form: Some(pb::command::Form::Shell("true".into())),
+            }),
+            network: pb::Network::Default.into(),
+            heredocs: vec![],
+            mounts: vec![pb::RunMount { kind: Some(mount) }],
+        }
+    }
+
+    #[test]
+    fn bad_mounts_are_refused_naming_the_field() {
+        use pb::run_mount::{Bind, Cache, Kind, Secret};
+        let err = |k| plan::Run::try_from(run_with(k)).unwrap_err().to_string();
+        assert_eq!(
+            err(Kind::Cache(Cache {
+                sharing: 9,
+                mode: 0o755,
+                ..Cache::default()
+            })),
+            "invalid field RunMount.Cache.sharing: unknown sharing mode 9"
+        );
+        assert_eq!(
+            err(Kind::Cache(Cache {
+                sharing: pb::Sharing::Locked.into(),
+                mode: 0o17777,
+                ..Cache::default()
+            })),
+            "invalid field RunMount.Cache.mode: mode 0o17777 has bits above 0o7777"
+        );
+        assert_eq!(
+            err(Kind::Bind(Bind::default())),
+            "missing field RunMount.Bind.from"
+        );
+        assert_eq!(
+            err(Kind::Secret(Secret {
+                id: String::new(),
+                mode: 0o400,
+                ..Secret::default()
+            })),
+            "invalid field RunMount.Secret.id: empty secret id"
+        );
+        let no_kind = pb::Run {
+            mounts: vec![pb::RunMount { kind: None }],
+            ..run_with(Kind::Tmpfs(pb::run_mount::Tmpfs::default()))
+        };
+        assert_eq!(
+            plan::Run::try_from(no_kind).unwrap_err().to_string(),
+            "missing field RunMount.kind"
+        );
+        // A secret mount with only `env` keeps its absent target.
+        let run = plan::Run::try_from(run_with(Kind::Secret(Secret {
+            id: "tok".into(),
+            env: Some("TOKEN".into()),
+            mode: 0o400,
+            ..Secret::default()
+        })))
+        .unwrap();
+        assert!(matches!(
+            &run.mounts[..],
+            [plan::RunMount::Secret { target: None, env: Some(e), .. }] if e == "TOKEN"
+        ));
+    }
+
     #[test]
     fn unknown_enum_values_and_bad_digests_are_invalid() {
         let run = pb::Run {
@@ -1083,6 +1358,7 @@ mod tests {
             }),
             network: 42,
             heredocs: vec![],
+            mounts: vec![],
         };
         let err = plan::Run::try_from(run).unwrap_err().to_string();
         assert_eq!(err, "invalid field Run.network: unknown network mode 42");
