@@ -15,6 +15,9 @@
 //! In the child, before `exec`: `chroot(root)` when the root is not `/`, `chdir(workdir)`,
 //! `setgroups`, `setgid`, `setuid` (in that order, so privileges are dropped last and nothing of
 //! vminit's credentials leaks). The program is looked up in the step's `PATH` inside the root.
+//! With `RUN --network=none` ([`run_with_network`], [`run_step`]) the child first enters a new
+//! network namespace (`unshare(CLONE_NEWNET)`) and brings its loopback up, so the step sees only
+//! `lo`, as Docker's `--network=none` gives.
 //!
 //! When the step's process exits while a background process it started still holds the output
 //! pipes open, output is drained for [`DRAIN_AFTER_EXIT`] more and the step is reported finished.
@@ -26,7 +29,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use firebuild_plan::{Command, Step, StepContext, StepKind};
+use firebuild_plan::{Command, Network, Step, StepContext, StepKind};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::error::{Error, Result};
@@ -177,7 +180,11 @@ pub async fn run_step(
     step: &Step,
     on_line: impl FnMut(Stream, &[u8]),
 ) -> Result<Exit> {
-    run(root, &RunRequest::from_step(step)?, on_line).await
+    let network = match &step.kind {
+        StepKind::Run(r) => r.network,
+        _ => Network::Default,
+    };
+    run_with_network(root, &RunRequest::from_step(step)?, network, on_line).await
 }
 
 /// Resolves `user` in the guest and creates `workdir` (normalised) and its missing parents owned
@@ -200,6 +207,8 @@ struct ChildSetup {
     chroot: Option<CString>,
     workdir: CString,
     identity: Option<Identity>,
+    /// `RUN --network=none`: a new network namespace with only `lo`, up.
+    isolate_network: bool,
 }
 
 /// Runs `req` under `root`, calling `on_line` with every output line (without its `\n`; a final
@@ -207,6 +216,17 @@ struct ChildSetup {
 pub async fn run(
     root: &Path,
     req: &RunRequest,
+    on_line: impl FnMut(Stream, &[u8]),
+) -> Result<Exit> {
+    run_with_network(root, req, Network::Default, on_line).await
+}
+
+/// [`run`] with the step's `RUN --network`: [`Network::None`] runs it in a new network namespace
+/// where only the loopback exists (brought up); `Default` and `Host` use the guest's network.
+pub async fn run_with_network(
+    root: &Path,
+    req: &RunRequest,
+    network: Network,
     mut on_line: impl FnMut(Stream, &[u8]),
 ) -> Result<Exit> {
     let (identity, workdir) = workdir_as(root, &req.workdir, req.user.as_deref())?;
@@ -230,7 +250,7 @@ pub async fn run(
         script_host = Some(host);
         argv.insert(0, name);
     }
-    let result = spawn_and_wait(root, &argv, req, &workdir, identity, &mut on_line).await;
+    let result = spawn_and_wait(root, &argv, req, &workdir, network, identity, &mut on_line).await;
     if let Some(h) = script_host {
         let _ = std::fs::remove_file(h);
     }
@@ -242,6 +262,7 @@ async fn spawn_and_wait(
     argv: &[String],
     req: &RunRequest,
     workdir: &str,
+    network: Network,
     identity: Identity,
     on_line: &mut impl FnMut(Stream, &[u8]),
 ) -> Result<Exit> {
@@ -266,6 +287,7 @@ async fn spawn_and_wait(
         },
         workdir: CString::new(workdir).map_err(|_| nul("workdir", workdir.as_bytes()))?,
         identity: (rustix::process::geteuid().as_raw() == 0).then_some(identity.clone()),
+        isolate_network: network == Network::None,
     };
     if setup.identity.is_none() && identity.uid != rustix::process::geteuid().as_raw() {
         return Err(Error::Invalid {
@@ -378,8 +400,16 @@ fn install_child_setup(cmd: &mut tokio::process::Command, setup: ChildSetup) {
     // (C strings, a Vec of gids): no allocation, no lock, nothing that is not async-signal-safe.
     // rustix's set_thread_* are the raw per-thread syscalls, correct here because the child has
     // exactly one thread.
+    //
+    // `unshare(CLONE_NEWNET)` is a raw syscall too, safe in the single-threaded child (the flag is
+    // not `CLONE_FILES`, which is what makes rustix's `unshare_unsafe` unsafe); bringing `lo` up
+    // is `socket` + two `ioctl`s on a stack `ifreq` and `close`.
     unsafe {
         cmd.pre_exec(move || {
+            if setup.isolate_network {
+                rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNET)?;
+                loopback_up()?;
+            }
             if let Some(root) = &setup.chroot {
                 rustix::process::chroot(root.as_c_str())?;
             }
@@ -392,6 +422,47 @@ fn install_child_setup(cmd: &mut tokio::process::Command, setup: ChildSetup) {
             Ok(())
         });
     }
+}
+
+/// `struct ifreq` with the `ifr_flags` member of its union (40 bytes, the 64-bit size; the kernel
+/// reads no more than its own `sizeof(struct ifreq)`).
+#[repr(C)]
+struct IfReqFlags {
+    name: [u8; 16],
+    flags: i16,
+    _pad: [u8; 22],
+}
+
+/// Sets `IFF_UP` on `lo` (`SIOCGIFFLAGS` then `SIOCSIFFLAGS` on an `AF_INET` datagram socket),
+/// as runc does for a container's own network namespace. Called in the child between fork and
+/// exec: only raw system calls on stack data.
+#[allow(unsafe_code)]
+fn loopback_up() -> std::io::Result<()> {
+    use rustix::ioctl::{Opcode, Updater, ioctl};
+    use rustix::net::{AddressFamily, SocketFlags, SocketType, socket_with};
+    const SIOCGIFFLAGS: Opcode = 0x8913;
+    const SIOCSIFFLAGS: Opcode = 0x8914;
+    const IFF_UP: i16 = 0x1;
+    let sock = socket_with(
+        AddressFamily::INET,
+        SocketType::DGRAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    let mut req = IfReqFlags {
+        name: [0; 16],
+        flags: 0,
+        _pad: [0; 22],
+    };
+    req.name[..2].copy_from_slice(b"lo");
+    // SAFETY: both opcodes take a `struct ifreq` the kernel reads (and, for SIOCGIFFLAGS, writes
+    // `ifr_flags` of); `IfReqFlags` has its layout and size for the flags member.
+    unsafe {
+        ioctl(&sock, Updater::<SIOCGIFFLAGS, _>::new(&mut req))?;
+        req.flags |= IFF_UP;
+        ioctl(&sock, Updater::<SIOCSIFFLAGS, _>::new(&mut req))?;
+    }
+    Ok(())
 }
 
 /// Splits a byte stream into lines of at most [`MAX_LINE`] bytes.

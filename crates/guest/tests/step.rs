@@ -225,3 +225,60 @@ async fn heredoc_with_shebang_runs_as_a_script() {
         "script removed"
     );
 }
+
+/// Interface names in `/proc/net/dev` as the step saw it, then `ip link show lo`.
+fn interfaces(lines: &[&str]) -> Vec<String> {
+    lines
+        .iter()
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(name, _)| !name.contains('|'))
+        .map(|(name, _)| name.trim().to_owned())
+        .filter(|n| !n.is_empty() && !n.chars().all(|c| c.is_ascii_digit()))
+        .collect()
+}
+
+#[tokio::test]
+async fn network_none_sees_only_loopback_and_it_is_up() {
+    // Runs under the real `/` (no chroot) so the step has the host's /proc and busybox.
+    let Some(_t) = common::busybox_root() else {
+        return;
+    };
+    let script = "cat /proc/net/dev; busybox ip -o link show lo";
+    let mut run = Run::new(Command::Shell(script.into()));
+    run.network = firebuild_plan::Network::None;
+    let step = Step {
+        index: 0,
+        span: Span::lines(1, 1),
+        context: StepContext::default(),
+        kind: StepKind::Run(run),
+    };
+    let mut lines = Vec::new();
+    let exit = step::run_step(Path::new("/"), &step, |s, l| {
+        lines.push((s, String::from_utf8_lossy(l).into_owned()))
+    })
+    .await
+    .unwrap();
+    assert_eq!(exit, Exit::Code(0), "{lines:?}");
+    let out = stdout(&lines);
+    let (dev, link): (Vec<&str>, Vec<&str>) = out.iter().partition(|l| !l.starts_with("1: lo"));
+    assert_eq!(interfaces(&dev), ["lo"], "{out:?}");
+    assert_eq!(link.len(), 1, "{out:?}");
+    let flags = link[0].split(['<', '>']).nth(1).unwrap_or_default();
+    assert!(flags.split(',').any(|f| f == "UP"), "lo is down: {out:?}");
+
+    // A default step is in the guest's own namespace: the same interfaces as this process.
+    let host = fs::read_to_string("/proc/net/dev").unwrap();
+    let host = interfaces(&host.lines().collect::<Vec<_>>());
+    let mut lines = Vec::new();
+    let req = RunRequest::new(sh("cat /proc/net/dev"));
+    let exit = step::run(Path::new("/"), &req, |s, l| {
+        lines.push((s, String::from_utf8_lossy(l).into_owned()))
+    })
+    .await
+    .unwrap();
+    assert_eq!(exit, Exit::Code(0), "{lines:?}");
+    assert_eq!(interfaces(&stdout(&lines)), host);
+    if host.len() == 1 {
+        eprintln!("note: this host has only lo; the default-network half proves little here");
+    }
+}
