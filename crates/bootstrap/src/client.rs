@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use firebuild_pki::ClientBundle;
 use firebuild_plan::BuildPlan;
-use firebuild_transfer::{Limits, Outcome as TransferOutcome, Reassembler, Sink};
+use firebuild_transfer::{
+    EntryKind, Header, Limits, Outcome as TransferOutcome, Reassembler, Sink,
+};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -18,6 +20,7 @@ use zeroize::Zeroizing;
 
 use crate::pb;
 use crate::pb::bootstrap_client::BootstrapClient as GrpcClient;
+use crate::secret::{MAX_SECRET_BYTES, SecretBytes};
 use crate::server::{OutputStream, StepRef};
 use crate::tuning::{DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_MAX_MESSAGE_SIZE, Http2Tuning};
 
@@ -414,7 +417,52 @@ impl BootstrapClient {
         id: &str,
         sink: &mut S,
     ) -> Result<TransferOutcome, ClientError> {
-        let mut rx = Reassembler::with_limits(sink, self.options.limits);
+        self.pull_with_limits(id, sink, self.options.limits).await
+    }
+
+    /// Pulls resource `id`, which must be one regular file of at most `max_bytes`, into memory,
+    /// verified as [`BootstrapClient::pull`] verifies files. The buffer is allocated once at the
+    /// declared size and zeroised when dropped or when the transfer fails.
+    pub async fn pull_to_memory(
+        &self,
+        id: &str,
+        max_bytes: u64,
+    ) -> Result<SecretBytes, ClientError> {
+        let limits = Limits {
+            max_entries: 1,
+            max_file_size: max_bytes,
+            max_total_size: max_bytes,
+            ..self.options.limits
+        };
+        let mut sink = MemorySink {
+            max: max_bytes,
+            buf: None,
+        };
+        self.pull_with_limits(id, &mut sink, limits).await?;
+        Ok(sink.buf.unwrap_or_default().into())
+    }
+
+    /// The value of build secret `id` (`RUN --mount=type=secret,id=<id>`), at most
+    /// [`MAX_SECRET_BYTES`]. Call it between `step_started` and `step_finished` of the RUN step
+    /// that mounts it: the server serves a secret only then, once per step start
+    /// (`PERMISSION_DENIED` otherwise). `Ok(None)` when the build was not given the secret
+    /// (skip the mount unless it is `required`).
+    pub async fn fetch_secret(&self, id: &str) -> Result<Option<SecretBytes>, ClientError> {
+        let resource = firebuild_plan::secret_resource_id(id);
+        match self.pull_to_memory(&resource, MAX_SECRET_BYTES).await {
+            Ok(value) => Ok(Some(value)),
+            Err(ClientError::Rpc { status, .. }) if status.code() == Code::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn pull_with_limits<S: Sink>(
+        &self,
+        id: &str,
+        sink: &mut S,
+        limits: Limits,
+    ) -> Result<TransferOutcome, ClientError> {
+        let mut rx = Reassembler::with_limits(sink, limits);
         let attempts = self.options.call_attempts.max(1);
         let mut attempt = 0;
         loop {
@@ -614,6 +662,57 @@ impl BootstrapClient {
             options.flush_interval,
         ));
         OutputReporter { tx, task }
+    }
+}
+
+/// Receives a one-file resource into a zeroised buffer of its declared size.
+struct MemorySink {
+    max: u64,
+    buf: Option<Zeroizing<Vec<u8>>>,
+}
+
+impl Sink for MemorySink {
+    fn begin_entry(&mut self, header: &Header) -> std::io::Result<()> {
+        let refuse = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+        if header.index != 0 || header.kind != EntryKind::File || !header.path.is_empty() {
+            return Err(refuse(format!(
+                "expected one regular file, got a {:?} entry {:?}",
+                header.kind, header.path
+            )));
+        }
+        if header.size > self.max {
+            return Err(refuse(format!(
+                "{} bytes, more than the {} allowed",
+                header.size, self.max
+            )));
+        }
+        let size = usize::try_from(header.size).map_err(|_| refuse("too large".into()))?;
+        // Exact capacity: the vector never reallocates, so no unzeroised copy is left behind.
+        self.buf = Some(Zeroizing::new(Vec::with_capacity(size)));
+        Ok(())
+    }
+
+    fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
+        let buf = self.buf.as_mut().ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidData, "data before the header")
+        })?;
+        if buf.len() + data.len() > buf.capacity() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "more data than declared",
+            ));
+        }
+        buf.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn end_entry(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    fn abort(&mut self) {
+        // Dropping the Zeroizing buffer wipes it.
+        self.buf = None;
     }
 }
 

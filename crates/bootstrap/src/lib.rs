@@ -71,6 +71,7 @@ pub mod pb {
 
 mod client;
 mod convert;
+mod secret;
 mod server;
 mod source;
 mod tuning;
@@ -80,6 +81,7 @@ pub use client::{
     HeartbeatTask, OutputOptions, OutputReporter,
 };
 pub use convert::ConversionError;
+pub use secret::{MAX_SECRET_BYTES, SecretBytes};
 pub use server::{
     BootstrapServer, Event, Events, Outcome, OutputStream, SHUTDOWN_GRACE, ServerBuilder,
     ServerError, ServerHandle, ServerTls, StepRef,

@@ -1,7 +1,7 @@
 //! The host side: serves a build plan and its resources to one guest over mutual TLS, and
 //! reports what the guest does as a stream of [`Event`]s.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -10,8 +10,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use firebuild_pki::{BuildId, ClientPolicy, ServerBundle};
-use firebuild_plan::BuildPlan;
-use firebuild_transfer::{Frame, ResourceEncoder, ResumePoint};
+use firebuild_plan::{BuildPlan, RunMount, StepKind};
+use firebuild_transfer::digest::ResourceDigest;
+use firebuild_transfer::{
+    Chunk, ChunkPlanner, EntryKind, Eof, Frame, Header, ResourceEncoder, ResumePoint,
+};
 use futures::Stream;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
@@ -24,6 +27,7 @@ use tracing::{debug, info, warn};
 
 use crate::pb;
 use crate::pb::bootstrap_server::{Bootstrap, BootstrapServer as GrpcServer};
+use crate::secret::{MAX_SECRET_BYTES, SecretBytes};
 use crate::source::{ResourceSource, SourceError};
 use crate::tuning::{self, DEFAULT_HEARTBEAT_TIMEOUT, DEFAULT_MAX_MESSAGE_SIZE, Http2Tuning};
 
@@ -143,11 +147,13 @@ pub enum Event {
         /// Its address.
         peer: SocketAddr,
     },
-    /// A connection was refused during or right after the handshake.
+    /// A connection was refused during or right after the handshake, or a request was refused
+    /// because the running step may not have what it asked for (a secret outside the RUN step
+    /// that mounts it, or asked twice).
     Rejected {
-        /// Its address.
+        /// Its address (`0.0.0.0:0` when unknown).
         peer: SocketAddr,
-        /// Why (the TLS or identity error).
+        /// Why (the TLS or identity error, or the refused request; never a secret's value).
         reason: String,
     },
     /// The plan was served (`Commands`).
@@ -175,7 +181,7 @@ pub enum Event {
     },
     /// A `ResourceChunk` stream ended with its `Eof`.
     ResourceSent {
-        /// The resource id.
+        /// The resource id (`secret:<id>` for a secret: its value is never in an event).
         id: String,
         /// Content bytes sent in this stream (less than the resource after a resume).
         bytes: u64,
@@ -403,23 +409,43 @@ impl ServerBuilder {
         let (stop_tx, stop_rx) = watch::channel(false);
 
         let mut steps = HashSet::new();
+        let mut secret_steps: HashMap<StepRef, HashSet<String>> = HashMap::new();
         let mut resource_ids = Vec::new();
         for (stage, step) in plan.steps() {
-            steps.insert(StepRef {
+            let at = StepRef {
                 stage: stage.index,
                 step: step.index,
-            });
-            if let firebuild_plan::StepKind::Copy(t) | firebuild_plan::StepKind::Add(t) = &step.kind
-            {
-                for s in &t.sources {
-                    match s {
-                        firebuild_plan::Source::Path { resources, .. } => {
-                            resource_ids.extend(resources.iter().map(|r| r.id.clone()));
+            };
+            steps.insert(at);
+            match &step.kind {
+                StepKind::Copy(t) | StepKind::Add(t) => {
+                    for s in &t.sources {
+                        match s {
+                            firebuild_plan::Source::Path { resources, .. } => {
+                                resource_ids.extend(resources.iter().map(|r| r.id.clone()));
+                            }
+                            firebuild_plan::Source::Url { id, .. } => {
+                                resource_ids.push(id.clone());
+                            }
+                            firebuild_plan::Source::Heredoc { .. } => {}
                         }
-                        firebuild_plan::Source::Url { id, .. } => resource_ids.push(id.clone()),
-                        firebuild_plan::Source::Heredoc { .. } => {}
                     }
                 }
+                StepKind::Run(run) => {
+                    for m in &run.mounts {
+                        match m {
+                            RunMount::Bind { resources, .. } => {
+                                resource_ids.extend(resources.iter().map(|r| r.id.clone()));
+                            }
+                            RunMount::Secret { id, .. } => {
+                                resource_ids.push(firebuild_plan::secret_resource_id(id));
+                                secret_steps.entry(at).or_default().insert(id.clone());
+                            }
+                            RunMount::Cache { .. } | RunMount::Tmpfs { .. } => {}
+                        }
+                    }
+                }
+                StepKind::Workdir => {}
             }
         }
 
@@ -427,6 +453,8 @@ impl ServerBuilder {
             build_id: build_id.clone(),
             plan: pb::BuildPlan::from(&plan),
             steps,
+            secret_steps,
+            running: Mutex::new(Running::default()),
             resource_ids,
             source,
             events: events_tx,
@@ -527,10 +555,21 @@ impl ServerHandle {
     }
 }
 
+/// The step the guest last reported started (until it reports it finished), and the secrets
+/// already handed to it.
+#[derive(Default)]
+struct Running {
+    step: Option<StepRef>,
+    secrets_served: HashSet<String>,
+}
+
 struct State {
     build_id: BuildId,
     plan: pb::BuildPlan,
     steps: HashSet<StepRef>,
+    /// The secret ids each RUN step mounts.
+    secret_steps: HashMap<StepRef, HashSet<String>>,
+    running: Mutex<Running>,
     resource_ids: Vec<String>,
     source: Arc<dyn ResourceSource>,
     events: mpsc::Sender<Event>,
@@ -587,6 +626,57 @@ impl State {
         Ok(step)
     }
 
+    /// The value of secret `id` if the running step mounts it and has not had it yet; else the
+    /// refusal (`PERMISSION_DENIED`, also reported as [`Event::Rejected`]) or `NOT_FOUND` when
+    /// the build was not given it. Messages name the id, never the value.
+    async fn secret(&self, id: &str, peer: Option<SocketAddr>) -> Result<SecretBytes, Status> {
+        let refusal = match self.running.lock() {
+            Err(_) => Some(format!("secret {id:?} refused: step state unavailable")),
+            Ok(mut guard) => {
+                let running = &mut *guard;
+                match running.step {
+                    None => Some(format!("secret {id:?} requested while no step runs")),
+                    Some(step)
+                        if !self
+                            .secret_steps
+                            .get(&step)
+                            .is_some_and(|ids| ids.contains(id)) =>
+                    {
+                        Some(format!(
+                            "secret {id:?} requested during {step}, which does not mount it"
+                        ))
+                    }
+                    Some(step) if !running.secrets_served.insert(id.to_owned()) => Some(format!(
+                        "secret {id:?} requested again during {step} (served once per step)"
+                    )),
+                    Some(_) => None,
+                }
+            }
+        };
+        if let Some(reason) = refusal {
+            let peer = peer.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+            warn!(%peer, %reason, "secret refused");
+            self.emit(Event::Rejected {
+                peer,
+                reason: reason.clone(),
+            })
+            .await;
+            return Err(Status::permission_denied(reason));
+        }
+        let Some(value) = self.source.secret(id) else {
+            return Err(Status::not_found(format!(
+                "secret {id} was not given to the build (--secret id={id},...)"
+            )));
+        };
+        if value.len() as u64 > MAX_SECRET_BYTES {
+            return Err(Status::failed_precondition(format!(
+                "secret {id} is {} bytes, more than the {MAX_SECRET_BYTES} bytes a step may mount",
+                value.len()
+            )));
+        }
+        Ok(value)
+    }
+
     /// Records the outcome once; `true` if this call set it.
     fn finish(&self, outcome: Outcome) -> bool {
         self.outcome.send_if_modified(|o| {
@@ -622,6 +712,41 @@ impl State {
         }
         Ok(Response::new(pb::OutputAck { lines }))
     }
+}
+
+/// A secret as the frames of a one-file resource (mode 0400, owner 0:0, mtime 0; the guest
+/// applies the mount's own mode and owner).
+fn secret_frames(value: &SecretBytes, planner: ChunkPlanner) -> Vec<Frame> {
+    let bytes = value.expose_secret();
+    let header = Header {
+        index: 0,
+        path: String::new(),
+        kind: EntryKind::File,
+        mode: 0o400,
+        uid: 0,
+        gid: 0,
+        size: bytes.len() as u64,
+        mtime_secs: 0,
+        mtime_nanos: 0,
+        link_target: String::new(),
+    };
+    let mut digest = ResourceDigest::new();
+    digest.header(&header);
+    let mut frames = vec![Frame::Header(header)];
+    for (offset, len) in planner.chunks(bytes.len() as u64) {
+        // `chunks` yields offsets and lengths within `bytes`.
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        let Some(data) = bytes.get(start..start.saturating_add(len)) else {
+            break;
+        };
+        digest.content(data);
+        frames.push(Frame::Chunk(Chunk::new(0, offset, data.to_vec())));
+    }
+    digest.end_file();
+    frames.push(Frame::Eof(Eof {
+        digest: digest.finish(),
+    }));
+    frames
 }
 
 fn source_status(err: &SourceError) -> Status {
@@ -684,12 +809,39 @@ impl Bootstrap for State {
         request: Request<pb::ResourceChunkRequest>,
     ) -> Result<Response<Self::ResourceChunkStream>, Status> {
         self.guard("ResourceChunk")?;
+        let peer = request.remote_addr();
         let req = request.into_inner();
         let id = req.resource_id;
         let resume: ResumePoint = req.resume.map(Into::into).unwrap_or_default();
         let resumed = resume != ResumePoint::default();
         let planner = tuning::chunk_planner(self.negotiated.load(Ordering::Acquire))
             .map_err(|e| Status::internal(format!("ResourceChunk: {e}")))?;
+
+        if let Some(secret) = firebuild_plan::secret_of_resource(&id) {
+            let value = self.secret(secret, peer).await?;
+            let frames = secret_frames(&value, planner);
+            drop(value);
+            let bytes = frames
+                .iter()
+                .map(|f| match f {
+                    Frame::Chunk(c) => c.data.len() as u64,
+                    _ => 0,
+                })
+                .sum();
+            debug!(id, bytes, "serving secret");
+            let (tx, rx) = mpsc::channel(frames.len().max(1));
+            for frame in frames {
+                // The channel holds every frame; it only fails once the client is gone.
+                let _ = tx.try_send(Ok(frame.into()));
+            }
+            self.emit(Event::ResourceSent {
+                id,
+                bytes,
+                resumed: false,
+            })
+            .await;
+            return Ok(Response::new(ReceiverStream::new(rx)));
+        }
 
         let source = Arc::clone(&self.source);
         let rid = id.clone();
@@ -773,6 +925,10 @@ impl Bootstrap for State {
     ) -> Result<Response<pb::Ack>, Status> {
         self.guard("StepStarted")?;
         let step = self.step(request.into_inner().step, "StepStarted")?;
+        if let Ok(mut running) = self.running.lock() {
+            running.step = Some(step);
+            running.secrets_served.clear();
+        }
         self.emit(Event::StepStarted { step }).await;
         Ok(Response::new(pb::Ack {}))
     }
@@ -784,6 +940,11 @@ impl Bootstrap for State {
         self.guard("StepFinished")?;
         let req = request.into_inner();
         let step = self.step(req.step, "StepFinished")?;
+        if let Ok(mut running) = self.running.lock()
+            && running.step == Some(step)
+        {
+            *running = Running::default();
+        }
         self.emit(Event::StepFinished {
             step,
             exit_code: req.exit_code,

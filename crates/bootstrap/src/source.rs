@@ -1,14 +1,16 @@
 //! Where the server finds the bytes of a resource id: the [`ResourceSource`] trait and the ready
 //! [`DirSource`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use firebuild_plan::{BuildPlan, Origin, ResourceKind, Source, StepKind};
+use firebuild_plan::{BuildPlan, Origin, Resource, ResourceKind, RunMount, Source, StepKind};
 use sha2::{Digest, Sha256};
+
+use crate::SecretBytes;
 
 /// A filter over the entries of a directory resource: `(path relative to the resource root,
 /// is_dir) -> keep`. Returning `false` for a directory skips its subtree (`.dockerignore`,
@@ -93,6 +95,16 @@ pub enum SourceError {
 pub trait ResourceSource: Send + Sync + 'static {
     /// The host path (and filter) of resource `id`.
     fn resolve(&self, id: &str) -> Result<ResolvedResource, SourceError>;
+
+    /// The value of build secret `id` (the `id=` of `--secret` and of `RUN
+    /// --mount=type=secret`), `None` when the build was not given it (the default).
+    ///
+    /// The server asks only while the running step mounts that secret, and serves it from
+    /// memory: it never reaches [`ResourceSource::resolve`] or the disk.
+    fn secret(&self, id: &str) -> Option<SecretBytes> {
+        let _ = id;
+        None
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -127,6 +139,7 @@ pub struct DirSource {
     context: PathBuf,
     stages: HashMap<usize, PathBuf>,
     urls: HashMap<String, PathBuf>,
+    secrets: BTreeMap<String, SecretBytes>,
     entries: HashMap<String, Entry>,
     filter: Option<EntryFilter>,
     walk_dirs: bool,
@@ -139,6 +152,7 @@ impl fmt::Debug for DirSource {
             .field("context", &self.context)
             .field("stages", &self.stages)
             .field("urls", &self.urls)
+            .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
             .field("resources", &self.entries.len())
             .finish()
     }
@@ -148,36 +162,52 @@ impl DirSource {
     /// Serves the resources of `plan` from the build context directory `context`.
     pub fn new(plan: &BuildPlan, context: impl Into<PathBuf>) -> Self {
         let mut entries = HashMap::new();
-        for (_, step) in plan.steps() {
-            let (StepKind::Copy(t) | StepKind::Add(t)) = &step.kind else {
-                continue;
+        let add =
+            |entries: &mut HashMap<String, Entry>, origin: &Origin, resources: &[Resource]| {
+                for r in resources {
+                    let dir = r.kind == ResourceKind::Dir;
+                    let entry = match origin {
+                        Origin::Context => Entry::Context(r.path.clone(), dir),
+                        Origin::Stage { index } => Entry::Stage(*index, r.path.clone(), dir),
+                        Origin::Image { .. } => continue,
+                    };
+                    entries.insert(r.id.clone(), entry);
+                }
             };
-            for source in &t.sources {
-                match source {
-                    Source::Path { resources, .. } => {
-                        for r in resources {
-                            let dir = r.kind == ResourceKind::Dir;
-                            let entry = match &t.origin {
-                                Origin::Context => Entry::Context(r.path.clone(), dir),
-                                Origin::Stage { index } => {
-                                    Entry::Stage(*index, r.path.clone(), dir)
-                                }
-                                Origin::Image { .. } => continue,
-                            };
-                            entries.insert(r.id.clone(), entry);
+        for (_, step) in plan.steps() {
+            match &step.kind {
+                StepKind::Copy(t) | StepKind::Add(t) => {
+                    for source in &t.sources {
+                        match source {
+                            Source::Path { resources, .. } => {
+                                add(&mut entries, &t.origin, resources);
+                            }
+                            Source::Url { checksum, id, .. } => {
+                                entries.insert(id.clone(), Entry::Url(checksum.clone()));
+                            }
+                            Source::Heredoc { .. } => {}
                         }
                     }
-                    Source::Url { checksum, id, .. } => {
-                        entries.insert(id.clone(), Entry::Url(checksum.clone()));
-                    }
-                    Source::Heredoc { .. } => {}
                 }
+                // `RUN --mount=type=bind` from the context lists its files as resources.
+                StepKind::Run(run) => {
+                    for m in &run.mounts {
+                        if let RunMount::Bind {
+                            from, resources, ..
+                        } = m
+                        {
+                            add(&mut entries, from, resources);
+                        }
+                    }
+                }
+                StepKind::Workdir => {}
             }
         }
         Self {
             context: context.into(),
             stages: HashMap::new(),
             urls: HashMap::new(),
+            secrets: BTreeMap::new(),
             entries,
             filter: None,
             walk_dirs: false,
@@ -213,6 +243,24 @@ impl DirSource {
     /// Registers the file the host downloaded for the `ADD <url>` resource `id`.
     pub fn url_file(mut self, id: impl Into<String>, path: impl Into<PathBuf>) -> Self {
         self.urls.insert(id.into(), path.into());
+        self
+    }
+
+    /// Registers the files the host downloaded for `ADD <url>`, by resource id (what
+    /// `firebuild_build::fetch_urls` returns). Each is sent as a regular file with its mode on
+    /// disk (the download cache writes 0600, as buildkit gives a downloaded file; the guest
+    /// applies `--chmod`/`--chown`), after a check against the plan's `--checksum`. Ids that
+    /// are not `ADD <url>` resources of the plan stay unknown.
+    pub fn with_urls(mut self, files: BTreeMap<String, PathBuf>) -> Self {
+        self.urls.extend(files);
+        self
+    }
+
+    /// The build's secrets by id (`--secret id=...`). The server hands secret `id` to the guest
+    /// only while a RUN step that mounts it runs, once per step start; see
+    /// [`ResourceSource::secret`].
+    pub fn with_secrets(mut self, secrets: BTreeMap<String, SecretBytes>) -> Self {
+        self.secrets.extend(secrets);
         self
     }
 
@@ -300,6 +348,10 @@ fn confine(id: &str, root: &Path, rel: &str) -> Result<PathBuf, SourceError> {
 }
 
 impl ResourceSource for DirSource {
+    fn secret(&self, id: &str) -> Option<SecretBytes> {
+        self.secrets.get(id).cloned()
+    }
+
     fn resolve(&self, id: &str) -> Result<ResolvedResource, SourceError> {
         let not_found = || SourceError::NotFound { id: id.to_owned() };
         match self.entries.get(id).ok_or_else(not_found)? {
@@ -454,6 +506,55 @@ mod tests {
             src.resolve("st:app").unwrap().path,
             out.path().canonicalize().unwrap().join("app.bin")
         );
+    }
+
+    #[test]
+    fn with_urls_serves_downloads_and_context_binds_are_resources() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("dl");
+        std::fs::write(&file, b"hello").unwrap();
+        std::fs::write(dir.path().join("go.mod"), b"module x").unwrap();
+        let mut p = plan(vec![], Some(("u", None)));
+        p.stages[0].steps.push(Step {
+            index: 1,
+            span: Span::lines(3, 3),
+            context: StepContext::default(),
+            kind: StepKind::Run(firebuild_plan::Run {
+                mounts: vec![RunMount::Bind {
+                    target: "/src".into(),
+                    from: Origin::Context,
+                    source: String::new(),
+                    rw: false,
+                    resources: vec![Resource {
+                        id: "bind:go.mod".into(),
+                        path: "go.mod".into(),
+                        kind: ResourceKind::File,
+                        target: "/go.mod".into(),
+                        extract: false,
+                    }],
+                }],
+                ..firebuild_plan::Run::new(firebuild_plan::Command::Shell("go build".into()))
+            }),
+        });
+        let src = DirSource::new(&p, dir.path()).with_urls(BTreeMap::from([
+            ("u".to_owned(), file.clone()),
+            ("not-in-plan".to_owned(), file.clone()),
+        ]));
+        assert_eq!(src.resolve("u").unwrap().path, file);
+        assert!(matches!(
+            src.resolve("not-in-plan"),
+            Err(SourceError::NotFound { .. })
+        ));
+        let bind = src.resolve("bind:go.mod").unwrap();
+        assert_eq!(std::fs::read(bind.path).unwrap(), b"module x");
+        // No secrets unless given.
+        assert!(src.secret("tok").is_none());
+        let src = src.with_secrets(BTreeMap::from([(
+            "tok".to_owned(),
+            SecretBytes::new(b"v".to_vec()),
+        )]));
+        assert_eq!(src.secret("tok").unwrap().expose_secret(), b"v");
+        assert!(!format!("{src:?}").contains("\"v\""));
     }
 
     #[test]
