@@ -1,14 +1,16 @@
 //! The build flow: [`Builder::build`] reads top to bottom as its steps.
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use firebuild_bootstrap::Outcome;
-use firebuild_plan::{Base, Stage};
-use firebuild_rootfs::{BaseSource, PrepareOptions, Prepared};
-use firebuild_vmm::RunOutcome;
+use firebuild_plan::{Base, DiskRole, RunMount, Sharing, Stage, StepKind};
+use firebuild_rootfs::{BaseProvenance, BaseSource, PrepareOptions, Prepared};
+use firebuild_vmm::{Drive, RunOutcome};
 
 use crate::boot::{self, Boot};
+use crate::cache_mounts;
 use crate::error::{Error, Result};
 use crate::event::{Event, EventSink, Phase};
 use crate::image::{self, Built, Outputs};
@@ -66,24 +68,39 @@ impl Builder {
         plan::resolve(req, &self.options.pull, plan::Bases::Required).await
     }
 
-    /// Builds `req`: plan, base image, kernel and agent, PKI and servers, the VM running the
-    /// steps, then the image and its companions in `req.out_dir`.
+    /// Builds `req`: plan, kernel and agent, then each stage the target needs in dependency
+    /// order (its base, a VM running its steps with the disks it reads attached), then the
+    /// target stage's image and its companions in `req.out_dir`.
     pub async fn build(&self, req: &BuildRequest, events: EventSink) -> Result<Built> {
         let started = Instant::now();
         req.validate()?;
         let planned = self.plan_phase(req, &events).await?;
-        let stage = planned.target()?.clone();
+        let target = planned.target()?.clone();
         let work = WorkDir::create(&req.out_dir)?;
-        let prepared = self
-            .base_phase(&stage, &planned, work.path(), &events)
-            .await?;
         let t = Instant::now();
         let boot = boot::prepare(&self.options.guest, None, work.path()).await?;
         phase(&events, Phase::Kernel, t);
-        self.run_steps(req, &planned, &boot, work.path(), &events)
-            .await?;
+        let mut stages = Stages::default();
+        for stage in &planned.plan.stages {
+            let ctx = StageCtx {
+                req,
+                planned: &planned,
+                boot: &boot,
+                work: work.path(),
+                events: &events,
+            };
+            let done = self.build_stage(&ctx, stage, &mut stages).await?;
+            stages.done.insert(stage.index, done);
+        }
+        let result = stages
+            .done
+            .remove(&target.index)
+            .ok_or_else(|| Error::Unsupported {
+                file: planned.file.display().to_string(),
+                reason: "the target stage was not built".to_owned(),
+            })?;
         let t = Instant::now();
-        let built = self.finish(req, &planned, &stage, prepared, &boot, work.path())?;
+        let built = self.finish(req, &planned, &target, result, &boot)?;
         phase(&events, Phase::Image, t);
         events(Event::ImageWritten {
             image: built.image.clone(),
@@ -111,16 +128,115 @@ impl Builder {
         Ok(planned)
     }
 
-    /// The base image → the ext4 work image the steps run in.
+    /// One stage: its base (an image, scratch, or a copy of an earlier stage's result), then
+    /// a VM running its steps, unless it has none.
+    async fn build_stage(
+        &self,
+        ctx: &StageCtx<'_>,
+        stage: &Stage,
+        stages: &mut Stages,
+    ) -> Result<StageImage> {
+        let t = Instant::now();
+        (ctx.events)(Event::StageStarted {
+            index: stage.index,
+            name: stage.name.clone(),
+            steps: stage.steps.len(),
+        });
+        let image = ctx.work.join(format!("stage-{}.ext4", stage.index));
+        let base = match &stage.base {
+            Base::Stage { index } => {
+                let from = stages.done.get(index).ok_or_else(|| Error::Unsupported {
+                    file: ctx.planned.file.display().to_string(),
+                    reason: format!("stage {} is based on stage {index}, not built", stage.index),
+                })?;
+                copy_sparse(&from.image, &image)?;
+                from.base.clone()
+            }
+            base => {
+                let name = format!("base-{}", stage.index);
+                self.base_phase(base, ctx.planned, &ctx.work.join(name), &image, ctx.events)
+                    .await?
+                    .base
+            }
+        };
+        if !stage.steps.is_empty() {
+            let disks = self.disks(ctx, stage, stages).await?;
+            self.run_steps(ctx, stage, &image, disks).await?;
+        }
+        (ctx.events)(Event::StageFinished {
+            index: stage.index,
+            name: stage.name.clone(),
+            elapsed: t.elapsed(),
+        });
+        Ok(StageImage { image, base })
+    }
+
+    /// The disks a stage's VM needs besides its root: earlier stages and images read-only,
+    /// cache mounts read-write (locked for this build).
+    async fn disks(
+        &self,
+        ctx: &StageCtx<'_>,
+        stage: &Stage,
+        stages: &mut Stages,
+    ) -> Result<Vec<Drive>> {
+        let mut drives = Vec::new();
+        for role in stage.disks() {
+            let serial = role.serial();
+            let drive = match &role {
+                DiskRole::Stage(i) => {
+                    let done = stages.done.get(i).ok_or_else(|| Error::Unsupported {
+                        file: ctx.planned.file.display().to_string(),
+                        reason: format!("stage {} reads stage {i}, not built", stage.index),
+                    })?;
+                    read_only(&serial, &done.image)
+                }
+                DiskRole::Image(reference) => {
+                    if !stages.images.contains_key(reference) {
+                        let path = ctx.work.join(format!("{serial}.ext4"));
+                        let base = Base::Image {
+                            reference: reference.clone(),
+                        };
+                        let dir = ctx.work.join(format!("{serial}-pull"));
+                        self.base_phase(&base, ctx.planned, &dir, &path, ctx.events)
+                            .await?;
+                        stages.images.insert(reference.clone(), path);
+                    }
+                    read_only(&serial, &stages.images[reference])
+                }
+                DiskRole::Cache(id) => {
+                    let sharing = cache_sharing(stage, id);
+                    let (attached, why) = cache_mounts::attach(
+                        &self.options.pull.cache_dir,
+                        id,
+                        sharing,
+                        self.options.no_cache,
+                        ctx.work,
+                    )
+                    .await?;
+                    if let Some(message) = why {
+                        (ctx.events)(Event::Warning { message });
+                    }
+                    let drive = Drive::new(serial.clone(), &attached.path);
+                    stages.caches.push(attached);
+                    drive
+                }
+            };
+            drives.push(drive);
+        }
+        Ok(drives)
+    }
+
+    /// The base image → the ext4 work image `image` the steps run in.
     async fn base_phase(
         &self,
-        stage: &Stage,
+        base: &Base,
         planned: &Planned,
-        work: &Path,
+        scratch_dir: &Path,
+        image: &Path,
         events: &EventSink,
     ) -> Result<Prepared> {
         let t = Instant::now();
-        let source = match &stage.base {
+        let source = match base {
             Base::Image { reference } => reference.parse().map_err(|source| Error::Base {
                 reference: reference.clone(),
                 source,
@@ -130,37 +246,48 @@ impl Builder {
         events(Event::BaseStarted {
             reference: source.to_string(),
         });
-        let mut opts = PrepareOptions::new(&self.options.pull.cache_dir, work.join("base"));
+        let mut opts = PrepareOptions::new(&self.options.pull.cache_dir, scratch_dir);
         opts.pull = self.options.pull.clone();
         opts.ext4.size = Some(self.options.work_size_mib * 1024 * 1024);
-        let image = work.join("rootfs.ext4");
-        let prepared = firebuild_rootfs::prepare(&source, &image, &opts)
+        let prepared = firebuild_rootfs::prepare(&source, image, &opts)
             .await
             .map_err(|e| Error::Base {
                 reference: format!("{source} ({})", planned.file.display()),
                 source: e,
             })?;
-        let _ = std::fs::remove_dir_all(work.join("base"));
+        let _ = std::fs::remove_dir_all(scratch_dir);
         phase(events, Phase::Base, t);
         Ok(prepared)
     }
 
-    /// Starts the servers and the VM, and waits for the guest's outcome.
+    /// Starts the servers and the VM for one stage, and waits for the guest's outcome.
     async fn run_steps(
         &self,
-        req: &BuildRequest,
-        planned: &Planned,
-        boot: &Boot,
-        work: &Path,
-        events: &EventSink,
+        ctx: &StageCtx<'_>,
+        stage: &Stage,
+        image: &Path,
+        disks: Vec<Drive>,
     ) -> Result<()> {
-        let session = Session::start(planned, &req.context, &req.name, events.clone()).await?;
-        events(Event::VmStarting { driver: "qemu" });
+        let (req, planned) = (ctx.req, ctx.planned);
+        let stage_plan = planned
+            .plan
+            .only_stage(stage.index)
+            .ok_or_else(|| Error::Task(format!("stage {} vanished from the plan", stage.index)))?;
+        let session = Session::start(
+            planned,
+            stage_plan,
+            &req.context,
+            &req.name,
+            ctx.events.clone(),
+        )
+        .await?;
+        (ctx.events)(Event::VmStarting { driver: "qemu" });
         let vm_req = VmRequest {
-            name: format!("build-{}", req.name),
-            dir: &work.join("vm"),
-            rootfs: &work.join("rootfs.ext4"),
-            boot,
+            name: format!("build-{}-{}", req.name, stage.index),
+            dir: &ctx.work.join(format!("vm-{}", stage.index)),
+            rootfs: image,
+            disks,
+            boot: ctx.boot,
             metadata: Some(session.metadata_addr()),
             extra_cmdline: "",
         };
@@ -187,11 +314,10 @@ impl Builder {
         req: &BuildRequest,
         planned: &Planned,
         stage: &Stage,
-        prepared: Prepared,
+        result: StageImage,
         boot: &Boot,
-        work: &Path,
     ) -> Result<Built> {
-        let work_image = work.join("rootfs.ext4");
+        let work_image = result.image;
         let size = image::size(&work_image, &self.options)?;
         let build_args = if self.options.record_build_args {
             req.build_args.clone()
@@ -202,13 +328,82 @@ impl Builder {
             out_dir: &req.out_dir,
             name: &req.name,
             config: stage.config.clone(),
-            base: prepared.base,
+            base: result.base,
             dockerfile: &planned.text,
             build_args,
             kernel: &boot.kernel,
         };
         image::write(&work_image, size, outputs, &self.options)
     }
+}
+
+/// What one stage's build needs from the whole build.
+struct StageCtx<'a> {
+    req: &'a BuildRequest,
+    planned: &'a Planned,
+    boot: &'a Boot,
+    work: &'a Path,
+    events: &'a EventSink,
+}
+
+/// A built stage: its image (in the work directory) and where its first base came from.
+struct StageImage {
+    image: PathBuf,
+    base: BaseProvenance,
+}
+
+/// What the stages built so far left: their images, the images pulled for `--from`, and
+/// the cache mounts held until the build ends.
+#[derive(Default)]
+struct Stages {
+    done: BTreeMap<usize, StageImage>,
+    images: BTreeMap<String, PathBuf>,
+    caches: Vec<cache_mounts::Attached>,
+}
+
+fn read_only(serial: &str, path: &Path) -> Drive {
+    let mut drive = Drive::new(serial, path);
+    drive.read_only = true;
+    drive
+}
+
+/// The sharing of cache `id` in `stage`: the strictest any of its mounts asks for.
+fn cache_sharing(stage: &Stage, id: &str) -> Sharing {
+    let mut sharing = Sharing::Shared;
+    for step in &stage.steps {
+        if let StepKind::Run(run) = &step.kind {
+            for m in &run.mounts {
+                if let RunMount::Cache {
+                    id: i, sharing: s, ..
+                } = m
+                    && i == id
+                    && *s == Sharing::Locked
+                {
+                    sharing = Sharing::Locked;
+                }
+            }
+        }
+    }
+    sharing
+}
+
+/// Copies an image keeping it sparse (`cp --sparse=always`, an argv).
+fn copy_sparse(from: &Path, to: &Path) -> Result<()> {
+    let out = std::process::Command::new("cp")
+        .arg("--sparse=always")
+        .arg("--")
+        .arg(from)
+        .arg(to)
+        .output()
+        .map_err(Error::io("run cp for", from))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(Error::Io {
+        op: "copy",
+        path: from.to_path_buf(),
+        source: std::io::Error::other(String::from_utf8_lossy(&out.stderr).trim().to_owned()),
+    })
 }
 
 /// `Dockerfile:LINE: ` of a step reference, empty when unknown.

@@ -62,6 +62,24 @@ pub enum Event {
         /// How long it took.
         elapsed: Duration,
     },
+    /// A stage's build started (its base, then its steps).
+    StageStarted {
+        /// The stage's index in the Dockerfile (0-based).
+        index: usize,
+        /// Its `AS` name.
+        name: Option<String>,
+        /// Its steps.
+        steps: usize,
+    },
+    /// A stage is built.
+    StageFinished {
+        /// The stage's index in the Dockerfile.
+        index: usize,
+        /// Its `AS` name.
+        name: Option<String>,
+        /// How long it took, base included.
+        elapsed: Duration,
+    },
     /// The base image is being prepared.
     BaseStarted {
         /// The reference (`scratch`, `oci:/path`, `registry/name:tag`).
@@ -82,6 +100,8 @@ pub enum Event {
         number: usize,
         /// Steps in the build.
         total: usize,
+        /// The stage as buildkit labels it (`build`, `stage-0`); empty for a one-stage build.
+        stage: String,
         /// The Dockerfile line of the instruction.
         line: u32,
         /// The instruction, shortened (`RUN apt-get install -y hello`).

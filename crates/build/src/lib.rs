@@ -37,6 +37,7 @@
 
 mod boot;
 mod builder;
+pub mod cache_mounts;
 mod error;
 pub mod event;
 pub mod firecracker;

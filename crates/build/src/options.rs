@@ -135,6 +135,8 @@ pub struct BuildOptions {
     /// Add a network interface on this host tap device, and Firecracker's MMDS, to the
     /// Firecracker config written beside the image (`None`: no network, no metadata).
     pub firecracker_tap: Option<String>,
+    /// `--no-cache`: cache mounts start empty (BuildKit's `--no-cache` does the same).
+    pub no_cache: bool,
 }
 
 impl BuildOptions {
@@ -149,6 +151,7 @@ impl BuildOptions {
             timeout: Duration::from_secs(1800),
             record_build_args: false,
             firecracker_tap: None,
+            no_cache: false,
         }
     }
 }

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use firebuild_dockerfile::{PlanRequest, plan};
-use firebuild_plan::{Base, BuildPlan, ImageConfig, Origin, Stage, StepKind};
+use firebuild_plan::{Base, BuildPlan, ImageConfig, Stage};
 use firebuild_rootfs::BaseSource;
 use firebuild_rootfs::registry::PullOptions;
 
@@ -183,32 +183,20 @@ pub async fn resolve(req: &BuildRequest, pull: &PullOptions, mode: Bases) -> Res
     with_base_configs(req, plan_without_bases(req)?, pull, mode).await
 }
 
-/// Checks that the build can run the plan: one stage, based on an image or scratch.
+/// Checks that the build can run the plan: every stage for linux/amd64 (the VM's platform).
 pub fn check_supported(planned: &Planned) -> Result<()> {
-    let file = planned.file.display().to_string();
-    let stage = planned.target()?;
-    let unsupported = |reason: String| Error::Unsupported {
-        file: file.clone(),
-        reason,
-    };
-    if planned.plan.stages.len() != 1 {
-        return Err(unsupported(format!(
-            "the target stage needs {} stages; multi-stage builds are not supported yet",
-            planned.plan.stages.len()
-        )));
-    }
-    if let Base::Stage { index } = stage.base {
-        return Err(unsupported(format!(
-            "the target stage is based on stage {index}; not supported yet"
-        )));
-    }
-    for step in &stage.steps {
-        if let StepKind::Copy(t) | StepKind::Add(t) = &step.kind
-            && let Origin::Image { reference } = &t.origin
-        {
+    planned.target()?;
+    for stage in &planned.plan.stages {
+        let Some(platform) = &stage.platform else {
+            continue;
+        };
+        let p = platform.to_ascii_lowercase();
+        if !["linux/amd64", "linux/x86_64", "amd64", "linux/amd64/v1"].contains(&p.as_str()) {
             return Err(Error::Unsupported {
-                file: format!("{file}:{}", step.span.start_line),
-                reason: format!("COPY --from={reference} (an image) is not supported yet"),
+                file: format!("{}:{}", planned.file.display(), stage.span.start_line),
+                reason: format!(
+                    "FROM --platform={platform}: firebuild builds in a linux/amd64 VM and does not emulate other platforms"
+                ),
             });
         }
     }
@@ -249,12 +237,14 @@ mod tests {
     }
 
     #[test]
-    fn multi_stage_is_refused_with_the_file() {
+    fn multi_stage_is_planned_and_other_platforms_are_refused_with_the_line() {
         let p =
             planned("FROM scratch AS a\nCOPY x /x\nFROM scratch\nCOPY --from=a /x /x\n").unwrap();
+        check_supported(&p).unwrap();
+        let p = planned("FROM --platform=linux/arm64 scratch\nCOPY x /x\n").unwrap();
         let e = check_supported(&p).unwrap_err().to_string();
         assert!(
-            e.contains("Dockerfile: the target stage needs 2 stages"),
+            e.contains("Dockerfile:1: FROM --platform=linux/arm64"),
             "{e}"
         );
     }

@@ -147,6 +147,7 @@ impl Runner {
             name: "run".to_owned(),
             dir: &work.path().join("vm"),
             rootfs: &req.image,
+            disks: Vec::new(),
             boot: &boot,
             metadata: mmds.as_ref().map(|m| m.local_addr()),
             extra_cmdline: if mmds.is_some() {

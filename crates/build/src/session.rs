@@ -34,12 +34,14 @@ struct StepInfo {
     number: usize,
     line: u32,
     instruction: String,
+    stage: String,
 }
 
 /// Longest instruction text shown in a [`Event::StepStarted`].
 const MAX_INSTRUCTION: usize = 120;
 
 fn step_table(planned: &Planned) -> HashMap<StepRef, StepInfo> {
+    let many = planned.plan.stages.len() > 1;
     planned
         .plan
         .steps()
@@ -62,6 +64,11 @@ fn step_table(planned: &Planned) -> HashMap<StepRef, StepInfo> {
                 number: i + 1,
                 line: step.span.start_line,
                 instruction,
+                stage: match &stage.name {
+                    _ if !many => String::new(),
+                    Some(name) => name.clone(),
+                    None => format!("stage-{}", stage.index),
+                },
             };
             (at, info)
         })
@@ -86,9 +93,11 @@ impl std::fmt::Debug for Session {
 }
 
 impl Session {
-    /// Mints the PKI and starts both servers; the metadata holds the bootstrap section.
+    /// Mints the PKI and starts both servers for one VM running `plan` (one stage of
+    /// `planned`); the metadata holds the bootstrap section.
     pub async fn start(
         planned: &Planned,
+        plan: firebuild_plan::BuildPlan,
         context: &Path,
         name: &str,
         events: EventSink,
@@ -100,8 +109,8 @@ impl Session {
             .await
             .map_err(Error::io("listen on", "127.0.0.1:0"))?;
         let (server, server_events) = BootstrapServer::builder()
-            .resources(DirSource::new(&planned.plan, context))
-            .plan(planned.plan.clone())
+            .resources(DirSource::new(&plan, context))
+            .plan(plan)
             .tls(pki.server.clone())
             .expected_client(build_id)
             .heartbeat_timeout(GUEST_SILENCE)
@@ -212,6 +221,7 @@ async fn forward(
                     total,
                     line: info.map_or(0, |s| s.line),
                     instruction: info.map(|s| s.instruction.clone()).unwrap_or_default(),
+                    stage: info.map(|s| s.stage.clone()).unwrap_or_default(),
                 });
             }
             ServerEvent::Output {

@@ -4,7 +4,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use firebuild_vmm::{Driver, KernelFiles, Metadata, Network, QemuDriver, RunOutcome, VmSpec};
+use firebuild_vmm::{
+    Drive, Driver, KernelFiles, Metadata, Network, QemuDriver, RunOutcome, VmSpec,
+};
 
 use crate::boot::Boot;
 use crate::error::{Error, Result};
@@ -19,6 +21,8 @@ pub struct VmRequest<'a> {
     pub dir: &'a Path,
     /// The root drive.
     pub rootfs: &'a Path,
+    /// More drives, after the root (the guest finds each by its serial, the drive id).
+    pub disks: Vec<Drive>,
     /// Kernel and initramfs.
     pub boot: &'a Boot,
     /// The embedded metadata server the guest reaches at 169.254.169.254, if any.
@@ -48,6 +52,7 @@ fn spec(guest: &GuestOptions, req: &VmRequest<'_>, cmdline: String) -> VmSpec {
     spec.metadata = req.metadata.map_or(Metadata::None, Metadata::Server);
     spec.memory_mib = guest.memory_mib;
     spec.vcpus = guest.vcpus;
+    spec.drives.extend(req.disks.iter().cloned());
     spec
 }
 

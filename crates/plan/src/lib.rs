@@ -501,12 +501,12 @@ pub enum DiskRole {
 }
 
 impl DiskRole {
-    /// The disk's serial: `stage-N`, or a prefix and 12 hex digits of a hash of the name.
+    /// The disk's serial and drive id: `stage_N`, or a prefix and 12 hex digits of a hash of the name.
     pub fn serial(&self) -> String {
         match self {
-            DiskRole::Stage(i) => format!("stage-{i}"),
-            DiskRole::Image(r) => format!("image-{:012x}", fnv1a(r.as_bytes()) >> 16),
-            DiskRole::Cache(id) => format!("cache-{:012x}", fnv1a(id.as_bytes()) >> 16),
+            DiskRole::Stage(i) => format!("stage_{i}"),
+            DiskRole::Image(r) => format!("image_{:012x}", fnv1a(r.as_bytes()) >> 16),
+            DiskRole::Cache(id) => format!("cache_{:012x}", fnv1a(id.as_bytes()) >> 16),
         }
     }
 }

@@ -159,7 +159,7 @@ impl QemuDriver {
             cmd.arg("-drive")
                 .arg(opt)
                 .arg("-device")
-                .arg(format!("virtio-blk-device,drive={}", drive.id));
+                .arg(format!("virtio-blk-device,drive={0},serial={0}", drive.id));
         }
         match &spec.network {
             Network::None => {}
@@ -435,7 +435,7 @@ mod tests {
         assert!(joined.contains("-no-reboot"));
         assert!(joined.contains("-serial file:/w/console.log"));
         assert!(joined.contains("-drive id=rootfs,file=/w/root.ext4,format=raw,if=none"));
-        assert!(joined.contains("-device virtio-blk-device,drive=rootfs"));
+        assert!(joined.contains("-device virtio-blk-device,drive=rootfs,serial=rootfs"));
         assert!(
             joined.contains("file=/w/a,,b.img"),
             "commas escaped: {joined}"
