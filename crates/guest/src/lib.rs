@@ -59,6 +59,7 @@
 //! ```
 
 pub mod config;
+pub mod copy_from;
 mod error;
 pub mod netlink;
 pub mod passwd;

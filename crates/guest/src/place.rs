@@ -631,7 +631,7 @@ fn confine_rel(p: &str) -> Option<String> {
     Some(out.join("/"))
 }
 
-fn refuse_dir(host: &Path, guest: &str) -> Result<()> {
+pub(crate) fn refuse_dir(host: &Path, guest: &str) -> Result<()> {
     match fs::symlink_metadata(host) {
         Ok(m) if m.is_dir() => Err(Error::Place {
             what: guest.to_owned(),
