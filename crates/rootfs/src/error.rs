@@ -121,6 +121,32 @@ pub enum Error {
         /// What is wrong.
         reason: &'static str,
     },
+    /// Docker's `config.json` is malformed (never quotes a value: it may be a password).
+    #[error(
+        "docker config {path}: {}{reason}",
+        if field.is_empty() { String::new() } else { format!("{field}: ") }
+    )]
+    DockerConfig {
+        /// The config file.
+        path: PathBuf,
+        /// The field (`auths["ghcr.io"].auth`, `credsStore`...); empty for the whole file.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A Docker credential helper could not be run or gave no usable answer.
+    #[error("credential helper {helper} for {registry}: {reason}")]
+    CredentialHelper {
+        /// The program (`docker-credential-<name>`).
+        helper: String,
+        /// The registry asked about.
+        registry: String,
+        /// What went wrong (never the helper's secret).
+        reason: String,
+        /// The underlying error, when spawning or reading failed.
+        #[source]
+        source: Option<std::io::Error>,
+    },
     /// The requested image size cannot hold the content.
     #[error(
         "requested image size {requested} bytes is too small: the content needs at least {needed} bytes"

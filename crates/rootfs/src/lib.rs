@@ -40,6 +40,7 @@
 pub mod archive;
 pub mod config;
 pub mod digest;
+pub mod docker_config;
 mod error;
 pub mod ext4;
 pub mod image;
@@ -49,6 +50,7 @@ pub mod registry;
 mod source;
 
 pub use digest::Digest;
+pub use docker_config::DockerConfig;
 pub use error::{Error, Result};
 pub use manifest::{BaseProvenance, Manifest, RootfsInfo};
 pub use source::{

@@ -1,5 +1,6 @@
 //! Pulling from an OCI distribution registry with [`oci_client`]: tag or digest, linux/amd64
-//! from an index, anonymous or basic credentials exchanged for a Bearer token when the registry
+//! from an index, anonymous or basic credentials (given, or per registry from Docker's
+//! `config.json`: [`Credentials::DockerConfig`]) exchanged for a Bearer token when the registry
 //! challenges (`WWW-Authenticate`), every manifest, config and layer verified against its
 //! digest, layers cached by digest.
 //!
@@ -18,6 +19,7 @@ use tracing::{debug, info};
 
 use crate::config::{MAX_JSON_BYTES, OciImageConfig, json_too_large};
 use crate::digest::Digest;
+use crate::docker_config::DockerConfig;
 use crate::error::{Error, Result};
 use crate::image::{
     Descriptor, LayerFile, MANIFEST_TYPES, ManifestDoc, ResolvedConfig, ResolvedImage,
@@ -39,6 +41,21 @@ pub enum Credentials {
         /// Password or token; never logged.
         password: String,
     },
+    /// Per registry, from Docker's `config.json` (helpers included), looked up when the
+    /// registry is first contacted; a registry it has nothing for is pulled anonymously.
+    DockerConfig(DockerConfig),
+}
+
+impl Credentials {
+    /// The credentials to present to `registry` (a host as written in a reference):
+    /// [`Credentials::DockerConfig`] is resolved (which may run a credential helper), the
+    /// others are returned as they are.
+    pub async fn for_registry(&self, registry: &str) -> Result<Credentials> {
+        match self {
+            Credentials::DockerConfig(config) => config.credentials_for(registry).await,
+            other => Ok(other.clone()),
+        }
+    }
 }
 
 impl std::fmt::Debug for Credentials {
@@ -46,6 +63,9 @@ impl std::fmt::Debug for Credentials {
         match self {
             Credentials::Anonymous => f.write_str("Anonymous"),
             Credentials::Basic { user, .. } => write!(f, "Basic({user}, <redacted>)"),
+            Credentials::DockerConfig(config) => {
+                write!(f, "DockerConfig({})", config.path().display())
+            }
         }
     }
 }
@@ -69,6 +89,15 @@ impl PullOptions {
             insecure_registries: Vec::new(),
             credentials: Credentials::Anonymous,
         }
+    }
+
+    /// Takes credentials from Docker's config unless explicit ones ([`Credentials::Basic`])
+    /// are already set: explicit flags win over the config.
+    pub fn with_docker_config(mut self, config: DockerConfig) -> Self {
+        if !matches!(self.credentials, Credentials::Basic { .. }) {
+            self.credentials = Credentials::DockerConfig(config);
+        }
+        self
     }
 }
 
@@ -174,7 +203,9 @@ struct Session {
     r: Reference,
     registry: String,
     client: Client,
-    auth: RegistryAuth,
+    credentials: Credentials,
+    /// Resolved from `credentials` by the first request that needs the network.
+    auth: tokio::sync::OnceCell<RegistryAuth>,
 }
 
 impl Session {
@@ -197,19 +228,34 @@ impl Session {
             platform_resolver: None,
             ..Default::default()
         });
-        let auth = match &opts.credentials {
-            Credentials::Anonymous => RegistryAuth::Anonymous,
-            Credentials::Basic { user, password } => {
-                RegistryAuth::Basic(user.clone(), password.clone())
-            }
-        };
         Ok(Self {
             reference: reference.to_owned(),
             r,
             registry,
             client,
-            auth,
+            credentials: opts.credentials.clone(),
+            auth: tokio::sync::OnceCell::new(),
         })
+    }
+
+    /// The registry's credentials, resolved once, on the first request that needs the
+    /// network (so no credential helper runs when everything is cached), and handed to the
+    /// client, which uses them for blob requests too (a cached manifest means none was made).
+    async fn auth(&self) -> Result<&RegistryAuth> {
+        self.auth
+            .get_or_try_init(|| async {
+                let auth = match self.credentials.for_registry(self.r.registry()).await? {
+                    Credentials::Basic { user, password } => RegistryAuth::Basic(user, password),
+                    Credentials::Anonymous | Credentials::DockerConfig(_) => {
+                        RegistryAuth::Anonymous
+                    }
+                };
+                self.client
+                    .store_auth_if_needed(&self.registry, &auth)
+                    .await;
+                Ok(auth)
+            })
+            .await
     }
 
     /// A manifest (or index), verified: from the cache when asked for by digest and cached,
@@ -233,7 +279,7 @@ impl Session {
         let what = digest.map_or_else(|| self.reference.clone(), Digest::to_string);
         let (bytes, got) = self
             .client
-            .pull_manifest_raw(&r, &self.auth, &MANIFEST_TYPES)
+            .pull_manifest_raw(&r, self.auth().await?, &MANIFEST_TYPES)
             .await
             .map_err(reg_err(&self.registry, format!("fetch manifest {what}")))?;
         let wanted = digest.map(Digest::as_str).or(self.r.digest());
@@ -284,6 +330,7 @@ impl Session {
             return Ok((digest, OciImageConfig::from_slice(&bytes, &what)?));
         }
         let mut bytes = Vec::new();
+        self.auth().await?;
         self.client
             .pull_blob(&self.r, &oci_desc(desc), &mut bytes)
             .await
@@ -369,6 +416,7 @@ async fn fetch_layer(
     index: usize,
     cache: &BlobCache,
 ) -> Result<PathBuf> {
+    session.auth().await?;
     let dest = cache.path(d);
     let parent = dest.parent().unwrap_or(Path::new("."));
     tokio::fs::create_dir_all(parent)
