@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use firebuild_rootfs::registry::{self, Credentials, PullOptions};
-use firebuild_rootfs::{Digest, Error};
+use firebuild_rootfs::{Digest, DockerConfig, Error};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -148,24 +148,7 @@ async fn fake_registry(
 async fn bearer_challenge_is_answered_with_a_token_from_the_realm() {
     let work = tempfile::tempdir().unwrap();
     let img = make_image_unprivileged();
-    let mut objects = HashMap::new();
-    objects.insert(
-        "/v2/test/img/manifests/v1".to_owned(),
-        (
-            "application/vnd.oci.image.manifest.v1+json".to_owned(),
-            img.manifest.clone(),
-        ),
-    );
-    objects.insert(
-        format!("/v2/test/img/blobs/{}", img.config_digest()),
-        ("application/octet-stream".to_owned(), img.config.clone()),
-    );
-    for (b, _, _) in &img.layers {
-        objects.insert(
-            format!("/v2/test/img/blobs/{}", Digest::of(b)),
-            ("application/octet-stream".to_owned(), b.clone()),
-        );
-    }
+    let objects = image_objects(&img);
     let basic = format!("Basic {}", b64(b"alice:s3cret"));
     let (addr, seen) = fake_registry(objects, basic.clone()).await;
 
@@ -205,6 +188,171 @@ async fn bearer_challenge_is_answered_with_a_token_from_the_realm() {
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Registry { .. }), "{err}");
+}
+
+/// A `DOCKER_CONFIG` directory holding `config` as its config.json.
+fn docker_config_dir(config: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("config.json"), config).unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn credentials_come_from_the_docker_config_of_the_registry() {
+    let work = tempfile::tempdir().unwrap();
+    let img = make_image_unprivileged();
+    let basic = format!("Basic {}", b64(b"alice:s3cret"));
+    let (addr, seen) = fake_registry(image_objects(&img), basic.clone()).await;
+    let reference = format!("{addr}/test/img:v1");
+
+    // `auths` keyed by the registry as `docker login` writes it; the other entry is not used.
+    let dir = docker_config_dir(&format!(
+        r#"{{"auths":{{"{addr}":{{"auth":"{}"}},"other.example":{{"auth":"{}"}}}}}}"#,
+        b64(b"alice:s3cret"),
+        b64(b"mallory:nope"),
+    ));
+    let config = DockerConfig::load_dir(dir.path()).unwrap().unwrap();
+    let opts = PullOptions::new(work.path().join("cache")).with_docker_config(config.clone());
+    assert!(
+        matches!(opts.credentials, Credentials::DockerConfig(_)),
+        "{:?}",
+        opts.credentials
+    );
+    let pulled = registry::pull(&reference, &opts).await.unwrap();
+    assert_eq!(pulled.config_digest, img.config_digest());
+    assert_eq!(pulled.layers.len(), 2);
+    {
+        let seen = seen.lock().unwrap();
+        let (_, auth) = seen.token_requests.last().expect("no token was requested");
+        assert_eq!(auth.as_deref(), Some(basic.as_str()));
+    }
+
+    // Explicit credentials win over the config: these are wrong, so the pull fails.
+    let mut explicit = PullOptions::new(work.path().join("cache-explicit"));
+    explicit.credentials = Credentials::Basic {
+        user: "alice".into(),
+        password: "wrong".into(),
+    };
+    let explicit = explicit.with_docker_config(config);
+    let err = registry::pull(&reference, &explicit).await.unwrap_err();
+    assert!(matches!(err, Error::Registry { .. }), "{err}");
+
+    // A config with nothing for this registry: anonymous, refused by the token realm.
+    let dir = docker_config_dir(&format!(
+        r#"{{"auths":{{"other.example":{{"auth":"{}"}}}}}}"#,
+        b64(b"alice:s3cret"),
+    ));
+    let config = DockerConfig::load_dir(dir.path()).unwrap().unwrap();
+    let opts = PullOptions::new(work.path().join("cache-none")).with_docker_config(config);
+    let err = registry::pull(&reference, &opts).await.unwrap_err();
+    assert!(matches!(err, Error::Registry { .. }), "{err}");
+    let seen = seen.lock().unwrap();
+    let (_, auth) = seen.token_requests.last().unwrap();
+    assert_eq!(auth, &None, "anonymous token request expected");
+}
+
+#[tokio::test]
+async fn credentials_come_from_a_credential_helper_named_in_the_docker_config() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let work = tempfile::tempdir().unwrap();
+    let img = make_image_unprivileged();
+    let basic = format!("Basic {}", b64(b"helped:h3lper"));
+    let (addr, seen) = fake_registry(image_objects(&img), basic.clone()).await;
+
+    // Answers only for this registry, as a real helper would.
+    let helpers = tempfile::tempdir().unwrap();
+    let helper = helpers.path().join("docker-credential-test");
+    std::fs::write(
+        &helper,
+        format!(
+            r#"#!/bin/sh
+read -r server || true
+if [ "$1" = get ] && [ "$server" = "{addr}" ]; then
+  printf '{{"ServerURL":"%s","Username":"helped","Secret":"h3lper"}}' "$server"
+else
+  echo "credentials not found in native keychain"; exit 1
+fi
+"#
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = docker_config_dir(&format!(
+        r#"{{"credHelpers":{{"{addr}":"test"}},"auths":{{"{addr}":{{"auth":"{}"}}}}}}"#,
+        b64(b"alice:wrong"),
+    ));
+    let config = DockerConfig::load_dir(dir.path())
+        .unwrap()
+        .unwrap()
+        .with_helper_dirs(vec![helpers.path().to_owned()]);
+    let opts = PullOptions::new(work.path().join("cache")).with_docker_config(config);
+    let pulled = registry::pull(&format!("{addr}/test/img:v1"), &opts)
+        .await
+        .unwrap();
+    assert_eq!(pulled.layers.len(), 2);
+    {
+        let seen = seen.lock().unwrap();
+        let (_, auth) = seen.token_requests.last().expect("no token was requested");
+        assert_eq!(
+            auth.as_deref(),
+            Some(basic.as_str()),
+            "helper's credentials not used"
+        );
+    }
+    let manifest = pulled.manifest_digest.clone().unwrap();
+    let by_digest = format!("{addr}/test/img@{manifest}");
+
+    // Everything cached: no helper is run (this one would fail: it does not exist).
+    let nowhere = tempfile::tempdir().unwrap();
+    let broken = docker_config_dir(r#"{"credsStore":"absent"}"#);
+    let broken = DockerConfig::load_dir(broken.path())
+        .unwrap()
+        .unwrap()
+        .with_helper_dirs(vec![nowhere.path().to_owned()]);
+    let cached = PullOptions::new(work.path().join("cache")).with_docker_config(broken.clone());
+    let resolved = registry::fetch_config(&by_digest, &cached).await.unwrap();
+    assert_eq!(resolved.config_digest, img.config_digest());
+    // ... and when the network is needed, the helper's failure is the error.
+    let mut uncached = cached.clone();
+    uncached.cache_dir = work.path().join("cache-empty");
+    let err = registry::pull(&by_digest, &uncached).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::CredentialHelper { helper, .. } if helper == "docker-credential-absent"),
+        "{err}"
+    );
+
+    // Manifest and config cached, layers not: the blob requests are authenticated although
+    // no manifest request was made (the fake registry only serves the manifest by tag).
+    for layer in &pulled.layers {
+        std::fs::remove_file(&layer.path).unwrap();
+    }
+    let again = registry::pull(&by_digest, &opts).await.unwrap();
+    assert_eq!(again.layers.len(), 2);
+    assert!(again.layers.iter().all(|l| l.path.is_file()));
+}
+
+/// The registry paths serving `img` as `test/img:v1`.
+fn image_objects(img: &TestImage) -> HashMap<String, (String, Vec<u8>)> {
+    let mut objects = HashMap::new();
+    objects.insert(
+        "/v2/test/img/manifests/v1".to_owned(),
+        (
+            "application/vnd.oci.image.manifest.v1+json".to_owned(),
+            img.manifest.clone(),
+        ),
+    );
+    objects.insert(
+        format!("/v2/test/img/blobs/{}", img.config_digest()),
+        ("application/octet-stream".to_owned(), img.config.clone()),
+    );
+    for (b, _, _) in &img.layers {
+        objects.insert(
+            format!("/v2/test/img/blobs/{}", Digest::of(b)),
+            ("application/octet-stream".to_owned(), b.clone()),
+        );
+    }
+    objects
 }
 
 /// The image fixture without root: layers from a tar built in memory.
