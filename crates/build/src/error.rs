@@ -110,6 +110,15 @@ pub enum Error {
         #[source]
         source: firebuild_rootfs::Error,
     },
+    /// An `ADD <url>` source could not be downloaded or verified.
+    #[error("cannot fetch {url}")]
+    Fetch {
+        /// The URL as written in the Dockerfile.
+        url: String,
+        /// The cause.
+        #[source]
+        source: crate::fetch::FetchError,
+    },
     /// A background task panicked or was cancelled.
     #[error("internal task failed: {0}")]
     Task(String),

@@ -40,6 +40,7 @@ mod builder;
 pub mod cache_mounts;
 mod error;
 pub mod event;
+mod fetch;
 pub mod firecracker;
 mod image;
 mod options;
@@ -51,6 +52,7 @@ mod vm;
 pub use builder::Builder;
 pub use error::{Error, Result};
 pub use event::{Event, EventSink, Phase, Stream};
+pub use fetch::{FetchError, MAX_REDIRECTS, MAX_URL_BYTES, fetch_urls};
 pub use image::Built;
 pub use options::{
     BuildOptions, BuildRequest, DEFAULT_HEADROOM_MIB, GuestOptions, RunRequest, VmDriver,
