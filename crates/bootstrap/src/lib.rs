@@ -11,6 +11,10 @@
 //!   pulls resources into any [`Sink`](firebuild_transfer::Sink) with resume after a disconnect
 //!   ([`BootstrapClient::pull`]), streams output in batches ([`OutputReporter`]) and reports the
 //!   outcome.
+//! - Secrets (`RUN --mount=type=secret`): the host gives [`DirSource::with_secrets`] the values
+//!   as [`SecretBytes`]; the server hands `secret:<id>` from memory only to the running RUN step
+//!   that mounts it, once per step start; the guest reads it with
+//!   [`BootstrapClient::fetch_secret`]. Values never appear in events, logs or errors.
 //! - The wire types are generated from `proto/firebuild/bootstrap/v1/bootstrap.proto` into
 //!   [`pb`] and converted to domain types with `TryFrom` ([`ConversionError`] names the field).
 //!
