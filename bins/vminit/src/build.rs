@@ -75,7 +75,7 @@ pub async fn run(root: &Path, bootstrap: &Bootstrap) -> anyhow::Result<bool> {
             .context("reporting step start")?;
         tracing::info!("step {}/{total} ({at}): {}", n + 1, describe(step));
         let result = match &step.kind {
-            StepKind::Run(_) => run_step(root, step, at, &reporter).await,
+            StepKind::Run(run) => run_with_mounts(root, &client, step, run, at, &reporter).await,
             StepKind::Copy(t) | StepKind::Add(t) => place(root, &client, t)
                 .await
                 .map(|()| (Exit::Code(0), VecDeque::new())),
@@ -159,6 +159,31 @@ fn truncate(mut s: String, max: usize) -> String {
         s.push('…');
     }
     s
+}
+
+/// Sets up a RUN step's `--mount`s, runs it, and takes them down whatever happened.
+async fn run_with_mounts(
+    root: &Path,
+    client: &BootstrapClient,
+    step: &Step,
+    run: &firebuild_plan::Run,
+    at: StepRef,
+    reporter: &OutputReporter,
+) -> anyhow::Result<(Exit, VecDeque<String>)> {
+    if run.mounts.is_empty() {
+        return run_step(root, step, at, reporter).await;
+    }
+    let mut mounts = crate::mounts::StepMounts::setup(root, client, &run.mounts).await?;
+    let result = if mounts.env.is_empty() {
+        run_step(root, step, at, reporter).await
+    } else {
+        // Secret `env=` values reach the step's environment only, never the plan or a log.
+        let mut with_env = step.clone();
+        with_env.context.env.extend(std::mem::take(&mut mounts.env));
+        run_step(root, &with_env, at, reporter).await
+    };
+    mounts.teardown();
+    result
 }
 
 /// Runs a RUN step, streaming its lines to the server as they come; returns the exit and the

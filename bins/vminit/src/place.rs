@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use anyhow::Context as _;
 use firebuild_bootstrap::BootstrapClient;
 use firebuild_guest::place::Placer;
-use firebuild_plan::{Origin, Source, Transfer};
+use firebuild_plan::{Source, Transfer};
 use firebuild_transfer::{DirSink, Ownership};
 
 const STAGING: &str = ".firebuild-staging";
@@ -17,12 +17,11 @@ const STAGING: &str = ".firebuild-staging";
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
 pub async fn transfer(root: &Path, client: &BootstrapClient, t: &Transfer) -> anyhow::Result<()> {
-    if !matches!(t.origin, Origin::Context)
-        && t.sources
-            .iter()
-            .any(|s| matches!(s, Source::Path { resources, .. } if resources.is_empty()))
-    {
-        anyhow::bail!("COPY --from a stage or an image is not supported inside one build VM");
+    if let Some(role) = crate::disks::role_of(&t.origin) {
+        // `COPY --from`: from that stage's or image's disk, owners and all kept.
+        let disk = crate::disks::Mounted::mount(&role)?;
+        return firebuild_guest::copy_from::copy(disk.dir(), root, t)
+            .with_context(|| format!("COPY --from {} to {}", role.serial(), t.dest));
     }
     let placer = Placer::new(root, t).context("preparing COPY/ADD")?;
     let staging = root.join(STAGING);
@@ -65,7 +64,7 @@ pub async fn transfer(root: &Path, client: &BootstrapClient, t: &Transfer) -> an
     result
 }
 
-async fn pull(
+pub(crate) async fn pull(
     client: &BootstrapClient,
     staging: &Path,
     id: &str,

@@ -80,6 +80,8 @@ impl Builder {
         let t = Instant::now();
         let boot = boot::prepare(&self.options.guest, None, work.path()).await?;
         phase(&events, Phase::Kernel, t);
+        // `ADD <url>`: fetched on the host (verified, cached by digest), served like a file.
+        let urls = crate::fetch::fetch_urls(&planned.plan, &self.options.pull.cache_dir).await?;
         let mut stages = Stages::default();
         for stage in &planned.plan.stages {
             let ctx = StageCtx {
@@ -88,6 +90,7 @@ impl Builder {
                 boot: &boot,
                 work: work.path(),
                 events: &events,
+                urls: &urls,
             };
             let done = self.build_stage(&ctx, stage, &mut stages).await?;
             stages.done.insert(stage.index, done);
@@ -273,14 +276,8 @@ impl Builder {
             .plan
             .only_stage(stage.index)
             .ok_or_else(|| Error::Task(format!("stage {} vanished from the plan", stage.index)))?;
-        let session = Session::start(
-            planned,
-            stage_plan,
-            &req.context,
-            &req.name,
-            ctx.events.clone(),
-        )
-        .await?;
+        let session =
+            Session::start(planned, stage_plan, req, ctx.urls, ctx.events.clone()).await?;
         (ctx.events)(Event::VmStarting { driver: "qemu" });
         let vm_req = VmRequest {
             name: format!("build-{}-{}", req.name, stage.index),
@@ -344,6 +341,7 @@ struct StageCtx<'a> {
     boot: &'a Boot,
     work: &'a Path,
     events: &'a EventSink,
+    urls: &'a BTreeMap<String, PathBuf>,
 }
 
 /// A built stage: its image (in the work directory) and where its first base came from.

@@ -19,6 +19,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use firebuild_plan::{DiskRole, Sharing};
 use firebuild_rootfs::ext4::{Ext4Options, make_ext4};
+use rustix::fs::{FlockOperation, flock};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -97,21 +98,23 @@ pub async fn attach(
     let path = dir.join(format!("{serial}.ext4"));
     let lock_path = dir.join(format!("{serial}.lock"));
     let lock = File::create(&lock_path).map_err(Error::io("create", &lock_path))?;
-    match lock.try_lock() {
+    match flock(&lock, FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) if sharing == Sharing::Locked => {
+        Err(rustix::io::Errno::WOULDBLOCK) if sharing == Sharing::Locked => {
             let lock_path2 = lock_path.clone();
-            let lock = tokio::task::spawn_blocking(move || lock.lock().map(|()| lock))
-                .await?
-                .map_err(Error::io("lock", &lock_path2))?;
+            let lock = tokio::task::spawn_blocking(move || {
+                flock(&lock, FlockOperation::LockExclusive).map(|()| lock)
+            })
+            .await?
+            .map_err(|e| Error::io("lock", &lock_path2)(e.into()))?;
             return finish_attach(path, lock, id);
         }
-        Err(std::fs::TryLockError::WouldBlock) => {
+        Err(rustix::io::Errno::WOULDBLOCK) => {
             return throwaway(Some(format!(
                 "cache mount {id:?} is in use by another build: this build gets an empty one"
             )));
         }
-        Err(std::fs::TryLockError::Error(e)) => return Err(Error::io("lock", &lock_path)(e)),
+        Err(e) => return Err(Error::io("lock", &lock_path)(e.into())),
     }
     finish_attach(path, lock, id)
 }
@@ -196,7 +199,7 @@ pub fn prune(cache_dir: &Path, keep: impl Fn(&CacheEntry) -> bool) -> Result<Vec
         let Ok(lock) = File::create(&lock_path) else {
             continue;
         };
-        if lock.try_lock().is_err() {
+        if flock(&lock, FlockOperation::NonBlockingLockExclusive).is_err() {
             continue;
         }
         for p in [image.clone(), image.with_extension("json"), lock_path] {

@@ -24,6 +24,9 @@ pub struct BuildRequest {
     pub name: String,
     /// The directory the outputs are written to (created if missing).
     pub out_dir: PathBuf,
+    /// `--secret id=ID,...` values, by id: served over the mutual-TLS channel only to the
+    /// RUN steps that mount them; never in the image, plan, manifest, metadata or a log.
+    pub secrets: Vec<(String, firebuild_bootstrap::SecretBytes)>,
 }
 
 impl BuildRequest {
@@ -40,6 +43,7 @@ impl BuildRequest {
             target: None,
             name: name.into(),
             out_dir: out_dir.into(),
+            secrets: Vec::new(),
         }
     }
 

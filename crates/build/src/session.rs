@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,6 +16,7 @@ use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
 use crate::event::{Event, EventSink, Phase, Stream};
+use crate::options::BuildRequest;
 use crate::plan::Planned;
 
 /// How long the guest may stay silent (no heartbeat, no output) before the build declares it
@@ -98,10 +98,11 @@ impl Session {
     pub async fn start(
         planned: &Planned,
         plan: firebuild_plan::BuildPlan,
-        context: &Path,
-        name: &str,
+        req: &BuildRequest,
+        urls: &std::collections::BTreeMap<String, std::path::PathBuf>,
         events: EventSink,
     ) -> Result<Self> {
+        let (context, name) = (req.context.as_path(), req.name.as_str());
         let build_id = BuildId::new(name).map_err(Error::Pki)?;
         let pki = BuildPki::generate(build_id.clone(), &[HOST_IN_GUEST], &Validity::default())
             .map_err(Error::Pki)?;
@@ -109,7 +110,11 @@ impl Session {
             .await
             .map_err(Error::io("listen on", "127.0.0.1:0"))?;
         let (server, server_events) = BootstrapServer::builder()
-            .resources(DirSource::new(&plan, context))
+            .resources(
+                DirSource::new(&plan, context)
+                    .with_secrets(req.secrets.iter().cloned().collect())
+                    .with_urls(urls.clone()),
+            )
             .plan(plan)
             .tls(pki.server.clone())
             .expected_client(build_id)
@@ -210,7 +215,7 @@ async fn forward(
                 }
             }
             ServerEvent::Rejected { peer, reason } => events(Event::Warning {
-                message: format!("refused a connection from {peer}: {reason}"),
+                message: format!("refused a request from the guest ({peer}): {reason}"),
             }),
             ServerEvent::StepStarted { step } => {
                 first_step.get_or_insert_with(Instant::now);
