@@ -1,12 +1,15 @@
 //! `firebuild-host build`: argument parsing and rendering over [`firebuild_build::Builder`].
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::Args;
-use firebuild_build::{BuildOptions, Builder, DEFAULT_HEADROOM_MIB, Event, GuestOptions, Stream};
+use firebuild_build::{BuildOptions, Builder, DEFAULT_HEADROOM_MIB, GuestOptions};
+
+use crate::progress::{Progress, ProgressArgs};
+use crate::registry_args::RegistryArgs;
+use crate::secret_args::SecretSpec;
 
 /// Arguments of `firebuild-host build`.
 #[derive(Debug, Args)]
@@ -40,6 +43,16 @@ pub struct BuildArgs {
     /// Give up after this many seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 1800)]
     pub timeout: u64,
+    /// A secret for `RUN --mount=type=secret,id=ID`: `id=ID,src=FILE` or `id=ID,env=VAR`
+    /// (repeatable; Docker's syntax, `type=file|env` accepted; `id` defaults to the file name
+    /// of `src`). At most 1 MiB each. Secrets never enter the image, the plan, the manifest,
+    /// the metadata or the logs.
+    #[arg(long = "secret", value_name = "id=ID,src=FILE|env=VAR", value_parser = crate::secret_args::parse_spec)]
+    pub secrets: Vec<SecretSpec>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    #[command(flatten)]
+    pub progress: ProgressArgs,
 }
 
 /// The agent and the VM's size: what `build` and `run` share.
@@ -124,69 +137,6 @@ fn find_vminit(given: Option<&Path>) -> anyhow::Result<PathBuf> {
     }
 }
 
-fn secs(d: Duration) -> String {
-    format!("{:.1}s", d.as_secs_f64())
-}
-
-/// Renders one event as plain lines: step headers and phases on stderr, the steps' stdout on
-/// stdout (so a caller can capture it), their stderr on stderr.
-pub fn render(event: Event) {
-    match event {
-        Event::Warning { message } => eprintln!("warning: {}", shown(&message)),
-        Event::BaseStarted { reference } => eprintln!("==> base {reference}"),
-        Event::VmStarting { driver } => eprintln!("==> vm ({driver})"),
-        Event::PhaseFinished { phase, elapsed } => {
-            eprintln!("    {phase:?} done in {}", secs(elapsed));
-        }
-        Event::StepStarted {
-            number,
-            total,
-            line,
-            instruction,
-        } => eprintln!(
-            "==> [{number}/{total}] line {line}: {}",
-            shown(&instruction)
-        ),
-        Event::Output { stream, line, .. } => match stream {
-            Stream::Stderr => eprintln!("    {}", shown(&line)),
-            Stream::Stdout => println!("    {}", shown(&line)),
-        },
-        Event::StepFinished {
-            number,
-            exit_code,
-            elapsed,
-        } => {
-            let how = if exit_code == 0 {
-                "done".to_owned()
-            } else {
-                format!("exited with {exit_code}")
-            };
-            eprintln!("    [{number}] {how} in {}", secs(elapsed));
-        }
-        Event::Console { line } => println!("{}", shown(&line)),
-        _ => {}
-    }
-}
-
-/// A line from the guest or the Dockerfile as it may reach the user's terminal: control
-/// characters (escape sequences that move the cursor, retitle the window, clear the screen...)
-/// are shown as escapes instead of acting; tabs stay.
-fn shown(line: &str) -> std::borrow::Cow<'_, str> {
-    let acts = |c: char| c.is_control() && c != '\t';
-    if !line.chars().any(acts) {
-        return std::borrow::Cow::Borrowed(line);
-    }
-    let mut out = String::with_capacity(line.len() + 8);
-    for c in line.chars() {
-        if acts(c) {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    std::borrow::Cow::Owned(out)
-}
-
 /// Runs the subcommand.
 pub fn run(args: &BuildArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
@@ -195,6 +145,7 @@ pub fn run(args: &BuildArgs) -> anyhow::Result<()> {
 
 fn options(args: &BuildArgs) -> anyhow::Result<BuildOptions> {
     let mut opts = BuildOptions::new(args.guest.options()?, args.guest.cache());
+    opts.pull = args.registry.apply(opts.pull)?;
     opts.work_size_mib = args.work_size_mib;
     opts.headroom_mib = args.headroom_mib;
     opts.size_mib = args.size;
@@ -212,33 +163,14 @@ async fn build(args: &BuildArgs) -> anyhow::Result<()> {
             .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
             .unwrap_or_else(|| "rootfs".to_owned()),
     };
-    let request = args.input.request(&name, &args.out)?;
+    let mut request = args.input.request(&name, &args.out)?;
+    request.secrets = crate::secret_args::read_all(&args.secrets)?;
     let builder = Builder::new(options(args)?);
-    let built = builder.build(&request, Arc::new(render)).await?;
-    eprintln!(
-        "==> built {} ({} MiB)\n    manifest {}\n    firecracker config {}",
-        built.image.display(),
-        built.size_bytes / (1024 * 1024),
-        built.manifest_path.display(),
-        built.firecracker_config.display()
-    );
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn guest_control_sequences_are_shown_not_run() {
-        // A RUN printing a clear-screen, a window-title change and a carriage return.
-        assert_eq!(
-            shown("a\u{1b}[2J\u{1b}]0;pwned\u{7}b\rc"),
-            "a\\u{1b}[2J\\u{1b}]0;pwned\\u{7}b\\rc"
-        );
-        assert_eq!(shown("tab\there, ünïcode"), "tab\there, ünïcode");
-        assert!(matches!(shown("plain"), std::borrow::Cow::Borrowed(_)));
-        // C1 controls (a one-byte CSI for some terminals) too.
-        assert_eq!(shown("x\u{9b}2J"), "x\\u{9b}2J");
-    }
+    let progress = Progress::new(&args.progress);
+    let result = builder
+        .build(&request, progress.sink())
+        .await
+        .map_err(anyhow::Error::from);
+    progress.finish(result.as_ref());
+    result.map(drop)
 }

@@ -14,8 +14,11 @@ mod kernel_cmd;
 mod mmds_cmd;
 mod parse_cmd;
 mod plan_cmd;
+mod progress;
+mod registry_args;
 mod rootfs_cmd;
 mod run_cmd;
+mod secret_args;
 
 /// Build Firecracker root filesystems from Dockerfiles.
 #[derive(Debug, Parser)]

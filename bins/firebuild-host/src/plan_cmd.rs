@@ -8,7 +8,6 @@ use clap::Args;
 use firebuild_build::BuildRequest;
 use firebuild_build::plan::Bases;
 use firebuild_plan::{BuildPlan, Command, Source, StepKind};
-use firebuild_rootfs::registry::PullOptions;
 
 /// The Dockerfile, its context, build args and target: what `plan` and `build` share.
 #[derive(Debug, Args)]
@@ -49,6 +48,8 @@ pub struct PlanArgs {
     #[arg(long)]
     pub cache: Option<PathBuf>,
     #[command(flatten)]
+    pub registry: crate::registry_args::RegistryArgs,
+    #[command(flatten)]
     pub input: DockerfileArgs,
 }
 
@@ -76,11 +77,11 @@ fn build_args(raw: &[String]) -> anyhow::Result<Vec<(String, String)>> {
 pub fn run(args: &PlanArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let req = args.input.request("plan", Path::new("."))?;
-    let pull = PullOptions::new(
+    let pull = args.registry.pull_options(
         args.cache
             .clone()
             .unwrap_or_else(crate::rootfs_cmd::default_cache),
-    );
+    )?;
     let plan = rt
         .block_on(firebuild_build::plan::resolve(
             &req,

@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use firebuild_rootfs::registry::Credentials;
 use firebuild_rootfs::{BaseSource, Manifest, PrepareOptions, RootfsInfo, ext4};
 
 /// Arguments of `firebuild-host rootfs`.
@@ -28,15 +27,8 @@ pub struct RootfsArgs {
     /// Layer cache directory (default: `$XDG_CACHE_HOME/firebuild` or `~/.cache/firebuild`).
     #[arg(long)]
     pub cache: Option<PathBuf>,
-    /// Registry (`host:port`) to reach over plain HTTP; loopback registries always are.
-    #[arg(long = "insecure-registry")]
-    pub insecure_registries: Vec<String>,
-    /// Registry user name.
-    #[arg(long)]
-    pub username: Option<String>,
-    /// Name of the environment variable holding the registry password.
-    #[arg(long, requires = "username")]
-    pub password_env: Option<String>,
+    #[command(flatten)]
+    pub registry: crate::registry_args::RegistryArgs,
     /// Print the manifest as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -78,19 +70,7 @@ pub fn run(args: &RootfsArgs) -> anyhow::Result<()> {
     let work = std::env::temp_dir().join(format!("firebuild-rootfs-{}", std::process::id()));
     let mut opts = PrepareOptions::new(args.cache.clone().unwrap_or_else(default_cache), &work);
     opts.ext4.size = args.size;
-    opts.pull.insecure_registries = args.insecure_registries.clone();
-    if let Some(user) = &args.username {
-        let password = match &args.password_env {
-            Some(var) => {
-                std::env::var(var).with_context(|| format!("read password from ${var}"))?
-            }
-            None => String::new(),
-        };
-        opts.pull.credentials = Credentials::Basic {
-            user: user.clone(),
-            password,
-        };
-    }
+    opts.pull = args.registry.apply(opts.pull)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

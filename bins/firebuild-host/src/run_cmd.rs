@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -47,7 +46,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     req.timeout = Duration::from_secs(args.timeout);
     let runner = Runner::new(args.guest.options()?);
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    let ran = rt.block_on(runner.run(&req, Arc::new(crate::build_cmd::render)))?;
+    let ran = rt.block_on(runner.run(&req, crate::progress::Progress::plain().sink()))?;
     eprintln!("==> workload exited with {}", ran.exit_code);
     Ok(ExitCode::from(u8::try_from(ran.exit_code).unwrap_or(1)))
 }
