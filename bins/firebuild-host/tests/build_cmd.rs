@@ -271,22 +271,133 @@ fn a_failing_run_names_its_dockerfile_line_and_exit_code() {
 }
 
 #[test]
-fn a_multi_stage_target_is_refused_before_anything_runs() {
+fn plain_progress_labels_the_stages_of_a_multi_stage_build() {
+    let Some(vminit) = prerequisites() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
-    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/multistage");
+    let ctx = dir.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::copy("/usr/bin/busybox", ctx.join("busybox")).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch AS tools\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"echo\", \"in tools\"]\n\
+         FROM scratch\nCOPY --from=tools /bin/busybox /bin/busybox\n",
+    )
+    .unwrap();
     let out_dir = dir.path().join("out");
-    let (code, stdout, stderr) = build(
-        "multi",
-        &[],
-        Path::new("/nonexistent/vminit"),
-        &out_dir,
-        &example,
-    );
-    assert_eq!(code, Some(1), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let (code, stdout, stderr) = build("staged", &["--progress=plain"], &vminit, &out_dir, &ctx);
+    assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    // BuildKit's plain form: `#N [stage n/total] INSTRUCTION`, `#N DONE`, then the summary.
     assert!(
-        stderr.contains("multistage/Dockerfile: the target stage needs")
-            && stderr.contains("multi-stage builds are not supported yet"),
+        stderr.contains("#1 [tools 1/3] COPY busybox /bin/busybox"),
         "{stderr}"
     );
-    assert!(!out_dir.exists(), "nothing is written for a refused build");
+    assert!(stderr.contains("#2 [tools 2/3] RUN"), "{stderr}");
+    assert!(stderr.contains("#3 DONE "), "{stderr}");
+    assert!(stdout.contains(" in tools"), "{stdout}");
+    let image = out_dir.join("staged.ext4");
+    assert!(
+        stderr.contains(&format!("=> built {} (", image.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("   stages: tools "), "{stderr}");
+}
+
+#[test]
+fn json_progress_is_one_event_per_line_on_stdout() {
+    let Some(vminit) = prerequisites() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = dir.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::copy("/usr/bin/busybox", ctx.join("busybox")).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"echo\", \"hello from json\"]\n",
+    )
+    .unwrap();
+    let out_dir = dir.path().join("out");
+    let (code, stdout, stderr) = build("events", &["--progress=json"], &vminit, &out_dir, &ctx);
+    assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let events: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect();
+    for e in &events {
+        assert!(e["event"].is_string() && e["time"].is_u64(), "{e}");
+    }
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    let first = |kind: &str| {
+        kinds
+            .iter()
+            .position(|k| *k == kind)
+            .unwrap_or_else(|| panic!("no {kind} in {kinds:?}"))
+    };
+    // A step's output travels beside its status: it follows the step's start, and may come
+    // after its finish.
+    let order = [
+        first("planned"),
+        first("step-started"),
+        first("step-finished"),
+        first("image-written"),
+    ];
+    assert!(first("step-started") < first("output"), "{kinds:?}");
+    assert!(order.is_sorted(), "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"built"), "{kinds:?}");
+    assert_eq!(kinds.iter().filter(|k| **k == "step-started").count(), 2);
+    let run = events
+        .iter()
+        .find(|e| e["event"] == "step-started" && e["number"] == 2)
+        .unwrap();
+    assert_eq!(run["total"], 2);
+    assert_eq!(run["line"], 3);
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "output" && e["number"] == 2 && e["line"] == "hello from json"),
+        "{stdout}"
+    );
+    let written = &events[first("image-written")];
+    let image = out_dir.join("events.ext4");
+    assert_eq!(written["image"], image.to_str().unwrap());
+    assert_eq!(
+        written["size_bytes"].as_u64(),
+        Some(std::fs::metadata(&image).unwrap().len())
+    );
+}
+
+#[test]
+fn an_unreadable_secret_is_refused_naming_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = dir.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(ctx.join("Dockerfile"), "FROM scratch\n").unwrap();
+    let missing = dir.path().join("no-such-token");
+    let flag = format!("id=token,src={}", missing.display());
+    let (code, stdout, stderr) = build(
+        "secret",
+        &["--secret", &flag],
+        Path::new("/nonexistent/vminit"),
+        &dir.path().join("out"),
+        &ctx,
+    );
+    assert_eq!(code, Some(1), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stderr.contains(&format!("--secret {flag}")), "{stderr}");
+    let (code, _, stderr) = build(
+        "secret",
+        &["--secret", "id=a,mode=0400"],
+        Path::new("/nonexistent/vminit"),
+        &dir.path().join("out"),
+        &ctx,
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("id=a,mode=0400") && stderr.contains("unknown key \"mode\""),
+        "{stderr}"
+    );
 }
