@@ -8,56 +8,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Mutex;
 
 mod support;
 
-use support::{base_layout, collector, repo};
+use support::{collector, debugfs, guest, prerequisites, repo};
 
-use firebuild_build::{
-    BuildOptions, BuildRequest, Builder, Event, GuestOptions, RunRequest, Runner,
-};
-
-/// The static vminit and the Debian base layout; `None` (reason printed) outside CI.
-fn prerequisites() -> Option<(PathBuf, PathBuf)> {
-    let vminit = std::env::var_os("FIREBUILD_VMINIT")
-        .map_or_else(|| repo().join("target/vminit/vminit"), PathBuf::from);
-    let missing: Vec<&str> = ["qemu-system-x86_64", "debugfs", "mkfs.ext4", "apt-get"]
-        .into_iter()
-        .filter(|t| firebuild_vmm::which(t).is_none())
-        .collect();
-    let mut why = Vec::new();
-    if !missing.is_empty() {
-        why.push(format!("missing {}", missing.join(", ")));
-    }
-    if !vminit.is_file() {
-        why.push(format!("no static vminit at {}", vminit.display()));
-    }
-    if why.is_empty() {
-        match base_layout("debian-base.sh") {
-            Ok(layout) => return Some((vminit, layout)),
-            Err(e) => why.push(e),
-        }
-    }
-    assert!(std::env::var_os("CI").is_none(), "{}", why.join("; "));
-    eprintln!("skipping: {}", why.join("; "));
-    None
-}
-
-fn guest(vminit: &Path) -> GuestOptions {
-    GuestOptions::new(vminit, firebuild_vmm::kernel::default_cache_dir().unwrap())
-}
-
-fn debugfs(image: &Path, request: &str) -> String {
-    let out = Command::new("debugfs")
-        .args(["-R", request])
-        .arg(image)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use firebuild_build::{BuildOptions, BuildRequest, Builder, Event, RunRequest, Runner};
 
 /// Every path in the ext4 image (`rdump` of `/` as root keeps the tree; names are all we use).
 fn image_paths(image: &Path, scratch: &Path) -> BTreeSet<String> {
