@@ -212,10 +212,8 @@ fn a_directory_is_copied_with_every_property_kept() {
     let (h1, h2) = (meta(&d.join("hard1")), meta(&d.join("bin/hard2")));
     assert_eq!((h1.ino(), h1.nlink()), (h2.ino(), 2));
 
-    // Special files recreated.
-    let f = meta(&d.join("fifo"));
-    assert!(f.file_type().is_fifo());
-    assert_eq!((f.uid(), f.mode() & 0o7777), (1000, 0o620));
+    // Device nodes recreated; a fifo skipped, as BuildKit's copier skips it.
+    assert!(fs::symlink_metadata(d.join("fifo")).is_err());
     let c = meta(&d.join("null"));
     assert!(c.file_type().is_char_device());
     assert_eq!(c.rdev(), rustix::fs::makedev(1, 3));

@@ -135,9 +135,7 @@ fn run_output(events: &[Event]) -> Vec<Vec<String>> {
                 number,
                 instruction,
                 ..
-            } if instruction
-                .get(..4)
-                .is_some_and(|k| k.eq_ignore_ascii_case("RUN ")) =>
+            } if is_run(instruction) =>
             {
                 steps.insert(*number, Vec::new());
             }
@@ -150,6 +148,12 @@ fn run_output(events: &[Event]) -> Vec<Vec<String>> {
         }
     }
     steps.into_values().collect()
+}
+
+/// A RUN, or a RUN an ONBUILD trigger runs (its text is the ONBUILD line).
+fn is_run(instruction: &str) -> bool {
+    let upper = instruction.to_ascii_uppercase();
+    upper.starts_with("RUN ") || upper.starts_with("ONBUILD RUN ")
 }
 
 fn firebuild_build(
