@@ -63,7 +63,6 @@ pub async fn run(root: &Path, bootstrap: &Bootstrap) -> anyhow::Result<bool> {
         Ok(env) => env,
         Err(e) => return abort(&client, format!("preparing the build environment: {e:#}")).await,
     };
-    let reporter = client.output(OutputOptions::default());
     for (n, (stage, step)) in commands.plan.steps().enumerate() {
         let at = StepRef {
             stage: stage.index,
@@ -75,7 +74,16 @@ pub async fn run(root: &Path, bootstrap: &Bootstrap) -> anyhow::Result<bool> {
             .context("reporting step start")?;
         tracing::info!("step {}/{total} ({at}): {}", n + 1, describe(step));
         let result = match &step.kind {
-            StepKind::Run(run) => run_with_mounts(root, &client, step, run, at, &reporter).await,
+            StepKind::Run(run) => {
+                // One reporter per step, finished before `StepFinished`: the server has
+                // handled every line of the step when it hears the step ended.
+                let reporter = client.output(OutputOptions::default());
+                let result = run_with_mounts(root, &client, step, run, at, &reporter).await;
+                match reporter.finish().await {
+                    Ok(_) => result,
+                    Err(e) => result.and(Err(e).context("flushing step output")),
+                }
+            }
             StepKind::Copy(t) | StepKind::Add(t) => place(root, &client, t)
                 .await
                 .map(|()| (Exit::Code(0), VecDeque::new())),
@@ -97,7 +105,6 @@ pub async fn run(root: &Path, bootstrap: &Bootstrap) -> anyhow::Result<bool> {
                 Exit::Signal(s) => format!("signal {s}"),
             };
             tracing::error!("step {}/{total} ({at}) failed: {what}", n + 1);
-            let _ = reporter.finish().await;
             let mut message = format!("step {at} failed ({what})");
             if !last.is_empty() {
                 message.push_str("; last lines:\n");
@@ -117,7 +124,6 @@ pub async fn run(root: &Path, bootstrap: &Bootstrap) -> anyhow::Result<bool> {
             return Ok(false);
         }
     }
-    reporter.finish().await.context("flushing step output")?;
     // Before `Success`: the host may take the image as soon as it is told.
     if let Err(e) = env.restore() {
         return abort(&client, format!("restoring the build environment: {e:#}")).await;
