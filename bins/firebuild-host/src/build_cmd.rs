@@ -49,6 +49,10 @@ pub struct BuildArgs {
     /// the metadata or the logs.
     #[arg(long = "secret", value_name = "id=ID,src=FILE|env=VAR", value_parser = crate::secret_args::parse_spec)]
     pub secrets: Vec<SecretSpec>,
+    // One line, verbatim: clap would drop the closing period of a reflowed comment.
+    /// Cache mounts (RUN --mount=type=cache) start empty, as BuildKit's --no-cache does (the step cache is not implemented yet: every step runs anyway).
+    #[arg(long, verbatim_doc_comment)]
+    pub no_cache: bool,
     #[command(flatten)]
     pub registry: RegistryArgs,
     #[command(flatten)]
@@ -152,6 +156,7 @@ fn options(args: &BuildArgs) -> anyhow::Result<BuildOptions> {
     opts.timeout = Duration::from_secs(args.timeout);
     opts.record_build_args = args.record_build_args;
     opts.firecracker_tap = args.firecracker_tap.clone();
+    opts.no_cache = args.no_cache;
     Ok(opts)
 }
 

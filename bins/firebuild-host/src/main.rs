@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 mod build_cmd;
+mod cache_cmd;
 mod kernel_cmd;
 mod mmds_cmd;
 mod parse_cmd;
@@ -46,6 +47,8 @@ enum Cmd {
     Kernel(kernel_cmd::KernelArgs),
     /// Resolve a base image (registry, OCI layout, docker save, ext4, dir) into an ext4 image.
     Rootfs(rootfs_cmd::RootfsArgs),
+    /// List or prune the `RUN --mount=type=cache` directories kept between builds.
+    Cache(cache_cmd::CacheArgs),
 }
 
 fn main() -> ExitCode {
@@ -62,6 +65,7 @@ fn main() -> ExitCode {
         Cmd::Mmds(args) => mmds_cmd::run(args),
         Cmd::Kernel(args) => kernel_cmd::run(args),
         Cmd::Rootfs(args) => rootfs_cmd::run(args),
+        Cmd::Cache(args) => cache_cmd::run(args),
     };
     finish(result.map(|()| ExitCode::SUCCESS))
 }

@@ -720,7 +720,7 @@ fn long_secs(d: Duration) -> String {
 }
 
 /// `512 B`, `1.5 KiB`, `42.0 MiB`, `1.2 GiB`.
-fn human_bytes(bytes: u64) -> String {
+pub(crate) fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
     if bytes < 1024 {
         return format!("{bytes} B");
