@@ -1695,6 +1695,36 @@ fn stored_command(cmd: &Command, shell: &[String]) -> Command {
     }
 }
 
+/// A bind mount's `source=` as a relative, normalised path (`./a/../b/` → `b`; `/` → empty).
+fn normalize_source(source: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for c in source.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            c => parts.push(c),
+        }
+    }
+    parts.join("/")
+}
+
+/// A tmpfs `size=` as buildkit's `units.RAMInBytes` reads it: a number with an optional
+/// binary unit (`64m`, `1g`, `512k`, `100`).
+fn parse_size(v: &str) -> Option<u64> {
+    let v = v.trim().to_ascii_lowercase();
+    let v = v.strip_suffix('b').unwrap_or(&v);
+    let (num, mult) = match v.chars().last()? {
+        'k' => (&v[..v.len() - 1], 1u64 << 10),
+        'm' => (&v[..v.len() - 1], 1 << 20),
+        'g' => (&v[..v.len() - 1], 1 << 30),
+        't' => (&v[..v.len() - 1], 1 << 40),
+        _ => (v, 1),
+    };
+    num.trim().parse::<u64>().ok()?.checked_mul(mult)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1747,34 +1777,4 @@ mod tests {
         assert_eq!(v.list, [EnvVar::new("A", "3"), EnvVar::new("B", "2")]);
         assert_eq!(v.get("A"), Some("3"));
     }
-}
-
-/// A bind mount's `source=` as a relative, normalised path (`./a/../b/` → `b`; `/` → empty).
-fn normalize_source(source: &str) -> String {
-    let mut parts: Vec<&str> = Vec::new();
-    for c in source.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            c => parts.push(c),
-        }
-    }
-    parts.join("/")
-}
-
-/// A tmpfs `size=` as buildkit's `units.RAMInBytes` reads it: a number with an optional
-/// binary unit (`64m`, `1g`, `512k`, `100`).
-fn parse_size(v: &str) -> Option<u64> {
-    let v = v.trim().to_ascii_lowercase();
-    let v = v.strip_suffix('b').unwrap_or(&v);
-    let (num, mult) = match v.chars().last()? {
-        'k' => (&v[..v.len() - 1], 1u64 << 10),
-        'm' => (&v[..v.len() - 1], 1 << 20),
-        'g' => (&v[..v.len() - 1], 1 << 30),
-        't' => (&v[..v.len() - 1], 1 << 40),
-        _ => (v, 1),
-    };
-    num.trim().parse::<u64>().ok()?.checked_mul(mult)
 }

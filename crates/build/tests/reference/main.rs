@@ -135,8 +135,7 @@ fn run_output(events: &[Event]) -> Vec<Vec<String>> {
                 number,
                 instruction,
                 ..
-            } if is_run(instruction) =>
-            {
+            } if is_run(instruction) => {
                 steps.insert(*number, Vec::new());
             }
             Event::Output { number, line, .. } => {
