@@ -1,8 +1,10 @@
-//! The build environment of build mode: `/etc/resolv.conf`, `/etc/hosts`, `/etc/hostname` and
-//! the kernel hostname, as BuildKit gives every RUN, put back exactly as they were afterwards.
+//! The build environment of build mode: `/etc/resolv.conf`, `/etc/hosts` and the kernel
+//! hostname, as BuildKit gives every RUN, put back exactly as they were afterwards.
 //!
-//! The rule: Docker and BuildKit bind-mount these three files into every RUN container and never
-//! commit them to the image. firebuild runs the steps on the image itself, so it writes them for
+//! The rule: BuildKit bind-mounts these two files into every RUN container and never commits
+//! them to the image (its executor's `MountStubsCleaner` names exactly `/etc/resolv.conf` and
+//! `/etc/hosts`); the hostname is only the UTS name, with no `/etc/hostname` (a RUN listing
+//! `/etc` under Docker shows none). firebuild runs the steps on the image itself, so it writes them for
 //! the duration of the steps and restores the originals (absent, a regular file's bytes, mode,
 //! owner and times, or a symlink's target) before it reports `Success` or `Abort`.
 
@@ -197,7 +199,6 @@ impl BuildEnv {
         let files = [
             ("resolv.conf", resolv_conf(dns)),
             ("hosts", HOSTS.to_owned()),
-            ("hostname", format!("{HOSTNAME}\n")),
         ];
         for (name, text) in files {
             let path = env.etc.join(name);
@@ -213,7 +214,7 @@ impl BuildEnv {
         }
         tracing::info!(
             nameservers = ?dns,
-            "build environment: /etc/resolv.conf, /etc/hosts, /etc/hostname (restored after the steps)"
+            "build environment: /etc/resolv.conf, /etc/hosts (restored after the steps)"
         );
         Ok(env)
     }
@@ -342,9 +343,9 @@ mod tests {
             "nothing written through the link"
         );
         assert_eq!(std::fs::read_to_string(etc.join("hosts")).unwrap(), HOSTS);
-        assert_eq!(
-            std::fs::read_to_string(etc.join("hostname")).unwrap(),
-            "buildkitsandbox\n"
+        assert!(
+            !etc.join("hostname").exists(),
+            "no /etc/hostname, as under BuildKit"
         );
         env.restore().unwrap();
         let after: Vec<_> = names.iter().map(|n| state(&etc.join(n))).collect();

@@ -13,7 +13,7 @@
 //!
 //! What firebuild adds to an image: nothing. The agent (`vminit`) and the image config reach
 //! the guest in the initramfs; during a build the agent provides `/etc/resolv.conf`,
-//! `/etc/hosts` and `/etc/hostname` as BuildKit does and puts the base's back afterwards.
+//! `/etc/hosts` and the hostname as BuildKit does and puts the base's back afterwards.
 //!
 //! ```no_run
 //! use std::sync::Arc;

@@ -278,11 +278,12 @@ impl Inherit {
 
 impl Inherit {
     /// What a stage built `FROM scratch` starts from: buildkit's `emptyImage` has one variable
-    /// in its config, `PATH` (the default one), which the image keeps.
+    /// in its config, `PATH` (the default one), and `WorkingDir` `/`, which the image keeps.
     fn scratch() -> Self {
         let mut state = Self::default();
         state.env.set("PATH", DEFAULT_PATH.to_owned());
         state.config.env = vec![EnvVar::new("PATH", DEFAULT_PATH)];
+        state.config.workdir = Some("/".to_owned());
         state
     }
 }

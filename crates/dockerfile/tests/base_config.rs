@@ -220,11 +220,12 @@ fn a_stage_built_from_an_image_based_stage_inherits_through() {
 #[test]
 fn scratch_starts_with_the_default_path_and_unknown_bases_start_empty() {
     let configs = BTreeMap::from([(BASE.to_owned(), base_config())]);
-    // buildkit's `emptyImage`: PATH, in the steps' env and in the image config.
+    // buildkit's `emptyImage`: PATH, in the steps' env and in the image config, and
+    // WorkingDir `/` in the config.
     let path = vec![EnvVar::new("PATH", firebuild_plan::DEFAULT_PATH)];
-    for (dockerfile, env) in [
-        ("FROM scratch\nRUN x\n", path.clone()),
-        ("FROM other/image:2\nRUN x\n", Vec::new()),
+    for (dockerfile, env, workdir) in [
+        ("FROM scratch\nRUN x\n", path.clone(), Some("/".to_owned())),
+        ("FROM other/image:2\nRUN x\n", Vec::new(), None),
     ] {
         let p = plan_with(dockerfile, &configs);
         let stage = last_stage(&p);
@@ -233,6 +234,7 @@ fn scratch_starts_with_the_default_path_and_unknown_bases_start_empty() {
         assert_eq!(stage.steps[0].context.user, None);
         let config = ImageConfig {
             env,
+            workdir,
             ..ImageConfig::default()
         };
         assert_eq!(stage.config, config, "{dockerfile}");
