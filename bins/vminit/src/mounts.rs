@@ -310,18 +310,9 @@ impl Drop for StepMounts {
 
 /// A COPY of `source` (relative to an origin's root) into a directory.
 fn copy_all(source: &str) -> Transfer {
-    Transfer {
-        origin: Origin::Stage { index: 0 },
-        sources: vec![firebuild_plan::Source::Path {
-            pattern: format!("/{source}"),
-            resources: Vec::new(),
-        }],
-        dest: "/".to_owned(),
-        chown: None,
-        chmod: None,
-        link: false,
-        parents: false,
-        exclude: Vec::new(),
-        keep_git_dir: false,
-    }
+    let source = firebuild_plan::Source::Path {
+        pattern: format!("/{source}"),
+        resources: Vec::new(),
+    };
+    Transfer::new(Origin::Stage { index: 0 }, vec![source], "/")
 }

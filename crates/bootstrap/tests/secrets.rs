@@ -9,9 +9,7 @@ use std::collections::BTreeMap;
 use firebuild_bootstrap::{
     BootstrapClient, DirSource, Event, MAX_SECRET_BYTES, SecretBytes, StepRef,
 };
-use firebuild_plan::{
-    Base, BuildPlan, Command, ImageConfig, Run, RunMount, Span, Stage, Step, StepContext, StepKind,
-};
+use firebuild_plan::{BuildPlan, Command, Run, RunMount, Span, Step, StepContext, StepKind};
 use support::*;
 use tonic::Code;
 
@@ -44,25 +42,11 @@ fn run(index: usize, mounts: Vec<RunMount>) -> Step {
 /// Step 0 mounts `tok`, step 1 mounts nothing, step 2 mounts `missing` (not given) and `big`
 /// (larger than a secret may be).
 fn secret_plan() -> BuildPlan {
-    BuildPlan {
-        schema_version: firebuild_plan::SCHEMA_VERSION,
-        dockerfile: "Dockerfile".into(),
-        target: 0,
-        stages: vec![Stage {
-            index: 0,
-            name: None,
-            base: Base::Scratch,
-            platform: None,
-            span: Span::lines(1, 1),
-            steps: vec![
-                run(0, vec![secret_mount("tok")]),
-                run(1, vec![]),
-                run(2, vec![secret_mount("missing"), secret_mount("big")]),
-            ],
-            config: ImageConfig::default(),
-        }],
-        warnings: vec![],
-    }
+    BuildPlan::scratch(vec![
+        run(0, vec![secret_mount("tok")]),
+        run(1, vec![]),
+        run(2, vec![secret_mount("missing"), secret_mount("big")]),
+    ])
 }
 
 fn at(step: usize) -> StepRef {

@@ -359,7 +359,7 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use firebuild_plan::{Base, ImageConfig, Origin, Span, Stage, Step, StepContext, Transfer};
+    use firebuild_plan::{Origin, Span, Step, StepContext, Transfer};
     use tokio::io::AsyncReadExt;
     use tokio::net::TcpListener;
 
@@ -440,36 +440,12 @@ mod tests {
                 target: "/dl".into(),
             })
             .collect();
-        BuildPlan {
-            schema_version: firebuild_plan::SCHEMA_VERSION,
-            dockerfile: "Dockerfile".into(),
-            target: 0,
-            stages: vec![Stage {
-                index: 0,
-                name: None,
-                base: Base::Scratch,
-                platform: None,
-                span: Span::lines(1, 1),
-                steps: vec![Step {
-                    index: 0,
-                    span: Span::lines(2, 2),
-                    context: StepContext::default(),
-                    kind: StepKind::Add(Transfer {
-                        origin: Origin::Context,
-                        sources,
-                        dest: "/dl".into(),
-                        chown: None,
-                        chmod: None,
-                        link: false,
-                        parents: false,
-                        exclude: vec![],
-                        keep_git_dir: false,
-                    }),
-                }],
-                config: ImageConfig::default(),
-            }],
-            warnings: vec![],
-        }
+        BuildPlan::scratch(vec![Step {
+            index: 0,
+            span: Span::lines(2, 2),
+            context: StepContext::default(),
+            kind: StepKind::Add(Transfer::new(Origin::Context, sources, "/dl")),
+        }])
     }
 
     fn sha(bytes: &[u8]) -> String {

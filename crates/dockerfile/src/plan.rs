@@ -1405,24 +1405,16 @@ impl<'r> Resolver<'r> {
             else {
                 continue;
             };
-            let mut transfer = PlanTransfer {
-                origin: Origin::Context,
-                sources: vec![Source::Path {
-                    pattern: if source.is_empty() {
-                        ".".to_owned()
-                    } else {
-                        source.clone()
-                    },
-                    resources: Vec::new(),
-                }],
-                dest: "/".to_owned(),
-                chown: None,
-                chmod: None,
-                link: false,
-                parents: false,
-                exclude: Vec::new(),
-                keep_git_dir: false,
+            let pattern = if source.is_empty() {
+                ".".to_owned()
+            } else {
+                source.clone()
             };
+            let sources = vec![Source::Path {
+                pattern,
+                resources: Vec::new(),
+            }];
+            let mut transfer = PlanTransfer::new(Origin::Context, sources, "/");
             let pending = PendingTransfer {
                 step,
                 is_add: false,

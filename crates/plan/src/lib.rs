@@ -97,6 +97,26 @@ impl BuildPlan {
             .flat_map(|stage| stage.steps.iter().map(move |step| (stage, step)))
     }
 
+    /// A one-stage plan `FROM scratch` with these steps and an empty config (for tests and
+    /// embedders that build plans by hand).
+    pub fn scratch(steps: Vec<Step>) -> Self {
+        BuildPlan {
+            schema_version: SCHEMA_VERSION,
+            dockerfile: "Dockerfile".to_owned(),
+            target: 0,
+            stages: vec![Stage {
+                index: 0,
+                name: None,
+                base: Base::Scratch,
+                platform: None,
+                span: Span::lines(1, 1),
+                steps,
+                config: ImageConfig::default(),
+            }],
+            warnings: Vec::new(),
+        }
+    }
+
     /// The plan one build VM runs: stage `index` alone, as the target.
     pub fn only_stage(&self, index: usize) -> Option<BuildPlan> {
         let stage = self.stage(index)?.clone();
@@ -648,6 +668,23 @@ pub struct Transfer {
     /// ADD only: `--keep-git-dir`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub keep_git_dir: bool,
+}
+
+impl Transfer {
+    /// A COPY-like transfer of `sources` from `origin` to `dest`, with no flags.
+    pub fn new(origin: Origin, sources: Vec<Source>, dest: impl Into<String>) -> Self {
+        Transfer {
+            origin,
+            sources,
+            dest: dest.into(),
+            chown: None,
+            chmod: None,
+            link: false,
+            parents: false,
+            exclude: Vec::new(),
+            keep_git_dir: false,
+        }
+    }
 }
 
 /// `HEALTHCHECK`.
