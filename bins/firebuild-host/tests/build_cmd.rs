@@ -61,6 +61,17 @@ fn busybox_context(dir: &Path) -> PathBuf {
     ctx
 }
 
+/// A temporary directory holding `ctx/` with the host's static busybox and `dockerfile` (a
+/// `FROM scratch` build).
+fn scratch_context(dockerfile: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = dir.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::copy("/usr/bin/busybox", ctx.join("busybox")).unwrap();
+    std::fs::write(ctx.join("Dockerfile"), dockerfile).unwrap();
+    (dir, ctx)
+}
+
 fn debugfs(image: &Path, request: &str) -> String {
     let out = Command::new("debugfs")
         .args(["-R", request])
@@ -247,15 +258,9 @@ fn a_failing_run_names_its_dockerfile_line_and_exit_code() {
     let Some(vminit) = prerequisites() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let ctx = dir.path().join("ctx");
-    std::fs::create_dir_all(&ctx).unwrap();
-    std::fs::copy("/usr/bin/busybox", ctx.join("busybox")).unwrap();
-    std::fs::write(
-        ctx.join("Dockerfile"),
+    let (dir, ctx) = scratch_context(
         "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nRUN echo about to fail && exit 3\nRUN echo never\n",
-    )
-    .unwrap();
+    );
     let out_dir = dir.path().join("out");
     let (code, stdout, stderr) = build("broken", &[], &vminit, &out_dir, &ctx);
     assert_eq!(code, Some(1), "stdout:\n{stdout}\nstderr:\n{stderr}");
@@ -275,16 +280,10 @@ fn plain_progress_labels_the_stages_of_a_multi_stage_build() {
     let Some(vminit) = prerequisites() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let ctx = dir.path().join("ctx");
-    std::fs::create_dir_all(&ctx).unwrap();
-    std::fs::copy("/usr/bin/busybox", ctx.join("busybox")).unwrap();
-    std::fs::write(
-        ctx.join("Dockerfile"),
+    let (dir, ctx) = scratch_context(
         "FROM scratch AS tools\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"echo\", \"in tools\"]\n\
-         FROM scratch\nCOPY --from=tools /bin/busybox /bin/busybox\n",
-    )
-    .unwrap();
+     FROM scratch\nCOPY --from=tools /bin/busybox /bin/busybox\n",
+    );
     let out_dir = dir.path().join("out");
     let (code, stdout, stderr) = build("staged", &["--progress=plain"], &vminit, &out_dir, &ctx);
     assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
@@ -309,15 +308,9 @@ fn json_progress_is_one_event_per_line_on_stdout() {
     let Some(vminit) = prerequisites() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let ctx = dir.path().join("ctx");
-    std::fs::create_dir_all(&ctx).unwrap();
-    std::fs::copy("/usr/bin/busybox", ctx.join("busybox")).unwrap();
-    std::fs::write(
-        ctx.join("Dockerfile"),
+    let (dir, ctx) = scratch_context(
         "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"echo\", \"hello from json\"]\n",
-    )
-    .unwrap();
+    );
     let out_dir = dir.path().join("out");
     let (code, stdout, stderr) = build("events", &["--progress=json"], &vminit, &out_dir, &ctx);
     assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");

@@ -448,6 +448,8 @@ mod tests {
         }])
     }
 
+    use firebuild_dockerfile::error::chain;
+
     fn sha(bytes: &[u8]) -> String {
         format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
     }
@@ -456,17 +458,6 @@ mod tests {
     async fn fetch(plan: &BuildPlan, cache: &Path, max: u64) -> Result<BTreeMap<String, PathBuf>> {
         let f = Fetcher::new(cache, max, reqwest::Client::builder().no_proxy())?;
         f.fetch_all(&url_sources(plan)).await
-    }
-
-    fn chain(err: &dyn std::error::Error) -> String {
-        let mut s = err.to_string();
-        let mut cur = err.source();
-        while let Some(e) = cur {
-            s.push_str(": ");
-            s.push_str(&e.to_string());
-            cur = e.source();
-        }
-        s
     }
 
     #[tokio::test]

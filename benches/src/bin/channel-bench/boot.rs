@@ -13,8 +13,8 @@ use firebuild_bootstrap::{
     OutputOptions, OutputStream, StepRef,
 };
 use firebuild_plan::{
-    Base, BuildPlan, Command, ImageConfig, Origin, Resource, ResourceKind, Run, SCHEMA_VERSION,
-    Source, Span, Stage, Step, StepContext, StepKind, Transfer,
+    BuildPlan, Command, Origin, Resource, ResourceKind, Run, Source, Span, Step, StepContext,
+    StepKind, Transfer,
 };
 use firebuild_transfer::DirSink;
 
@@ -25,21 +25,7 @@ use crate::certs::{Loaded, SERVER_NAME};
 const FILE_ID: &str = "ctx:payload";
 
 fn plan(steps: Vec<Step>) -> BuildPlan {
-    BuildPlan {
-        schema_version: SCHEMA_VERSION,
-        dockerfile: "Dockerfile".into(),
-        target: 0,
-        stages: vec![Stage {
-            index: 0,
-            name: None,
-            base: Base::Scratch,
-            platform: None,
-            span: Span::lines(1, 1),
-            steps,
-            config: ImageConfig::default(),
-        }],
-        warnings: Vec::new(),
-    }
+    BuildPlan::scratch(steps)
 }
 
 /// `COPY <file name> /payload`: one file resource from the context.

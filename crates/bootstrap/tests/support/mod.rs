@@ -12,8 +12,8 @@ use firebuild_bootstrap::{
 };
 use firebuild_pki::{BuildId, BuildPki, ClientBundle, Validity};
 use firebuild_plan::{
-    Base, BuildPlan, Command, ImageConfig, Origin, Resource, ResourceKind, Run, Source, Span,
-    Stage, Step, StepContext, StepKind, Transfer,
+    BuildPlan, Command, Origin, Resource, ResourceKind, Run, Source, Span, Step, StepContext,
+    StepKind, Transfer,
 };
 use sha2::{Digest, Sha256};
 
@@ -117,24 +117,9 @@ pub fn plan(extra: &[(&str, &str, ResourceKind)]) -> BuildPlan {
             kind: StepKind::Copy(transfer(vec![resource(id, path, *kind, "/x")], "/x")),
         });
     }
-    BuildPlan {
-        schema_version: firebuild_plan::SCHEMA_VERSION,
-        dockerfile: "Dockerfile".into(),
-        target: 0,
-        stages: vec![Stage {
-            index: 0,
-            name: None,
-            base: Base::Scratch,
-            platform: None,
-            span: Span::lines(1, 1),
-            steps,
-            config: ImageConfig {
-                cmd: Some(Command::Exec(vec!["/app/run".into()])),
-                ..ImageConfig::default()
-            },
-        }],
-        warnings: vec![],
-    }
+    let mut plan = BuildPlan::scratch(steps);
+    plan.stages[0].config.cmd = Some(Command::Exec(vec!["/app/run".into()]));
+    plan
 }
 
 /// Deterministic pseudo-random bytes.
