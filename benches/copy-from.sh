@@ -9,6 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 ensure_rust
+ensure_apt hyperfine bc
 cargo build --locked -q -p firebuild-host
 bash scripts/build-vminit.sh >&2
 engine=$(bash scripts/docker-engine.sh start)
@@ -49,3 +50,11 @@ docker_step=$(grep -E "^$vertex DONE" "$work/docker.log" | grep -oE '[0-9.]+s' |
 printf '| COPY --from, 100 MiB | firebuild | docker | ratio |\n|---|---|---|---|\n'
 printf '| the COPY step | %.2f s | %.2f s | %.1fx |\n' "$fb_step" "$docker_step" "$(echo "$fb_step / $docker_step" | bc -l)"
 printf '| the whole build | %.1f s | %.1f s | %.1fx |\n' "$fb_total" "$docker_total" "$(echo "$fb_total / $docker_total" | bc -l)"
+
+# The whole builds, repeated: hyperfine, 3 runs each after a warm-up, same machine, same run.
+hyperfine -r 3 -w 1 --export-markdown "$work/hyperfine.md" \
+    -n firebuild "target/debug/firebuild-host build --vminit target/vminit/vminit --quiet --name cf -o $work/out $work/ctx" \
+    -n docker "DOCKER_BUILDKIT=1 /usr/bin/docker build --no-cache -q -t firebuild-bench/cf $work/ctx" >&2
+/usr/bin/docker rmi -f firebuild-bench/cf >/dev/null
+echo
+cat "$work/hyperfine.md"
