@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 ensure_rust
-ensure_apt gcc libc6-dev make e2fsprogs fakeroot cpio busybox-static qemu-system-x86 xz-utils zstd \
+ensure_apt gcc libc6-dev make e2fsprogs fakeroot cpio busybox-static slirp4netns qemu-system-x86 xz-utils zstd \
     mmdebstrap
 
 # The dev profile: dependencies are optimised (opt-level 2) and the artifacts are shared with

@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 ensure_rust
-ensure_apt gcc libc6-dev make binutils e2fsprogs fakeroot cpio busybox-static qemu-system-x86 \
+ensure_apt gcc libc6-dev make binutils e2fsprogs fakeroot cpio busybox-static slirp4netns qemu-system-x86 \
     docker-registry xz-utils zstd bzip2 lz4 iproute2 util-linux openssh-client curl mmdebstrap
 
 if [ ! -d ../shared/conformance ]; then

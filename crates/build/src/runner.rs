@@ -150,6 +150,7 @@ impl Runner {
             disks: Vec::new(),
             boot: &boot,
             metadata: mmds.as_ref().map(|m| m.local_addr()),
+            host_ports: Vec::new(),
             extra_cmdline: if mmds.is_some() {
                 ""
             } else {

@@ -161,6 +161,11 @@ impl Session {
         self.mmds.local_addr()
     }
 
+    /// The bootstrap server's address (loopback): the one host port the guest must reach.
+    pub fn bootstrap_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
     /// Waits briefly for the outcome after the VM ended, then stops both servers. Returns the
     /// outcome and whether the credentials were scrubbed (`None`: the guest never connected).
     pub async fn finish(mut self) -> (Option<Outcome>, Option<std::result::Result<(), String>>) {

@@ -27,6 +27,9 @@ pub struct VmRequest<'a> {
     pub boot: &'a Boot,
     /// The embedded metadata server the guest reaches at 169.254.169.254, if any.
     pub metadata: Option<SocketAddr>,
+    /// Host loopback ports the guest reaches at `169.254.0.2:PORT` (the bootstrap server's);
+    /// the rest of the host stays out of its reach (`QemuOptions::isolate`).
+    pub host_ports: Vec<u16>,
     /// Extra kernel parameters after the driver's defaults.
     pub extra_cmdline: &'a str,
 }
@@ -66,6 +69,7 @@ pub async fn run(guest: &GuestOptions, req: &VmRequest<'_>, timeout: Duration) -
     std::fs::create_dir_all(req.dir).map_err(Error::io("create", req.dir))?;
     let VmDriver::Qemu(opts) = &guest.driver;
     let mut opts = opts.clone();
+    opts.forward_ports.extend(&req.host_ports);
     if opts.probe_cache.is_none() {
         opts.probe_cache = Some(req.boot.kernel.dir.join("kvm-probe"));
     }

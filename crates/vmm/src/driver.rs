@@ -136,7 +136,20 @@ pub(crate) fn check_not_started(driver: &'static str, child: Option<&Child>) -> 
 }
 
 /// Spawns the VMM `cmd`; a failure names `program`.
+///
+/// The VMM gets `SIGKILL` when its parent dies (`PR_SET_PDEATHSIG`), so a killed caller never
+/// orphans a VM. Linux sends it when the *thread* that spawned the VMM exits: start and wait
+/// on one thread (as [`Driver::run`] does), or keep the starting thread alive while the VM runs.
+#[allow(unsafe_code)]
 pub(crate) fn spawn_vmm(cmd: &mut Command, program: &Path) -> Result<Child> {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+                .map_err(std::io::Error::from)
+        });
+    }
     cmd.spawn().map_err(|source| Error::Spawn {
         program: program.display().to_string(),
         source,

@@ -29,6 +29,7 @@ mod driver;
 mod error;
 pub mod firecracker;
 pub mod kernel;
+pub mod netns;
 mod process;
 pub mod qemu;
 pub mod sandbox;

@@ -5,6 +5,14 @@
 //! per connection (`guestfwd=...-cmd:`) to the embedded MMDS server
 //! ([`Metadata::Server`]). The default relay is
 //! `busybox nc 127.0.0.1 PORT` (busybox-static is already needed for the initramfs).
+//!
+//! **Isolation** ([`QemuOptions::isolate`], on by default): QEMU runs in its own network
+//! namespace (`unshare --net`), so "the host's loopback" above is that namespace's empty
+//! loopback, where only the metadata port and [`QemuOptions::forward_ports`] are forwarded to
+//! the real host loopback. The namespace's only route out is `slirp4netns
+//! --disable-host-loopback`, and every address the host owns is a blackhole route in it: the
+//! guest reaches the internet, as a `docker build` does, and of the host only the forwarded
+//! ports ([`crate::netns::Isolation`], `docs/isolation.md`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -17,6 +25,7 @@ use crate::driver::{
 };
 use crate::error::{Error, Result};
 use crate::kernel::Kernel;
+use crate::netns::Isolation;
 use crate::spec::{KernelFiles, Metadata, Network, VmSpec};
 
 /// The guest's address under user networking.
@@ -65,6 +74,14 @@ pub struct QemuOptions {
     pub relay: String,
     /// Where the KVM probe result is cached (a small file); `None`: in memory only.
     pub probe_cache: Option<PathBuf>,
+    /// Confine user networking to the internet plus the forwarded ports (see the module docs);
+    /// `false` gives the guest every port of the host's loopback at `169.254.0.2`.
+    pub isolate: bool,
+    /// The slirp4netns binary, used when isolating.
+    pub slirp4netns: PathBuf,
+    /// Host loopback ports the isolated guest reaches at `169.254.0.2:PORT` (the metadata
+    /// server's port is forwarded for its relay without being listed).
+    pub forward_ports: Vec<u16>,
 }
 
 impl Default for QemuOptions {
@@ -74,9 +91,19 @@ impl Default for QemuOptions {
             accel: Accel::Auto,
             relay: DEFAULT_RELAY.to_owned(),
             probe_cache: None,
+            isolate: true,
+            slirp4netns: PathBuf::from("slirp4netns"),
+            forward_ports: Vec::new(),
         }
     }
 }
+
+/// Runs in QEMU's new network namespace before QEMU: waits until the driver has configured the
+/// namespace, then becomes QEMU (`$@`).
+const NETNS_INNER: &str = r#"read -r go
+[ "$go" = go ] || { echo "firebuild: guest network setup failed" >&2; exit 1; }
+exec "$@" </dev/null
+"#;
 
 /// Runs a [`VmSpec`] in QEMU microvm.
 #[derive(Debug)]
@@ -88,6 +115,7 @@ pub struct QemuDriver {
     accel: Option<Accel>,
     child: Option<Child>,
     exit: Option<VmExit>,
+    isolation: Option<Isolation>,
 }
 
 impl QemuDriver {
@@ -102,6 +130,56 @@ impl QemuDriver {
             accel: None,
             child: None,
             exit: None,
+            isolation: None,
+        }
+    }
+
+    /// Whether this VM's networking is confined (user networking with [`QemuOptions::isolate`]).
+    fn isolated(&self) -> bool {
+        self.opts.isolate && self.spec.network == Network::User
+    }
+
+    /// `cmd` run inside a new network namespace (and, unless root, a user namespace mapping
+    /// the caller to root), held by [`NETNS_INNER`] until [`Self::confine`] writes `go`.
+    fn in_netns(cmd: &Command) -> Command {
+        let mut wrapped = Command::new("unshare");
+        if !rustix::process::geteuid().is_root() {
+            wrapped.args(["--user", "--map-root-user"]);
+        }
+        wrapped
+            .args(["--net", "--", "/bin/sh", "-c", NETNS_INNER, "sh"])
+            .arg(cmd.get_program())
+            .args(cmd.get_args())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        wrapped
+    }
+
+    /// Configures the network namespace of the started QEMU and lets it run.
+    fn confine(&mut self) -> Result<()> {
+        let Some(child) = self.child.as_mut() else {
+            return Ok(());
+        };
+        let mut ports = self.opts.forward_ports.clone();
+        if let Metadata::Server(addr) = &self.spec.metadata {
+            ports.push(addr.port());
+        }
+        let setup = Isolation::setup("qemu", &self.opts.slirp4netns, child.id(), &ports);
+        let go: &[u8] = if setup.is_ok() { b"go\n" } else { b"fail\n" };
+        if let Some(mut stdin) = child.stdin.take() {
+            use std::io::Write;
+            let _ = stdin.write_all(go);
+        }
+        match setup {
+            Ok(isolation) => {
+                self.isolation = Some(isolation);
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.stop();
+                Err(e)
+            }
         }
     }
 
@@ -258,9 +336,16 @@ impl Driver for QemuDriver {
             reason: "prepare() has not run".to_owned(),
         })?;
         let mut cmd = self.command(accel)?;
+        if self.isolated() {
+            crate::process::require("isolated guest networking", "unshare")?;
+            cmd = Self::in_netns(&cmd);
+        }
         tracing::info!(name = %self.spec.name, ?accel, console = %self.console.display(), "starting qemu");
         tracing::debug!(command = %crate::process::describe(&cmd), "qemu command");
         self.child = Some(spawn_vmm(&mut cmd, &self.opts.qemu)?);
+        if self.isolated() {
+            self.confine()?;
+        }
         Ok(())
     }
 
@@ -276,11 +361,16 @@ impl Driver for QemuDriver {
             }
             tracing::warn!(status = %exit.status, stderr = %stderr.trim(), "qemu exited with an error");
         }
+        if let Reaped::Now(_) = reaped {
+            self.isolation = None;
+        }
         Ok(reaped.exit())
     }
 
     fn stop(&mut self) -> Result<Option<VmExit>> {
-        Ok(stop_vmm(self.child.as_mut(), &mut self.exit, kill_child)?.exit())
+        let reaped = stop_vmm(self.child.as_mut(), &mut self.exit, kill_child)?;
+        self.isolation = None;
+        Ok(reaped.exit())
     }
 
     fn console_log(&self) -> &Path {

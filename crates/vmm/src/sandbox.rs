@@ -16,19 +16,16 @@
 //! (its init is killed with `SIGINT`), which ends `unshare`.
 
 use std::io::Write;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
-use std::os::fd::AsFd;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::driver::{
     Driver, Reaped, VmExit, check_not_started, kill_child, spawn_vmm, stop_vmm, wait_vmm,
 };
 use crate::error::{Error, Result};
+use crate::netns::{Forwards, ip_in, wait_for_ns};
 use crate::spec::{Metadata, Network, VmSpec};
 
 /// The host as the sandbox sees it.
@@ -83,8 +80,7 @@ pub struct SandboxDriver {
     console: PathBuf,
     child: Option<Child>,
     exit: Option<VmExit>,
-    stop_flag: Arc<AtomicBool>,
-    forwards: Vec<JoinHandle<()>>,
+    forwards: Forwards,
 }
 
 impl SandboxDriver {
@@ -97,8 +93,7 @@ impl SandboxDriver {
             console,
             child: None,
             exit: None,
-            stop_flag: Arc::new(AtomicBool::new(false)),
-            forwards: Vec::new(),
+            forwards: Forwards::default(),
         }
     }
 
@@ -134,7 +129,7 @@ impl SandboxDriver {
 
     fn setup_namespaces(&mut self, pid: u32, as_root: bool) -> Result<()> {
         if as_root {
-            wait_for_ns(pid, "user")?;
+            wait_for_ns("sandbox", pid, "user")?;
             for file in ["uid_map", "gid_map"] {
                 let path = PathBuf::from(format!("/proc/{pid}/{file}"));
                 std::fs::write(&path, "0 0 65536\n").map_err(Error::io(&path))?;
@@ -144,125 +139,22 @@ impl SandboxDriver {
     }
 
     fn setup_network(&mut self, pid: u32) -> Result<()> {
-        let netns = PathBuf::from(format!("/proc/{pid}/ns/net"));
-        wait_for_ns(pid, "net")?;
-        let nsenter = crate::process::require("sandbox networking", "nsenter")?;
-        let ip = |args: &[&str]| {
-            crate::process::run(
-                Command::new(&nsenter)
-                    .arg(format!("--net={}", netns.display()))
-                    .arg("--")
-                    .arg("ip")
-                    .args(args),
-            )
-        };
-        ip(&["link", "set", "lo", "up"])?;
+        wait_for_ns("sandbox", pid, "net")?;
+        ip_in(pid, &["link", "set", "lo", "up"])?;
         if self.spec.network != Network::None {
-            ip(&["addr", "add", "169.254.0.2/32", "dev", "lo"])?;
-            ip(&["addr", "add", "169.254.169.254/32", "dev", "lo"])?;
-            ip(&["addr", "add", "169.254.0.15/16", "dev", "lo"])?;
+            ip_in(pid, &["addr", "add", "169.254.0.2/32", "dev", "lo"])?;
+            ip_in(pid, &["addr", "add", "169.254.169.254/32", "dev", "lo"])?;
+            ip_in(pid, &["addr", "add", "169.254.0.15/16", "dev", "lo"])?;
             for (listen, target) in self.forward_list() {
-                let listener = listen_in(&netns, listen)?;
-                let stop = Arc::clone(&self.stop_flag);
-                self.forwards
-                    .push(std::thread::spawn(move || forward(listener, target, &stop)));
+                self.forwards.add("sandbox", pid, listen, target)?;
             }
         }
         Ok(())
     }
 
     fn release(&mut self) {
-        self.stop_flag.store(true, Ordering::SeqCst);
-        for handle in self.forwards.drain(..) {
-            let _ = handle.join();
-        }
+        self.forwards.release();
     }
-}
-
-/// Waits until process `pid` is in a `kind` namespace (`user`, `net`) other than ours.
-fn wait_for_ns(pid: u32, kind: &str) -> Result<()> {
-    let own_path = format!("/proc/self/ns/{kind}");
-    let own = std::fs::read_link(&own_path).map_err(Error::io(&own_path))?;
-    let theirs = PathBuf::from(format!("/proc/{pid}/ns/{kind}"));
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        if std::fs::read_link(&theirs).is_ok_and(|ns| ns != own) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(Error::State {
-                driver: "sandbox",
-                reason: format!("{kind} namespace of pid {pid} did not appear"),
-            });
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// Binds `addr` inside the network namespace `netns` from a helper thread (sockets keep the
-/// namespace they were created in), leaving this process's namespaces untouched.
-fn listen_in(netns: &Path, addr: SocketAddr) -> Result<TcpListener> {
-    let netns = netns.to_path_buf();
-    let bind = std::thread::spawn(move || -> std::io::Result<TcpListener> {
-        let target = std::fs::File::open(&netns)?;
-        // This thread ends right after binding, so it never needs to move back.
-        rustix::thread::move_into_link_name_space(
-            target.as_fd(),
-            Some(rustix::thread::LinkNameSpaceType::Network),
-        )?;
-        let listener = TcpListener::bind(addr)?;
-        listener.set_nonblocking(true)?;
-        Ok(listener)
-    });
-    match bind.join() {
-        Ok(Ok(listener)) => Ok(listener),
-        Ok(Err(source)) => Err(Error::Io {
-            path: PathBuf::from(format!("sandbox listener {addr}")),
-            source,
-        }),
-        Err(_) => Err(Error::State {
-            driver: "sandbox",
-            reason: "listener thread panicked".to_owned(),
-        }),
-    }
-}
-
-/// Accepts in the sandbox, connects on the host, and copies both ways until `stop`.
-fn forward(listener: TcpListener, target: SocketAddr, stop: &AtomicBool) {
-    while !stop.load(Ordering::SeqCst) {
-        match listener.accept() {
-            Ok((inside, _)) => {
-                let _ = inside.set_nonblocking(false);
-                match TcpStream::connect(target) {
-                    Ok(outside) => splice(inside, outside),
-                    Err(e) => {
-                        tracing::warn!(%target, error = %e, "sandbox forward: connect failed")
-                    }
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Err(e) => {
-                tracing::warn!(%target, error = %e, "sandbox forward: accept failed");
-                return;
-            }
-        }
-    }
-}
-
-fn splice(a: TcpStream, b: TcpStream) {
-    let (Ok(a2), Ok(b2)) = (a.try_clone(), b.try_clone()) else {
-        return;
-    };
-    let pump = |mut from: TcpStream, mut to: TcpStream| {
-        std::thread::spawn(move || {
-            let _ = std::io::copy(&mut from, &mut to);
-            let _ = to.shutdown(std::net::Shutdown::Write);
-        })
-    };
-    pump(a, b2);
-    pump(b, a2);
 }
 
 impl Driver for SandboxDriver {

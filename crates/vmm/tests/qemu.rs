@@ -1,6 +1,7 @@
 //! Boots the QEMU microvm driver under TCG with a busybox-static ext4 root made here: the guest
-//! fetches a V2 token and metadata through the guestfwd relay, reaches a host server at
-//! 169.254.0.2, and powers off; QEMU exits. The image's own init is named by `init=`, which
+//! fetches a V2 token and metadata through the guestfwd relay, reaches the forwarded host server
+//! at 169.254.0.2 and none of the host's other services (an unforwarded loopback port, a port
+//! on the host's own global address), and powers off; QEMU exits. The image's own init is named by `init=`, which
 //! wins over the agent in the initramfs. The console log is kept on failure.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -22,6 +23,12 @@ fn busybox_guest_talks_to_mmds_and_host_then_powers_off() {
         return;
     };
     let host = support::http_server(|_, path, _| (200, format!("host saw {path}")));
+    // Two host services the guest must not reach: one on loopback, one on every address.
+    let private = support::http_server(|_, _, _| (200, "private leaked".to_owned()));
+    let wide = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let wide_port = wide.local_addr().unwrap().port();
+    let host_ip = support::host_global_ipv4().expect("the host has a global IPv4 address");
+    let private_port = private.addr.port();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mmds = rt
         .block_on(
@@ -47,6 +54,8 @@ greeting=$(wget -q -O - --header "X-metadata-token: $token" http://169.254.169.2
 echo "guest: metadata $greeting"
 wget -q -O - http://169.254.0.2:{port}/hello
 echo
+timeout 10 wget -q -O - http://169.254.0.2:{private_port}/leak && echo "guest: reached private" || echo "guest: private refused"
+timeout 10 wget -q -O - http://{host_ip}:{wide_port}/leak && echo "guest: reached wide" || echo "guest: wide refused"
 echo "guest: powering off"
 poweroff -f
 "#
@@ -65,6 +74,7 @@ poweroff -f
         &kernel,
         Some(&initrd),
         Some(mmds.local_addr()),
+        &[port],
         &format!(
             "{} init=/sbin/custom-init",
             firebuild_vmm::qemu::DEFAULT_CMDLINE
@@ -75,6 +85,12 @@ poweroff -f
     let outcome = driver.run(Duration::from_secs(120)).unwrap();
     let elapsed = started.elapsed();
     let log = std::fs::read_to_string(driver.console_log()).unwrap_or_default();
+    for line in log
+        .lines()
+        .filter(|l| l.contains("guest:") || l.contains("wget"))
+    {
+        eprintln!("console: {line}");
+    }
     let ok = matches!(outcome, RunOutcome::Exited(e) if !e.stopped)
         && log.contains("guest: metadata hello from mmds")
         && log.contains("host saw /hello")
@@ -100,6 +116,15 @@ poweroff -f
         "guest reached the host at 169.254.0.2"
     );
     assert_eq!(host.seen.lock().unwrap().as_slice(), ["GET /hello"]);
+    assert!(
+        log.contains("guest: private refused") && private.seen.lock().unwrap().is_empty(),
+        "an unforwarded host loopback port was reachable"
+    );
+    wide.set_nonblocking(true).unwrap();
+    assert!(
+        log.contains("guest: wide refused") && wide.accept().is_err(),
+        "the host's own address {host_ip} was reachable"
+    );
     let init_at = log
         .lines()
         .find_map(|l| l.strip_prefix("guest: init at uptime "))

@@ -62,6 +62,7 @@ fn boot_run_mode(
         kernel,
         Some(&initrd),
         None,
+        &[],
         &format!(
             "{} firebuild.metadata=off",
             firebuild_vmm::qemu::DEFAULT_CMDLINE
@@ -122,6 +123,7 @@ fn vminit_from_the_initramfs_builds_on_a_merged_usr_root_and_leaves_nothing() {
         &kernel,
         Some(&initrd),
         Some(e2e.mmds_addr),
+        &[e2e.port],
         firebuild_vmm::qemu::DEFAULT_CMDLINE,
         512,
     );

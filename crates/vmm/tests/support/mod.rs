@@ -76,7 +76,8 @@ pub fn qemu_driver(
 }
 
 /// A QEMU microvm driver booting `kernel` with `initrd` (default: the kernel's initramfs), the
-/// kernel command line `cmdline`, user networking and the metadata server `mmds` (if any).
+/// kernel command line `cmdline`, isolated user networking reaching the host's loopback `ports`
+/// at 169.254.0.2, and the metadata server `mmds` (if any).
 #[allow(clippy::too_many_arguments)]
 pub fn qemu_driver_with(
     name: &str,
@@ -85,6 +86,7 @@ pub fn qemu_driver_with(
     kernel: &firebuild_vmm::kernel::Kernel,
     initrd: Option<&Path>,
     mmds: Option<SocketAddr>,
+    ports: &[u16],
     cmdline: &str,
     memory_mib: u32,
 ) -> firebuild_vmm::QemuDriver {
@@ -102,9 +104,21 @@ pub fn qemu_driver_with(
     spec.memory_mib = memory_mib;
     let opts = firebuild_vmm::QemuOptions {
         probe_cache: Some(kernel.dir.join("kvm-probe")),
+        forward_ports: ports.to_vec(),
         ..firebuild_vmm::QemuOptions::default()
     };
     firebuild_vmm::QemuDriver::new(spec, opts)
+}
+
+/// The host's first global IPv4 address (`ip -4 -o addr show scope global`).
+pub fn host_global_ipv4() -> Option<String> {
+    let out = std::process::Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "scope", "global"])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let cidr = text.lines().next()?.split_whitespace().nth(3)?;
+    Some(cidr.split('/').next()?.to_owned())
 }
 
 /// A merged-/usr root (Debian 12 style: `/bin`, `/sbin`, `/lib` are symlinks into `usr/`) with
