@@ -137,6 +137,7 @@ impl Runner {
             Some(doc) => Some(
                 firebuild_mmds::server::Server::builder()
                     .initial_data(doc.clone())
+                    .require_relay_key(true)
                     .start()
                     .await
                     .map_err(Error::Metadata)?,
@@ -151,6 +152,9 @@ impl Runner {
             boot: &boot,
             metadata: mmds.as_ref().map(|m| m.local_addr()),
             host_ports: Vec::new(),
+            metadata_key: mmds
+                .as_ref()
+                .and_then(|m| m.relay_key().map(<[u8]>::to_vec)),
             extra_cmdline: if mmds.is_some() {
                 ""
             } else {

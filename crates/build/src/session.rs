@@ -135,6 +135,7 @@ impl Session {
         let mmds = Arc::new(
             firebuild_mmds::server::Server::builder()
                 .initial_data(metadata)
+                .require_relay_key(true)
                 .start()
                 .await
                 .map_err(Error::Metadata)?,
@@ -159,6 +160,12 @@ impl Session {
     /// The metadata server's address (loopback), for the VM driver's relay.
     pub fn metadata_addr(&self) -> SocketAddr {
         self.mmds.local_addr()
+    }
+
+    /// The line the VM's metadata relay must send first: without it, a local process that
+    /// finds the metadata port reads nothing (the bootstrap credentials live there).
+    pub fn metadata_key(&self) -> Option<Vec<u8>> {
+        self.mmds.relay_key().map(<[u8]>::to_vec)
     }
 
     /// The bootstrap server's address (loopback): the one host port the guest must reach.

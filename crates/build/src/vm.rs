@@ -30,6 +30,8 @@ pub struct VmRequest<'a> {
     /// Host loopback ports the guest reaches at `169.254.0.2:PORT` (the bootstrap server's);
     /// the rest of the host stays out of its reach (`QemuOptions::isolate`).
     pub host_ports: Vec<u16>,
+    /// The metadata server's relay key (`ServerHandle::relay_key`), sent by the relay only.
+    pub metadata_key: Option<Vec<u8>>,
     /// Extra kernel parameters after the driver's defaults.
     pub extra_cmdline: &'a str,
 }
@@ -70,6 +72,7 @@ pub async fn run(guest: &GuestOptions, req: &VmRequest<'_>, timeout: Duration) -
     let VmDriver::Qemu(opts) = &guest.driver;
     let mut opts = opts.clone();
     opts.forward_ports.extend(&req.host_ports);
+    opts.metadata_key.clone_from(&req.metadata_key);
     if opts.probe_cache.is_none() {
         opts.probe_cache = Some(req.boot.kernel.dir.join("kvm-probe"));
     }

@@ -71,7 +71,7 @@ use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::Value;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
@@ -142,6 +142,7 @@ pub struct ServerBuilder {
     max_connections: usize,
     version: MmdsVersion,
     guest_enabled: bool,
+    relay_key: bool,
 }
 
 /// Namespace for [`Server::builder`].
@@ -159,6 +160,7 @@ impl Server {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             version: MmdsVersion::V2,
             guest_enabled: true,
+            relay_key: false,
         }
     }
 }
@@ -206,13 +208,28 @@ impl ServerBuilder {
         self
     }
 
+    /// Require every guest-side connection to open with a random per-server key
+    /// ([`ServerHandle::relay_key`]) before its request. The VM's relay (the VMM driver's port
+    /// forward) sends it; another local process that finds the loopback port does not know it,
+    /// and gets a 403 without any metadata.
+    pub fn require_relay_key(mut self, required: bool) -> Self {
+        self.relay_key = required;
+        self
+    }
+
     /// Binds the listeners and starts serving on the current tokio runtime.
     pub async fn start(self) -> Result<ServerHandle, Error> {
         let store = Store::new(self.initial, self.limit).map_err(Error::InitialData)?;
         let tokens = TokenAuthority::generate().map_err(|_| Error::Random)?;
+        let relay_key = if self.relay_key {
+            Some(relay_key().ok_or(Error::Random)?)
+        } else {
+            None
+        };
         let shared = Arc::new(Shared {
             store,
             tokens,
+            relay_key,
             guest_enabled: AtomicBool::new(self.guest_enabled),
             version: AtomicU8::new(self.version as u8),
         });
@@ -259,6 +276,26 @@ impl ServerBuilder {
     }
 }
 
+/// 32 random bytes in hex and a newline: the line a guest connection opens with.
+fn relay_key() -> Option<Vec<u8>> {
+    let mut raw = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut raw).ok()?;
+    let mut line: Vec<u8> = raw
+        .iter()
+        .flat_map(|b| format!("{b:02x}").into_bytes())
+        .collect();
+    line.push(b'\n');
+    Some(line)
+}
+
+/// Reads the relay key line from a guest connection and checks it in constant time.
+async fn relay_key_matches(stream: &mut Stream, key: &[u8]) -> bool {
+    let mut got = vec![0u8; key.len()];
+    let read = tokio::time::timeout(HEADER_READ_TIMEOUT, stream.read_exact(&mut got)).await;
+    matches!(read, Ok(Ok(_)))
+        && aws_lc_rs::constant_time::verify_slices_are_equal(&got, key).is_ok()
+}
+
 fn bind_unix(path: &Path) -> std::io::Result<UnixListener> {
     use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
     if let Ok(meta) = std::fs::symlink_metadata(path)
@@ -275,6 +312,7 @@ fn bind_unix(path: &Path) -> std::io::Result<UnixListener> {
 struct Shared {
     store: Store,
     tokens: TokenAuthority,
+    relay_key: Option<Vec<u8>>,
     guest_enabled: AtomicBool,
     version: AtomicU8,
 }
@@ -304,6 +342,12 @@ impl ServerHandle {
     /// The guest-side address actually bound.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The line every guest connection must open with, when
+    /// [`ServerBuilder::require_relay_key`] asked for one (a secret: give it only to the relay).
+    pub fn relay_key(&self) -> Option<&[u8]> {
+        self.shared.relay_key.as_deref()
     }
 
     /// The host API socket, if any.
@@ -444,6 +488,19 @@ async fn accept_loop(
 /// are answered there, with a reason), then replayed to hyper. Keep-alive is off so that
 /// every head passes that check.
 async fn serve_connection(mut stream: Stream, shared: Arc<Shared>, side: Side) {
+    if let (Side::Guest, Some(key)) = (side, &shared.relay_key)
+        && !relay_key_matches(&mut stream, key).await
+    {
+        tracing::warn!("mmds: a guest-side connection without the relay key was refused");
+        let why = "connection did not come through the VM's relay";
+        let bytes = head::render(StatusCode::FORBIDDEN, why, false, None);
+        let _ = tokio::time::timeout(BODY_READ_TIMEOUT, async {
+            stream.write_all(&bytes).await?;
+            stream.shutdown().await
+        })
+        .await;
+        return;
+    }
     let prefix = match head::read(&mut stream, HEADER_BUF, HEADER_READ_TIMEOUT).await {
         Ok(p) => p,
         Err(head::Refused::Closed) => return,

@@ -715,3 +715,55 @@ async fn every_host_4xx_has_a_reason() {
     }
     s.shutdown().await;
 }
+
+/// Raw request on a fresh connection, optionally opened with `prefix`; the whole answer.
+async fn raw(addr: std::net::SocketAddr, prefix: &[u8], request: &str) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(prefix).await.unwrap();
+    conn.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn relay_key_keeps_other_local_processes_out() {
+    let s = Server::builder()
+        .initial_data(data())
+        .require_relay_key(true)
+        .start()
+        .await
+        .unwrap();
+    let addr = s.local_addr();
+    let key = s.relay_key().unwrap().to_vec();
+    assert_eq!(key.len(), 65, "64 hex digits and a newline");
+    let put =
+        "PUT /latest/api/token HTTP/1.1\r\nHost: x\r\nX-metadata-token-ttl-seconds: 60\r\n\r\n";
+    // Without the key, or with a wrong one: 403 with a reason, and no token.
+    for prefix in [&b""[..], &[b'0'; 65][..]] {
+        let answer = raw(addr, prefix, put).await;
+        assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+        assert!(
+            answer.contains("did not come through the VM's relay"),
+            "{answer}"
+        );
+    }
+    // With it, the normal V2 flow; the key does not leak into the answer.
+    let answer = raw(addr, &key, put).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let token = answer.rsplit("\r\n\r\n").next().unwrap().to_owned();
+    let get =
+        format!("GET /bootstrap/tls-key HTTP/1.1\r\nHost: x\r\nX-metadata-token: {token}\r\n\r\n");
+    let answer = raw(addr, &key, &get).await;
+    assert!(answer.ends_with("secret"), "{answer}");
+    assert!(!answer.contains(std::str::from_utf8(&key[..64]).unwrap()));
+    // A server without the option keeps Firecracker's behaviour.
+    let (plain, _d) = start().await;
+    assert!(plain.relay_key().is_none());
+    assert!(
+        raw(plain.local_addr(), b"", put)
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+}

@@ -7,7 +7,7 @@
 //! ports the guest must reach (the build's bootstrap and metadata servers) are forwarded one by
 //! one from the namespace's loopback to the host's.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
@@ -95,19 +95,23 @@ pub(crate) struct Forwards {
 }
 
 impl Forwards {
-    /// Accepts on `listen` inside the namespace of `pid` and connects each connection to `target`.
+    /// Accepts on `listen` inside the namespace of `pid` and connects each connection to
+    /// `target`, which first receives `preamble` (e.g. a metadata server's relay key).
     pub(crate) fn add(
         &mut self,
         driver: &'static str,
         pid: u32,
         listen: SocketAddr,
         target: SocketAddr,
+        preamble: &[u8],
     ) -> Result<()> {
         let netns = PathBuf::from(format!("/proc/{pid}/ns/net"));
         let listener = listen_in(driver, &netns, listen)?;
         let stop = Arc::clone(&self.stop);
-        self.threads
-            .push(std::thread::spawn(move || forward(listener, target, &stop)));
+        let preamble = preamble.to_vec();
+        self.threads.push(std::thread::spawn(move || {
+            forward(listener, target, &preamble, &stop)
+        }));
         Ok(())
     }
 
@@ -127,12 +131,16 @@ impl Drop for Forwards {
 }
 
 /// Accepts in the namespace, connects on the host, and copies both ways until `stop`.
-fn forward(listener: TcpListener, target: SocketAddr, stop: &AtomicBool) {
+fn forward(listener: TcpListener, target: SocketAddr, preamble: &[u8], stop: &AtomicBool) {
     while !stop.load(Ordering::SeqCst) {
         match listener.accept() {
             Ok((inside, _)) => {
                 let _ = inside.set_nonblocking(false);
-                match TcpStream::connect(target) {
+                let connected = TcpStream::connect(target).and_then(|mut outside| {
+                    outside.write_all(preamble)?;
+                    Ok(outside)
+                });
+                match connected {
                     Ok(outside) => splice(inside, outside),
                     Err(e) => tracing::warn!(%target, error = %e, "forward: connect failed"),
                 }
@@ -207,12 +215,12 @@ impl Isolation {
     /// Configures the network namespace of `pid` (the guest's VMM, waiting before it starts):
     /// `lo` up, a blackhole route for each of the host's own addresses, `slirp4netns` on
     /// `tap0` as the only route out, and `ports` of the host's loopback forwarded to the same
-    /// ports on the namespace's loopback.
+    /// ports on the namespace's loopback (each connection opened with its preamble).
     pub(crate) fn setup(
         driver: &'static str,
         slirp4netns: &Path,
         pid: u32,
-        ports: &[u16],
+        ports: &[(u16, &[u8])],
     ) -> Result<Self> {
         wait_for_ns(driver, pid, "net")?;
         ip_in(pid, &["link", "set", "lo", "up"])?;
@@ -234,9 +242,9 @@ impl Isolation {
             slirp,
             forwards: Forwards::default(),
         };
-        for port in ports {
+        for (port, preamble) in ports {
             let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), *port);
-            isolation.forwards.add(driver, pid, addr, addr)?;
+            isolation.forwards.add(driver, pid, addr, addr, preamble)?;
         }
         Ok(isolation)
     }

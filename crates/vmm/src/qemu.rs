@@ -82,6 +82,9 @@ pub struct QemuOptions {
     /// Host loopback ports the isolated guest reaches at `169.254.0.2:PORT` (the metadata
     /// server's port is forwarded for its relay without being listed).
     pub forward_ports: Vec<u16>,
+    /// The line the relay sends first on each metadata connection
+    /// (`firebuild_mmds::server::ServerHandle::relay_key`); needs `isolate`.
+    pub metadata_key: Option<Vec<u8>>,
 }
 
 impl Default for QemuOptions {
@@ -94,6 +97,7 @@ impl Default for QemuOptions {
             isolate: true,
             slirp4netns: PathBuf::from("slirp4netns"),
             forward_ports: Vec::new(),
+            metadata_key: None,
         }
     }
 }
@@ -161,9 +165,17 @@ impl QemuDriver {
         let Some(child) = self.child.as_mut() else {
             return Ok(());
         };
-        let mut ports = self.opts.forward_ports.clone();
+        let mut ports: Vec<(u16, &[u8])> = self
+            .opts
+            .forward_ports
+            .iter()
+            .map(|p| (*p, &b""[..]))
+            .collect();
         if let Metadata::Server(addr) = &self.spec.metadata {
-            ports.push(addr.port());
+            ports.push((
+                addr.port(),
+                self.opts.metadata_key.as_deref().unwrap_or_default(),
+            ));
         }
         let setup = Isolation::setup("qemu", &self.opts.slirp4netns, child.id(), &ports);
         let go: &[u8] = if setup.is_ok() { b"go\n" } else { b"fail\n" };
@@ -336,6 +348,12 @@ impl Driver for QemuDriver {
             reason: "prepare() has not run".to_owned(),
         })?;
         let mut cmd = self.command(accel)?;
+        if self.opts.metadata_key.is_some() && !self.isolated() {
+            return Err(Error::Spec(
+                "a metadata relay key needs isolated user networking (QemuOptions::isolate)"
+                    .to_owned(),
+            ));
+        }
         if self.isolated() {
             crate::process::require("isolated guest networking", "unshare")?;
             cmd = Self::in_netns(&cmd);

@@ -146,7 +146,7 @@ impl SandboxDriver {
             ip_in(pid, &["addr", "add", "169.254.169.254/32", "dev", "lo"])?;
             ip_in(pid, &["addr", "add", "169.254.0.15/16", "dev", "lo"])?;
             for (listen, target) in self.forward_list() {
-                self.forwards.add("sandbox", pid, listen, target)?;
+                self.forwards.add("sandbox", pid, listen, target, b"")?;
             }
         }
         Ok(())
