@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use firebuild_bootstrap::Outcome;
 use firebuild_plan::{Base, DiskRole, RunMount, Sharing, Stage, StepKind};
@@ -11,13 +11,19 @@ use firebuild_vmm::{Drive, RunOutcome};
 
 use crate::boot::{self, Boot};
 use crate::cache_mounts;
-use crate::error::{Error, Result};
+use crate::cancel::Cancel;
+use crate::error::{Error, Result, TimedOutStep};
 use crate::event::{Event, EventSink, Phase};
 use crate::image::{self, Built, Outputs};
-use crate::options::{BuildOptions, BuildRequest};
+use crate::options::{BuildOptions, BuildRequest, GuestOptions};
 use crate::plan::{self, Planned};
 use crate::session::Session;
 use crate::vm::{self, VmRequest, VmResult};
+use crate::watchdog::StepWatchdog;
+
+/// How long a cancelled build waits for its VM's thread to stop the VM before it removes the
+/// work directory anyway (the driver polls the token every few hundred milliseconds).
+const VM_STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// Builds images from Dockerfiles in VMs. Cheap to create; one builder can run many builds.
 #[derive(Debug, Clone)]
@@ -41,6 +47,48 @@ impl WorkDir {
 
     fn path(&self) -> &Path {
         self.0.path()
+    }
+
+    /// Removes the directory now; its path if that worked.
+    fn remove(self) -> Option<PathBuf> {
+        let path = self.path().to_path_buf();
+        match self.0.close() {
+            Ok(()) => Some(path),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove the work directory");
+                None
+            }
+        }
+    }
+}
+
+/// The files [`image::write`] writes for `name` in `out_dir`, and the temporary names it
+/// writes them under.
+fn output_files(out_dir: &Path, name: &str) -> Vec<PathBuf> {
+    [
+        "ext4",
+        "manifest.json",
+        "manifest.json.tmp",
+        "vmlinux",
+        "initramfs.cpio",
+        "firecracker.json",
+        "firecracker.tmp",
+        "tmp",
+    ]
+    .iter()
+    .map(|ext| out_dir.join(format!("{name}.{ext}")))
+    .collect()
+}
+
+/// Removes what a failed [`image::write`] may have left: a mix of this build's outputs and an
+/// earlier build's is worse than none.
+fn remove_outputs(out_dir: &Path, name: &str) {
+    for path in output_files(out_dir, name) {
+        match std::fs::remove_file(&path) {
+            Ok(()) => tracing::info!(path = %path.display(), "removed a partial output"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot remove"),
+        }
     }
 }
 
@@ -71,26 +119,79 @@ impl Builder {
     /// Builds `req`: plan, kernel and agent, then each stage the target needs in dependency
     /// order (its base, a VM running its steps with the disks it reads attached), then the
     /// target stage's image and its companions in `req.out_dir`.
+    ///
+    /// The build stops when the options' [`Cancel`] token is cancelled
+    /// ([`Error::Cancelled`]), when a step outlives [`BuildOptions::step_timeout`]
+    /// ([`Error::StepTimeout`]), or when this future is dropped: its VM is stopped and its work
+    /// directory removed, whichever way it ends.
     pub async fn build(&self, req: &BuildRequest, events: EventSink) -> Result<Built> {
-        let started = Instant::now();
         req.validate()?;
-        let planned = self.plan_phase(req, &events).await?;
+        // This build's token: cancelled with the caller's, by the step timeout, or when this
+        // future is dropped (the VM's thread polls it and stops the VM).
+        let cancel = self.options.guest.cancel.child();
+        let _stop_on_drop = cancel.drop_guard();
+        let watchdog = StepWatchdog::start(self.options.step_timeout, cancel.clone());
+        let guest = GuestOptions {
+            cancel: cancel.clone(),
+            ..self.options.guest.clone()
+        };
+        let run = Stop {
+            guest: &guest,
+            cancel: &cancel,
+            watchdog: &watchdog,
+        };
+        let mut work = None;
+        let result = self
+            .build_in(req, watchdog.sink(events), &run, &mut work)
+            .await;
+        match result {
+            Err(Error::Cancelled { .. }) => Err(Error::Cancelled {
+                removed: work.and_then(WorkDir::remove).into_iter().collect(),
+            }),
+            // Anything else: the work directory goes when `work` drops.
+            other => other,
+        }
+    }
+
+    /// [`build`](Self::build)'s steps; `work` holds the work directory once there is one.
+    async fn build_in(
+        &self,
+        req: &BuildRequest,
+        events: EventSink,
+        run: &Stop<'_>,
+        work: &mut Option<WorkDir>,
+    ) -> Result<Built> {
+        let started = Instant::now();
+        let planned = run.cancel.race(self.plan_phase(req, &events)).await?;
         let target = planned.target()?.clone();
-        let work = WorkDir::create(&req.out_dir)?;
+        let work = work
+            .insert(WorkDir::create(&req.out_dir)?)
+            .path()
+            .to_path_buf();
         let t = Instant::now();
-        let boot = boot::prepare(&self.options.guest, None, work.path()).await?;
+        let boot = run
+            .cancel
+            .race(boot::prepare(run.guest, None, &work))
+            .await?;
         phase(&events, Phase::Kernel, t);
         // `ADD <url>`: fetched on the host (verified, cached by digest), served like a file.
-        let urls = crate::fetch::fetch_urls(&planned.plan, &self.options.pull.cache_dir).await?;
+        let urls = run
+            .cancel
+            .race(crate::fetch::fetch_urls(
+                &planned.plan,
+                &self.options.pull.cache_dir,
+            ))
+            .await?;
         let mut stages = Stages::default();
         for stage in &planned.plan.stages {
             let ctx = StageCtx {
                 req,
                 planned: &planned,
                 boot: &boot,
-                work: work.path(),
+                work: &work,
                 events: &events,
                 urls: &urls,
+                run,
             };
             let done = self.build_stage(&ctx, stage, &mut stages).await?;
             stages.done.insert(stage.index, done);
@@ -157,13 +258,13 @@ impl Builder {
             }
             base => {
                 let name = format!("base-{}", stage.index);
-                self.base_phase(base, ctx.planned, &ctx.work.join(name), &image, ctx.events)
-                    .await?
-                    .base
+                let dir = ctx.work.join(name);
+                let prepare = self.base_phase(base, ctx.planned, &dir, &image, ctx.events);
+                ctx.run.cancel.race(prepare).await?.base
             }
         };
         if !stage.steps.is_empty() {
-            let disks = self.disks(ctx, stage, stages).await?;
+            let disks = ctx.run.cancel.race(self.disks(ctx, stage, stages)).await?;
             self.run_steps(ctx, stage, &image, disks).await?;
         }
         (ctx.events)(Event::StageFinished {
@@ -276,8 +377,8 @@ impl Builder {
             .plan
             .only_stage(stage.index)
             .ok_or_else(|| Error::Task(format!("stage {} vanished from the plan", stage.index)))?;
-        let session =
-            Session::start(planned, stage_plan, req, ctx.urls, ctx.events.clone()).await?;
+        let session = Session::start(planned, stage_plan, req, ctx.urls, ctx.events.clone());
+        let session = ctx.run.cancel.race(session).await?;
         (ctx.events)(Event::VmStarting { driver: "qemu" });
         let vm_req = VmRequest {
             name: format!("build-{}-{}", req.name, stage.index),
@@ -286,12 +387,23 @@ impl Builder {
             disks,
             boot: ctx.boot,
             metadata: Some(session.metadata_addr()),
+            host_ports: vec![session.bootstrap_addr().port()],
+            metadata_key: session.metadata_key(),
             extra_cmdline: "",
         };
-        let result = vm::run(&self.options.guest, &vm_req, self.options.timeout).await?;
-        let (outcome, scrub) = session.finish().await;
+        let result = run_vm(ctx.run, &vm_req, self.options.timeout).await;
         // The console log is kept beside the outputs only when the build failed.
         let kept = req.out_dir.join(format!("{}.console.log", req.name));
+        if ctx.run.cancel.is_cancelled() {
+            // Stopped from outside or by the step timeout: the guest reports nothing more.
+            drop(session);
+            return Err(stopped(ctx, stage, &vm::console_path(&vm_req), kept));
+        }
+        let Some(result) = result else {
+            return Err(Error::Task("the VM's thread did not end".to_owned()));
+        };
+        let result = result?;
+        let (outcome, scrub) = session.finish().await;
         let console = result.console.clone();
         let checked = check_outcome(outcome, result, kept.clone(), planned, self.options.timeout);
         if checked.is_err() {
@@ -331,6 +443,7 @@ impl Builder {
             kernel: &boot.kernel,
         };
         image::write(&work_image, size, outputs, &self.options)
+            .inspect_err(|_| remove_outputs(&req.out_dir, &req.name))
     }
 }
 
@@ -342,6 +455,60 @@ struct StageCtx<'a> {
     work: &'a Path,
     events: &'a EventSink,
     urls: &'a BTreeMap<String, PathBuf>,
+    run: &'a Stop<'a>,
+}
+
+/// What stops a build: its token (in the guest options the VM driver polls) and the step
+/// timeout that may cancel it.
+struct Stop<'a> {
+    guest: &'a GuestOptions,
+    cancel: &'a Cancel,
+    watchdog: &'a StepWatchdog,
+}
+
+/// Runs the VM; when the build is cancelled meanwhile, waits (a while) for the VM's thread to
+/// stop it, so the work directory is not removed under a running VM. `None`: the thread did
+/// not end in time.
+async fn run_vm(
+    stop: &Stop<'_>,
+    req: &VmRequest<'_>,
+    timeout: Duration,
+) -> Option<Result<VmResult>> {
+    let vm = vm::run(stop.guest, req, timeout);
+    tokio::pin!(vm);
+    tokio::select! {
+        result = &mut vm => Some(result),
+        () = stop.cancel.cancelled() => tokio::time::timeout(VM_STOP_GRACE, vm).await.ok(),
+    }
+}
+
+/// The error of a stage whose VM was stopped by the token: the step that outlived the step
+/// timeout (its console log kept at `kept`), or a plain cancellation.
+fn stopped(ctx: &StageCtx<'_>, stage: &Stage, console: &Path, kept: PathBuf) -> Error {
+    let Some((step, timeout)) = ctx.run.watchdog.expired() else {
+        return Error::Cancelled {
+            removed: Vec::new(),
+        };
+    };
+    let console = match std::fs::copy(console, &kept) {
+        Ok(_) => kept,
+        Err(_) => console.to_path_buf(),
+    };
+    Error::StepTimeout(Box::new(TimedOutStep {
+        location: match step.line {
+            0 => String::new(),
+            line => format!("{}:{line}: ", ctx.planned.file.display()),
+        },
+        stage: match &stage.name {
+            Some(name) => format!("{} ({name})", stage.index),
+            None => stage.index.to_string(),
+        },
+        number: step.number,
+        total: step.total,
+        instruction: step.instruction,
+        timeout,
+        console,
+    }))
 }
 
 /// A built stage: its image (in the work directory) and where its first base came from.
@@ -445,5 +612,68 @@ fn check_outcome(
             what: o.map_or("no outcome".to_owned(), |o| o.to_string()),
             console,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use std::sync::Arc;
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_build_removes_its_work_directory_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = dir.path().join("ctx");
+        std::fs::create_dir_all(&ctx).unwrap();
+        std::fs::write(ctx.join("Dockerfile"), "FROM scratch\nRUN true\n").unwrap();
+        let out = dir.path().join("out");
+        let guest = GuestOptions::new(dir.path().join("vminit"), dir.path().join("kernels"));
+        let caller = guest.cancel.clone();
+        let builder = Builder::new(BuildOptions::new(guest, dir.path().join("cache")));
+        // Cancelled once the plan is made: after the work directory exists, before the VM.
+        let events: EventSink = Arc::new(move |event| {
+            if matches!(event, Event::Planned { .. }) {
+                caller.cancel();
+            }
+        });
+        let request = BuildRequest::new(&ctx, "cancelled", &out);
+        let err = builder.build(&request, events).await.unwrap_err();
+        let Error::Cancelled { removed } = &err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(removed.len(), 1, "{removed:?}");
+        assert!(removed[0].starts_with(&out), "{removed:?}");
+        let work = removed[0].file_name().unwrap().to_string_lossy();
+        assert!(work.starts_with(".firebuild-work-"), "{work}");
+        assert!(!removed[0].exists());
+        assert!(
+            err.to_string().contains(&removed[0].display().to_string()),
+            "{err}"
+        );
+        assert!(names(&out).is_empty(), "{:?}", names(&out));
+    }
+
+    #[test]
+    fn a_failed_write_leaves_no_output_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        for path in output_files(dir.path(), "demo") {
+            std::fs::write(path, b"partial").unwrap();
+        }
+        // Not this build's outputs: kept.
+        for other in ["demo.console.log", "other.ext4"] {
+            std::fs::write(dir.path().join(other), b"kept").unwrap();
+        }
+        remove_outputs(dir.path(), "demo");
+        assert_eq!(names(dir.path()), ["demo.console.log", "other.ext4"]);
     }
 }

@@ -93,6 +93,16 @@ pub enum Error {
         /// The console log kept for inspection.
         console: PathBuf,
     },
+    /// A step ran longer than the step timeout: the VM was stopped.
+    #[error("{0}")]
+    StepTimeout(Box<TimedOutStep>),
+    /// The build or run was cancelled (its [`Cancel`](crate::Cancel) token, or the future
+    /// dropped): the VM was stopped and the work files removed.
+    #[error("cancelled{}", removed_list(removed))]
+    Cancelled {
+        /// What the build removed on its way out (its work directory).
+        removed: Vec<PathBuf>,
+    },
     /// The VM ended without the guest reporting a result.
     #[error("the VM exited without a result from the guest: {what} (console: {console})", console = console.display())]
     NoResult {
@@ -122,6 +132,36 @@ pub enum Error {
     /// A background task panicked or was cancelled.
     #[error("internal task failed: {0}")]
     Task(String),
+}
+
+/// The step an [`Error::StepTimeout`] stopped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{location}step {number}/{total} of stage {stage}, `{instruction}`, ran longer than the step timeout ({timeout:?}): the VM was stopped (console: {console})",
+    console = console.display())]
+#[non_exhaustive]
+pub struct TimedOutStep {
+    /// `Dockerfile:LINE: ` of the instruction, empty when unknown.
+    pub location: String,
+    /// The stage: its index, and its `AS` name where it has one (`1 (build)`).
+    pub stage: String,
+    /// The step's 1-based position among all steps of the build.
+    pub number: usize,
+    /// Steps in the build.
+    pub total: usize,
+    /// The instruction, shortened (`RUN sleep 600`).
+    pub instruction: String,
+    /// The step timeout.
+    pub timeout: Duration,
+    /// The console log kept for inspection.
+    pub console: PathBuf,
+}
+
+fn removed_list(removed: &[PathBuf]) -> String {
+    if removed.is_empty() {
+        return String::new();
+    }
+    let paths: Vec<String> = removed.iter().map(|p| p.display().to_string()).collect();
+    format!("; removed {}", paths.join(", "))
 }
 
 /// `Result` with this crate's [`Error`].

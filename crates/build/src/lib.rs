@@ -10,6 +10,9 @@
 //!   a metadata document so the guest is configured (hostname, users, keys, files...) first.
 //! - Both report progress as typed [`Event`]s through an [`EventSink`]; the library never
 //!   prints. A failure is an [`Error`] whose variant names the step that broke.
+//! - Both stop when the [`Cancel`] token in their [`GuestOptions`] is cancelled (or their
+//!   future is dropped): the VM is stopped and the work files removed. A build's RUN step
+//!   that outlives [`BuildOptions::step_timeout`] stops the build the same way.
 //!
 //! What firebuild adds to an image: nothing. The agent (`vminit`) and the image config reach
 //! the guest in the initramfs; during a build the agent provides `/etc/resolv.conf`,
@@ -38,6 +41,7 @@
 mod boot;
 mod builder;
 pub mod cache_mounts;
+mod cancel;
 mod error;
 pub mod event;
 mod fetch;
@@ -48,9 +52,11 @@ pub mod plan;
 mod runner;
 mod session;
 mod vm;
+mod watchdog;
 
 pub use builder::Builder;
-pub use error::{Error, Result};
+pub use cancel::Cancel;
+pub use error::{Error, Result, TimedOutStep};
 pub use event::{Event, EventSink, Phase, Stream};
 pub use fetch::{FetchError, MAX_REDIRECTS, MAX_URL_BYTES, fetch_urls};
 pub use image::Built;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use firebuild_rootfs::registry::PullOptions;
 use firebuild_vmm::QemuOptions;
 
+use crate::cancel::Cancel;
 use crate::error::{Error, Result};
 
 /// What to build.
@@ -104,6 +105,10 @@ pub struct GuestOptions {
     pub memory_mib: u32,
     /// Guest vCPUs.
     pub vcpus: u8,
+    /// Stops the flows using these options when cancelled: the VM is stopped (its driver
+    /// polls the token while it waits), the work files removed, and the flow returns
+    /// [`Error::Cancelled`]. Keep a clone and call [`Cancel::cancel`] (on `SIGINT`, say).
+    pub cancel: Cancel,
 }
 
 impl GuestOptions {
@@ -115,6 +120,7 @@ impl GuestOptions {
             driver: VmDriver::default(),
             memory_mib: 1024,
             vcpus: 2,
+            cancel: Cancel::new(),
         }
     }
 }
@@ -134,6 +140,9 @@ pub struct BuildOptions {
     pub size_mib: Option<u64>,
     /// The whole build's deadline.
     pub timeout: Duration,
+    /// The longest one step may run; past it the VM is stopped and the build fails with
+    /// [`Error::StepTimeout`] naming the step (`None`: no limit but `timeout`).
+    pub step_timeout: Option<Duration>,
     /// Record the build args in the manifest (off by default: they often carry tokens).
     pub record_build_args: bool,
     /// Add a network interface on this host tap device, and Firecracker's MMDS, to the
@@ -153,6 +162,7 @@ impl BuildOptions {
             headroom_mib: DEFAULT_HEADROOM_MIB,
             size_mib: None,
             timeout: Duration::from_secs(1800),
+            step_timeout: None,
             record_build_args: false,
             firecracker_tap: None,
             no_cache: false,
