@@ -1,11 +1,14 @@
 //! `firebuild-host build`: argument parsing and rendering over [`firebuild_build::Builder`].
 
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::Args;
 use firebuild_build::{BuildOptions, Builder, DEFAULT_HEADROOM_MIB, GuestOptions};
+
+use crate::interrupt::{Ended, Signals};
 
 use crate::progress::{Progress, ProgressArgs};
 use crate::registry_args::RegistryArgs;
@@ -43,6 +46,10 @@ pub struct BuildArgs {
     /// Give up after this many seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 1800)]
     pub timeout: u64,
+    /// Stop the build when one RUN step runs longer than this (`90s`, `10m`, `1h`, `500ms`; a
+    /// bare number is seconds): the VM is stopped and the error names the step.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub step_timeout: Option<Duration>,
     /// A secret for `RUN --mount=type=secret,id=ID`: `id=ID,src=FILE` or `id=ID,env=VAR`
     /// (repeatable; Docker's syntax, `type=file|env` accepted; `id` defaults to the file name
     /// of `src`). At most 1 MiB each. Secrets never enter the image, the plan, the manifest,
@@ -141,10 +148,41 @@ fn find_vminit(given: Option<&Path>) -> anyhow::Result<PathBuf> {
     }
 }
 
-/// Runs the subcommand.
-pub fn run(args: &BuildArgs) -> anyhow::Result<()> {
+/// Parses `90s`, `10m`, `1h`, `500ms` or a bare number of seconds; zero is refused.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a number and a unit (90s, 10m, 1h, 500ms)"))?;
+    let duration = match unit {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {unit:?} (use ms, s, m or h)"
+            ));
+        }
+    };
+    if duration.is_zero() {
+        return Err(format!("{text:?}: must be more than zero"));
+    }
+    Ok(duration)
+}
+
+/// Runs the subcommand: 0 when the image is built, 130/143 when interrupted by
+/// `SIGINT`/`SIGTERM` (after the VM is stopped and the work files removed).
+pub fn run(args: &BuildArgs) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    rt.block_on(build(args))
+    let result = rt.block_on(build(args));
+    // A VM thread that missed the cancellation must not hold the exit: the VMM gets SIGKILL
+    // when its thread ends with the process.
+    rt.shutdown_timeout(crate::interrupt::SHUTDOWN);
+    result
 }
 
 fn options(args: &BuildArgs) -> anyhow::Result<BuildOptions> {
@@ -154,13 +192,14 @@ fn options(args: &BuildArgs) -> anyhow::Result<BuildOptions> {
     opts.headroom_mib = args.headroom_mib;
     opts.size_mib = args.size;
     opts.timeout = Duration::from_secs(args.timeout);
+    opts.step_timeout = args.step_timeout;
     opts.record_build_args = args.record_build_args;
     opts.firecracker_tap = args.firecracker_tap.clone();
     opts.no_cache = args.no_cache;
     Ok(opts)
 }
 
-async fn build(args: &BuildArgs) -> anyhow::Result<()> {
+async fn build(args: &BuildArgs) -> anyhow::Result<ExitCode> {
     let name = match &args.name {
         Some(n) => n.clone(),
         None => std::fs::canonicalize(&args.input.context)
@@ -170,12 +209,53 @@ async fn build(args: &BuildArgs) -> anyhow::Result<()> {
     };
     let mut request = args.input.request(&name, &args.out)?;
     request.secrets = crate::secret_args::read_all(&args.secrets)?;
-    let builder = Builder::new(options(args)?);
+    let options = options(args)?;
+    let cancel = options.guest.cancel.clone();
+    let mut signals = Signals::catch()?;
+    let builder = Builder::new(options);
     let progress = Progress::new(&args.progress);
-    let result = builder
-        .build(&request, progress.sink())
-        .await
-        .map_err(anyhow::Error::from);
+    let build = builder.build(&request, progress.sink());
+    let result = match crate::interrupt::until_signal(build, &cancel, &mut signals).await {
+        Ended::Done(result) | Ended::Interrupted(_, Some(result @ Ok(_))) => result,
+        Ended::Interrupted(signal, result) => {
+            let what = match result {
+                Some(Err(firebuild_build::Error::Cancelled { removed })) if removed.is_empty() => {
+                    "nothing to clean up".to_owned()
+                }
+                Some(Err(firebuild_build::Error::Cancelled { removed })) => {
+                    let paths: Vec<String> =
+                        removed.iter().map(|p| p.display().to_string()).collect();
+                    format!("cleaned up {}", paths.join(", "))
+                }
+                Some(Err(e)) => format!("stopped the VM; {e}"),
+                // Dropped: the build's guards stopped the VM and removed its work directory.
+                Some(Ok(_)) | None => "stopped the build and removed its work files".to_owned(),
+            };
+            let message = format!("interrupted by {signal}: {what}");
+            progress.finish(Err(&anyhow::anyhow!(message.clone())));
+            eprintln!("{message}");
+            return Ok(ExitCode::from(signal.exit_code()));
+        }
+    }
+    .map_err(anyhow::Error::from);
     progress.finish(result.as_ref());
-    result.map(drop)
+    result.map(|_| ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn durations_take_a_unit_or_mean_seconds() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        for bad in ["", "s", "0s", "1.5s", "10 m", "3d", "-1s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 }

@@ -11,6 +11,7 @@ use tracing_subscriber::EnvFilter;
 
 mod build_cmd;
 mod cache_cmd;
+mod interrupt;
 mod kernel_cmd;
 mod mmds_cmd;
 mod parse_cmd;
@@ -59,7 +60,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Cmd::Run(args) => return finish(run_cmd::run(args)),
-        Cmd::Build(args) => build_cmd::run(args),
+        Cmd::Build(args) => return finish(build_cmd::run(args)),
         Cmd::Parse(args) => parse_cmd::run(args),
         Cmd::Plan(args) => plan_cmd::run(args),
         Cmd::Mmds(args) => mmds_cmd::run(args),

@@ -9,6 +9,8 @@ use anyhow::Context as _;
 use clap::Args;
 use firebuild_build::{RunRequest, Runner};
 
+use crate::interrupt::{Ended, Signals};
+
 /// Largest metadata file read (the embedded MMDS holds 51200 bytes by default).
 const MAX_METADATA: u64 = 1 << 20;
 
@@ -38,15 +40,33 @@ fn read_metadata(path: &std::path::Path) -> anyhow::Result<serde_json::Value> {
         .with_context(|| format!("metadata {} is not valid JSON", path.display()))
 }
 
-/// Runs the subcommand; the exit code is the workload's.
+/// Runs the subcommand; the exit code is the workload's, or 130/143 when interrupted by
+/// `SIGINT`/`SIGTERM` (after the VM is stopped and the work files removed).
 pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let mut req = RunRequest::new(&args.image);
     req.metadata = args.metadata.as_deref().map(read_metadata).transpose()?;
     req.args = args.args.clone();
     req.timeout = Duration::from_secs(args.timeout);
-    let runner = Runner::new(args.guest.options()?);
+    let guest = args.guest.options()?;
+    let cancel = guest.cancel.clone();
+    let runner = Runner::new(guest);
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    let ran = rt.block_on(runner.run(&req, crate::progress::Progress::plain().sink()))?;
+    let ended = rt.block_on(async {
+        let mut signals = Signals::catch()?;
+        let run = runner.run(&req, crate::progress::Progress::plain().sink());
+        anyhow::Ok(crate::interrupt::until_signal(run, &cancel, &mut signals).await)
+    });
+    // A VM thread that missed the cancellation must not hold the exit: the VMM gets SIGKILL
+    // when its thread ends with the process.
+    rt.shutdown_timeout(crate::interrupt::SHUTDOWN);
+    let ran = match ended? {
+        Ended::Done(ran) | Ended::Interrupted(_, Some(ran @ Ok(_))) => ran?,
+        Ended::Interrupted(signal, _) => {
+            // The run's work directory went with it; the VM's thread saw the token.
+            eprintln!("interrupted by {signal}: stopped the VM and removed its work files");
+            return Ok(ExitCode::from(signal.exit_code()));
+        }
+    };
     eprintln!("==> workload exited with {}", ran.exit_code);
     Ok(ExitCode::from(u8::try_from(ran.exit_code).unwrap_or(1)))
 }

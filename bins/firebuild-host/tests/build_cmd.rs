@@ -2,8 +2,10 @@
 //! the image read back with debugfs; and a failing RUN reported with its Dockerfile line.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 fn host() -> Command {
     Command::new(env!("CARGO_BIN_EXE_firebuild-host"))
@@ -393,4 +395,148 @@ fn an_unreadable_secret_is_refused_naming_the_flag() {
         stderr.contains("id=a,mode=0400") && stderr.contains("unknown key \"mode\""),
         "{stderr}"
     );
+}
+
+/// The processes whose command line mentions `qemu` and `dir` (their pid and command line).
+fn qemus_under(dir: &Path) -> Vec<(String, String)> {
+    let dir = dir.to_string_lossy();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains("qemu") && cmdline.contains(dir.as_ref()) {
+            found.push((pid, cmdline));
+        }
+    }
+    found
+}
+
+/// Asserts no QEMU of this test is left (a killed one may take a moment to go) and `out_dir`
+/// holds nothing but `allowed`: no work directory, no image, manifest or config.
+fn assert_nothing_left(dir: &Path, out_dir: &Path, allowed: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !qemus_under(dir).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(qemus_under(dir), [], "a VM outlived its build");
+    let names: Vec<String> = match std::fs::read_dir(out_dir) {
+        Ok(entries) => entries
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    let left: Vec<&String> = names
+        .iter()
+        .filter(|n| !allowed.contains(&n.as_str()))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "left behind in {}: {left:?}",
+        out_dir.display()
+    );
+}
+
+#[test]
+fn a_step_timeout_or_an_interrupt_stops_the_vm_and_leaves_nothing_behind() {
+    let Some(vminit) = prerequisites() else {
+        return;
+    };
+    let (dir, ctx) = scratch_context(
+        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"sleep\", \"600\"]\n",
+    );
+    // Far below the step's 600 s: the VM was stopped, not waited for.
+    let bound = Duration::from_secs(300);
+
+    // (a) The step timeout fails the build naming the step, and stops the VM at once.
+    let out_dir = dir.path().join("timed-out");
+    let started = Instant::now();
+    let (code, stdout, stderr) =
+        build("sleepy", &["--step-timeout", "3s"], &vminit, &out_dir, &ctx);
+    assert_eq!(code, Some(1), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(started.elapsed() < bound, "{:?}", started.elapsed());
+    assert!(
+        stderr.contains(
+            "Dockerfile:3: step 2/2 of stage 0, `RUN [\"/bin/busybox\", \"sleep\", \"600\"]`, \
+             ran longer than the step timeout (3s): the VM was stopped"
+        ),
+        "{stderr}"
+    );
+    // The console log is kept for diagnosis, as for any failed build; nothing else.
+    assert!(out_dir.join("sleepy.console.log").is_file());
+    assert_nothing_left(dir.path(), &out_dir, &["sleepy.console.log"]);
+
+    // (b) SIGINT once the step runs: exit code 130, the VM stopped, nothing left.
+    let out_dir = dir.path().join("interrupted");
+    let mut child = host()
+        .args(["build", "--name", "sleepy", "--progress=json", "--vminit"])
+        .arg(&vminit)
+        .arg("-o")
+        .arg(&out_dir)
+        .arg(&ctx)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    loop {
+        let Ok(line) = lines.recv_timeout(bound.saturating_sub(started.elapsed())) else {
+            let _ = child.kill();
+            panic!("no step-started event for the RUN step: {seen:#?}");
+        };
+        let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+        seen.push(line);
+        if event["event"] == "step-started" && event["number"] == 2 {
+            break;
+        }
+    }
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > bound {
+            let _ = child.kill();
+            panic!("the build did not end after SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    reader.join().unwrap();
+    seen.extend(lines.try_iter());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}\n{seen:#?}");
+    // One line on stderr says what was cleaned up: the work directory in the output directory.
+    let said = stderr
+        .lines()
+        .find(|l| l.starts_with("interrupted by SIGINT: cleaned up "))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(
+        said.contains(&format!("{}/.firebuild-work-", out_dir.display())),
+        "{said}"
+    );
+    // The JSON stream still ends with its closing event.
+    let last: serde_json::Value = serde_json::from_str(seen.last().unwrap()).unwrap();
+    assert_eq!(last["event"], "failed", "{seen:#?}");
+    assert_nothing_left(dir.path(), &out_dir, &[]);
 }
