@@ -176,6 +176,11 @@ impl Runner {
                     console: console_path,
                 });
             }
+            Ok(RunOutcome::Cancelled) => {
+                return Err(Error::Cancelled {
+                    removed: Vec::new(),
+                });
+            }
             Ok(_) => {}
             Err(source) => {
                 return Err(Error::Vm {

@@ -83,6 +83,11 @@ pub async fn run(guest: &GuestOptions, req: &VmRequest<'_>, timeout: Duration) -
     );
     let mut driver = QemuDriver::new(spec(guest, req, cmdline.trim_end().to_owned()), opts);
     let console = driver.console_log().to_path_buf();
-    let outcome = tokio::task::spawn_blocking(move || driver.run(timeout)).await?;
+    let cancel = guest.cancel.clone();
+    // Started, waited for and stopped on one blocking thread: QEMU's parent-death signal is
+    // tied to the thread that spawned it.
+    let outcome =
+        tokio::task::spawn_blocking(move || driver.run_until(timeout, &|| cancel.is_cancelled()))
+            .await?;
     Ok(VmResult { outcome, console })
 }

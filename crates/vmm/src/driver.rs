@@ -43,17 +43,38 @@ pub trait Driver {
 
     /// `prepare`, `start`, then `wait` up to `timeout`; stops the VM when it does not exit in time.
     fn run(&mut self, timeout: Duration) -> Result<RunOutcome> {
+        self.run_until(timeout, &|| false)
+    }
+
+    /// [`run`](Self::run), also stopping the VM as soon as `cancelled()` answers true (asked
+    /// before starting and every [`CANCEL_POLL`] while it runs). Everything happens on the
+    /// calling thread, so the VMM's parent-death signal stays armed.
+    fn run_until(&mut self, timeout: Duration, cancelled: &dyn Fn() -> bool) -> Result<RunOutcome> {
+        if cancelled() {
+            return Ok(RunOutcome::Cancelled);
+        }
         self.prepare()?;
         self.start()?;
-        match self.wait(timeout)? {
-            Some(exit) => Ok(RunOutcome::Exited(exit)),
-            None => {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if let Some(exit) = self.wait(left.min(CANCEL_POLL))? {
+                return Ok(RunOutcome::Exited(exit));
+            }
+            if cancelled() {
                 self.stop()?;
-                Ok(RunOutcome::TimedOut)
+                return Ok(RunOutcome::Cancelled);
+            }
+            if left.is_zero() {
+                self.stop()?;
+                return Ok(RunOutcome::TimedOut);
             }
         }
     }
 }
+
+/// How often [`Driver::run_until`] asks whether to stop.
+pub const CANCEL_POLL: Duration = Duration::from_millis(250);
 
 /// The result of [`Driver::run`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +84,8 @@ pub enum RunOutcome {
     Exited(VmExit),
     /// The timeout passed and the VM was stopped.
     TimedOut,
+    /// The caller cancelled ([`Driver::run_until`]); the VM was stopped or never started.
+    Cancelled,
 }
 
 /// Polls `child` until it exits or `timeout` passes.

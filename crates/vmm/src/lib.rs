@@ -35,7 +35,7 @@ pub mod qemu;
 pub mod sandbox;
 mod spec;
 
-pub use driver::{Driver, RunOutcome, VmExit};
+pub use driver::{CANCEL_POLL, Driver, RunOutcome, VmExit};
 pub use error::{Error, Result};
 pub use firecracker::{FirecrackerDriver, FirecrackerOptions};
 pub use process::which;
