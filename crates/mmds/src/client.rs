@@ -440,7 +440,10 @@ impl Client {
                 Ok(value)
             }
             StatusCode::SERVICE_UNAVAILABLE => Err(Step::Done(Err(Error::Disabled))),
-            s if s.is_server_error() => Err(Step::Retry(Failure::Status(s, snippet(&reply.body)))),
+            // Transient as for a GET: a 429 while asking for the token is not final either.
+            s if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS => {
+                Err(Step::Retry(Failure::Status(s, snippet(&reply.body))))
+            }
             s => Err(Step::Done(Err(Error::Status {
                 path: TOKEN_PATH.to_owned(),
                 status: s,
