@@ -82,6 +82,17 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A layer (or the layers applied so far) went over a [`crate::layer::Limits`] bound;
+    /// extraction stopped there.
+    #[error("layer {layer}: {what} over the limit of {limit}")]
+    LayerLimit {
+        /// Digest (or index) of the layer.
+        layer: String,
+        /// What went over (`decompressed size`, `file content`, `entry count`).
+        what: &'static str,
+        /// The limit.
+        limit: u64,
+    },
     /// Reading a layer's tar stream failed.
     #[error("read layer {layer}")]
     LayerRead {

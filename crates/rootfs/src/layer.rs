@@ -1,37 +1,78 @@
 //! Applying image layers (tar, gzip or zstd) to a directory: owners, modes, special bits,
 //! symlinks, hardlinks, xattrs and device nodes; whiteouts (`.wh.NAME`) and opaque directories
-//! (`.wh..wh..opq`); every path confined to the root.
+//! (`.wh..wh..opq`); every path confined to the root; bounded in bytes and entries.
 //!
 //! Confinement follows chroot semantics (what Docker gets by unpacking inside a chroot): an
 //! entry's parent directories are resolved inside the root, so a symlink `lib -> usr/lib` or even
 //! `lib -> /usr/lib` is followed *within* the tree and `..` stops at the root; an entry's own last
 //! component is never followed (it is replaced). Entries with a `..` component are rejected.
 //!
+//! Every decision is made here, once; the result is carried out on a [`Tree`] through confined
+//! relative paths only: [`DirTree`] (a directory on disk, what [`Applier::new`] uses) or any
+//! other implementation (the `oci_layer` fuzz harness applies layers to an in-memory tree).
+//!
+//! Bounds ([`Limits`]): the decompressed stream and the file content written are each counted
+//! as they flow, so a decompression bomb (or a sparse file claiming terabytes) stops at the
+//! limit, during extraction, with [`Error::LayerLimit`]; so does a layer with too many entries.
+//!
 //! Ownership: as root ([`Ownership::Native`]) owners, modes, xattrs and device nodes are applied
 //! to the tree itself. Otherwise ([`Ownership::SideTable`]) the tree keeps the caller's owner and
 //! owner-accessible modes, and the real owner, mode, device numbers and xattrs of every entry
 //! go into a [`SideTable`] that [`crate::ext4`] replays under `fakeroot` before `mkfs.ext4 -d`.
 
+mod tree;
+
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashSet};
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
-use rustix::fs::{AtFlags, CWD, FileType, Gid, Mode, Timespec, Timestamps, Uid, XattrFlags};
 use serde::{Deserialize, Serialize};
 use tar::EntryType;
 use tracing::debug;
 
+pub use self::tree::{Attrs, DirTree, NodeType, Special, Tree};
 use crate::digest::{Digest, HashingReader};
 use crate::error::{Error, Result};
 
 /// Symlink hops allowed while resolving one path (Linux's limit).
 const MAX_SYMLINK_HOPS: u32 = 40;
 /// Deepest path accepted in a layer.
-const MAX_PATH_DEPTH: usize = 256;
+pub const MAX_PATH_DEPTH: usize = 256;
+
+/// Bounds on what an [`Applier`] extracts, over all the layers it applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Maximum bytes of decompressed tar stream read, and (separately) of file content written.
+    pub max_bytes: u64,
+    /// Maximum number of tar entries.
+    pub max_entries: u64,
+}
+
+impl Default for Limits {
+    /// 256 GiB and 16 Mi entries: far above any real base image, far below a disk-filling bomb
+    /// of the `42.zip` kind. Callers that know the target image size pass it instead.
+    fn default() -> Self {
+        Limits {
+            max_bytes: 256 << 30,
+            max_entries: 16 << 20,
+        }
+    }
+}
+
+/// What an [`Applier`] has extracted so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Decompressed tar stream bytes read.
+    pub stream_bytes: u64,
+    /// File content bytes written.
+    pub file_bytes: u64,
+    /// Tar entries seen.
+    pub entries: u64,
+}
 
 /// How file ownership is realised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,12 +189,15 @@ pub fn decompress<'a, R: Read + 'a>(r: R) -> io::Result<Box<dyn Read + 'a>> {
     })
 }
 
-/// Applies layers, bottom first, to one root directory.
+/// Applies layers, bottom first, to one root: a directory ([`DirTree`], the default) or any
+/// other [`Tree`].
 #[derive(Debug)]
-pub struct Applier {
-    root: PathBuf,
+pub struct Applier<T: Tree = DirTree> {
+    tree: T,
     ownership: Ownership,
     side: SideTable,
+    limits: Limits,
+    usage: Usage,
 }
 
 struct Ctx<'a> {
@@ -161,21 +205,74 @@ struct Ctx<'a> {
     this_layer: HashSet<PathBuf>,
 }
 
-impl Applier {
-    /// Prepares `root` (created if missing) for layers.
+/// Counts bytes flowing through against a budget; never hands out a byte beyond it.
+struct Capped<'a, R> {
+    inner: R,
+    used: &'a Cell<u64>,
+    max: u64,
+    hit: &'a Cell<bool>,
+}
+
+impl<R: Read> Read for Capped<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let used = self.used.get();
+        // One byte beyond the budget tells "exactly at the limit" from "over it".
+        let room = self.max.saturating_sub(used).saturating_add(1);
+        let len = buf.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..len])?;
+        let used = used + n as u64;
+        if used > self.max {
+            self.hit.set(true);
+            return Err(io::Error::new(
+                io::ErrorKind::FileTooLarge,
+                "layer size limit reached",
+            ));
+        }
+        self.used.set(used);
+        Ok(n)
+    }
+}
+
+impl Applier<DirTree> {
+    /// Prepares `root` (created if missing) for layers, with default [`Limits`].
     pub fn new(root: impl Into<PathBuf>, ownership: Ownership) -> Result<Self> {
         let root = root.into();
         fs::create_dir_all(&root).map_err(Error::io("create", &root))?;
-        Ok(Self {
-            root,
-            ownership,
-            side: SideTable::default(),
-        })
+        Ok(Self::with_tree(DirTree::new(root), ownership))
     }
 
     /// The root directory.
     pub fn root(&self) -> &Path {
-        &self.root
+        self.tree.root()
+    }
+}
+
+impl<T: Tree> Applier<T> {
+    /// Applies layers to `tree`, with default [`Limits`].
+    pub fn with_tree(tree: T, ownership: Ownership) -> Self {
+        Self {
+            tree,
+            ownership,
+            side: SideTable::default(),
+            limits: Limits::default(),
+            usage: Usage::default(),
+        }
+    }
+
+    /// Sets the limits (over all layers applied from now on, counting what was already used).
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// What has been extracted so far.
+    pub fn usage(&self) -> Usage {
+        self.usage
+    }
+
+    /// The tree layers are applied to.
+    pub fn tree(&self) -> &T {
+        &self.tree
     }
 
     /// Applies one layer file (compression sniffed). Returns the digest of the uncompressed
@@ -187,21 +284,51 @@ impl Applier {
 
     /// Applies one layer from a reader (compression sniffed). `name` labels errors.
     pub fn apply_reader(&mut self, name: &str, r: impl Read) -> Result<Digest> {
-        let read_err = |source| Error::LayerRead {
+        let stream_used = Cell::new(self.usage.stream_bytes);
+        let hit = Cell::new(false);
+        let limits = self.limits;
+        let limit_err = |what: &'static str, limit: u64| Error::LayerLimit {
             layer: name.to_owned(),
-            source,
+            what,
+            limit,
         };
-        let tar_stream = HashingReader::new(decompress(r).map_err(read_err)?);
-        let mut archive = tar::Archive::new(tar_stream);
+        let read_err = |source: io::Error| {
+            if hit.get() {
+                limit_err("decompressed size", limits.max_bytes)
+            } else {
+                Error::LayerRead {
+                    layer: name.to_owned(),
+                    source,
+                }
+            }
+        };
+        let capped = Capped {
+            inner: decompress(r).map_err(read_err)?,
+            used: &stream_used,
+            max: limits.max_bytes,
+            hit: &hit,
+        };
+        let mut archive = tar::Archive::new(HashingReader::new(capped));
         let mut ctx = Ctx {
             layer: name,
             this_layer: HashSet::new(),
         };
-        for entry in archive.entries().map_err(read_err)? {
-            let mut entry = entry.map_err(read_err)?;
-            self.apply_entry(&mut ctx, &mut entry)?;
-        }
-        archive.into_inner().finish().map_err(read_err)
+        let result = (|| {
+            for entry in archive.entries().map_err(read_err)? {
+                let mut entry = entry.map_err(read_err)?;
+                self.usage.entries += 1;
+                if self.usage.entries > limits.max_entries {
+                    return Err(limit_err("entry count", limits.max_entries));
+                }
+                self.apply_entry(&mut ctx, &mut entry, &hit)?;
+            }
+            Ok(())
+        })();
+        self.usage.stream_bytes = stream_used.get();
+        result?;
+        let digest = archive.into_inner().finish().map_err(read_err);
+        self.usage.stream_bytes = stream_used.get();
+        digest
     }
 
     /// Finishes and returns the side table (empty under [`Ownership::Native`]).
@@ -209,10 +336,16 @@ impl Applier {
         self.side
     }
 
+    /// Finishes and returns the tree and the side table.
+    pub fn into_parts(self) -> (T, SideTable) {
+        (self.tree, self.side)
+    }
+
     fn apply_entry<R: Read>(
         &mut self,
         ctx: &mut Ctx<'_>,
         entry: &mut tar::Entry<'_, R>,
+        stream_hit: &Cell<bool>,
     ) -> Result<()> {
         let raw = entry.path_bytes().into_owned();
         let shown = String::from_utf8_lossy(&raw).into_owned();
@@ -221,12 +354,15 @@ impl Applier {
             entry: shown.clone(),
             reason,
         };
+        let limit_err = |what: &'static str, limit: u64| Error::LayerLimit {
+            layer: ctx.layer.to_owned(),
+            what,
+            limit,
+        };
         let Some(rel) = clean(&raw).map_err(&err)? else {
             // The root itself (`./`): only its metadata.
             if entry.header().entry_type() == EntryType::Directory {
-                let root = self.root.clone();
-                self.set_meta(entry, &root, Path::new(""), false)
-                    .map_err(&err)?;
+                self.set_meta(entry, Path::new(""), false).map_err(&err)?;
             }
             return Ok(());
         };
@@ -260,43 +396,55 @@ impl Applier {
 
         let parent = self.resolve(&parent_rel, true).map_err(&err)?;
         let path = parent.join(&name);
-        let rel_real = path
-            .strip_prefix(&self.root)
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
         let kind = entry.header().entry_type();
 
         // Replace what is there, except a directory over a directory.
-        match fs::symlink_metadata(&path) {
-            Ok(m) if m.is_dir() && kind == EntryType::Directory => {}
-            Ok(_) => self.remove(&path).map_err(&err)?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        match self.tree.node_type(&path) {
+            Ok(Some(NodeType::Dir)) if kind == EntryType::Directory => {}
+            Ok(Some(_)) => self.remove(&path).map_err(&err)?,
+            Ok(None) => {}
             Err(e) => return Err(err(format!("stat: {e}"))),
         }
 
         let mut symlink = false;
         match kind {
             EntryType::Directory => {
-                if !path.is_dir() {
-                    fs::create_dir(&path).map_err(|e| err(format!("mkdir: {e}")))?;
+                if self.tree.node_type(&path).ok().flatten() != Some(NodeType::Dir) {
+                    self.tree
+                        .create_dir(&path)
+                        .map_err(|e| err(format!("mkdir: {e}")))?;
                 }
             }
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
-                let mut f = fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-                    .open(&path)
-                    .map_err(|e| err(format!("create: {e}")))?;
-                io::copy(entry, &mut f).map_err(|e| err(format!("write: {e}")))?;
+                // Content is counted as written: a sparse entry can expand far beyond the
+                // stream that carries it.
+                let used = Cell::new(self.usage.file_bytes);
+                let hit = Cell::new(false);
+                let mut content = Capped {
+                    inner: &mut *entry,
+                    used: &used,
+                    max: self.limits.max_bytes,
+                    hit: &hit,
+                };
+                let written = self.tree.write_file(&path, &mut content);
+                self.usage.file_bytes = used.get();
+                if let Err(e) = written {
+                    if hit.get() {
+                        return Err(limit_err("file content", self.limits.max_bytes));
+                    }
+                    if stream_hit.get() {
+                        return Err(limit_err("decompressed size", self.limits.max_bytes));
+                    }
+                    return Err(err(format!("write: {e}")));
+                }
             }
             EntryType::Symlink => {
                 let target = entry
                     .link_name_bytes()
                     .ok_or_else(|| err("symlink without target".into()))?
                     .into_owned();
-                std::os::unix::fs::symlink(OsStr::from_bytes(&target), &path)
+                self.tree
+                    .symlink(OsStr::from_bytes(&target), &path)
                     .map_err(|e| err(format!("symlink: {e}")))?;
                 symlink = true;
             }
@@ -313,70 +461,52 @@ impl Applier {
                     .map_err(|e| err(format!("hardlink target: {e}")))?;
                 let tname = target_rel.file_name().unwrap_or_default();
                 let tpath = tparent.join(tname);
-                fs::hard_link(&tpath, &path).map_err(|e| {
+                self.tree.hard_link(&tpath, &path).map_err(|e| {
                     err(format!(
                         "hardlink to {}: {e}",
                         String::from_utf8_lossy(&target)
                     ))
                 })?;
-                ctx.this_layer.insert(rel_real);
+                ctx.this_layer.insert(path.clone());
                 // A hardlink shares the target's inode and metadata.
-                if let Some(meta) = tpath
-                    .strip_prefix(&self.root)
-                    .ok()
-                    .and_then(|t| self.side.entries.get(t).cloned())
-                {
-                    let key = path
-                        .strip_prefix(&self.root)
-                        .map(Path::to_path_buf)
-                        .unwrap_or_default();
-                    self.side.entries.insert(key, meta);
+                if let Some(meta) = self.side.entries.get(&tpath).cloned() {
+                    self.side.entries.insert(path, meta);
                 }
                 return Ok(());
             }
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
-                self.make_node(entry, &path, kind).map_err(&err)?;
+                let h = entry.header();
+                let major = h.device_major().ok().flatten().unwrap_or(0);
+                let minor = h.device_minor().ok().flatten().unwrap_or(0);
+                let node = match kind {
+                    EntryType::Char => Special::Char(major, minor),
+                    EntryType::Block => Special::Block(major, minor),
+                    _ => Special::Fifo,
+                };
+                if node == Special::Fifo || self.ownership == Ownership::Native {
+                    self.tree
+                        .make_node(&path, node)
+                        .map_err(|e| err(format!("mknod: {e}")))?;
+                } else {
+                    // Placeholder; the side table turns it into a node under fakeroot.
+                    self.tree
+                        .write_file(&path, &mut io::empty())
+                        .map_err(|e| err(format!("placeholder: {e}")))?;
+                }
             }
             other => {
                 debug!(layer = ctx.layer, entry = %shown, ?other, "skipping unsupported tar entry type");
                 return Ok(());
             }
         }
-        ctx.this_layer.insert(rel_real.clone());
-        self.set_meta(entry, &path, &rel_real, symlink)
-            .map_err(&err)?;
-        Ok(())
-    }
-
-    fn make_node<R: Read>(
-        &mut self,
-        entry: &tar::Entry<'_, R>,
-        path: &Path,
-        kind: EntryType,
-    ) -> Result<(), String> {
-        let h = entry.header();
-        let major = h.device_major().ok().flatten().unwrap_or(0);
-        let minor = h.device_minor().ok().flatten().unwrap_or(0);
-        let dev = rustix::fs::makedev(major, minor);
-        let ft = match kind {
-            EntryType::Char => FileType::CharacterDevice,
-            EntryType::Block => FileType::BlockDevice,
-            _ => FileType::Fifo,
-        };
-        if ft == FileType::Fifo || self.ownership == Ownership::Native {
-            rustix::fs::mknodat(CWD, path, ft, Mode::from_raw_mode(0o600), dev)
-                .map_err(|e| format!("mknod: {e}"))?;
-        } else {
-            // Placeholder; the side table turns it into a node under fakeroot.
-            fs::File::create(path).map_err(|e| format!("placeholder: {e}"))?;
-        }
+        ctx.this_layer.insert(path.clone());
+        self.set_meta(entry, &path, symlink).map_err(&err)?;
         Ok(())
     }
 
     fn set_meta<R: Read>(
         &mut self,
         entry: &mut tar::Entry<'_, R>,
-        path: &Path,
         rel: &Path,
         symlink: bool,
     ) -> Result<(), String> {
@@ -409,36 +539,27 @@ impl Applier {
             }
         }
         let is_dir = kind == EntryType::Directory;
-
+        let mut attrs = Attrs {
+            // Not on directories: a directory's mtime changes as entries land in it anyway.
+            mtime: (!is_dir).then_some(mtime as i64),
+            ..Attrs::default()
+        };
         match self.ownership {
             Ownership::Native => {
-                rustix::fs::chownat(
-                    CWD,
-                    path,
-                    Some(Uid::from_raw(uid)),
-                    Some(Gid::from_raw(gid)),
-                    AtFlags::SYMLINK_NOFOLLOW,
-                )
-                .map_err(|e| format!("chown: {e}"))?;
-                if !symlink {
-                    // After chown, which clears setuid/setgid.
-                    fs::set_permissions(path, fs::Permissions::from_mode(mode))
-                        .map_err(|e| format!("chmod: {e}"))?;
-                }
-                for (name, value) in &xattrs {
-                    rustix::fs::lsetxattr(path, name.as_str(), value, XattrFlags::empty())
-                        .map_err(|e| format!("setxattr {name}: {e}"))?;
-                }
+                attrs.owner = Some((uid, gid));
+                // Applied after chown, which clears setuid/setgid.
+                attrs.mode = (!symlink).then_some(mode);
+                attrs.xattrs = xattrs.into_iter().collect();
+                self.tree
+                    .set_attrs(rel, &attrs)
+                    .map_err(|e| format!("set attributes: {e}"))?;
             }
             Ownership::SideTable => {
-                if !symlink {
-                    let owner_bits = if is_dir { 0o700 } else { 0o600 };
-                    fs::set_permissions(
-                        path,
-                        fs::Permissions::from_mode((mode & 0o777) | owner_bits),
-                    )
-                    .map_err(|e| format!("chmod: {e}"))?;
-                }
+                let owner_bits = if is_dir { 0o700 } else { 0o600 };
+                attrs.mode = (!symlink).then_some((mode & 0o777) | owner_bits);
+                self.tree
+                    .set_attrs(rel, &attrs)
+                    .map_err(|e| format!("set attributes: {e}"))?;
                 self.side.entries.insert(
                     rel.to_path_buf(),
                     FileMeta {
@@ -452,76 +573,72 @@ impl Applier {
                 );
             }
         }
-        if !is_dir {
-            let t = Timespec {
-                tv_sec: mtime as i64,
-                tv_nsec: 0,
-            };
-            let ts = Timestamps {
-                last_access: t,
-                last_modification: t,
-            };
-            // Best effort: a timestamp is not worth failing a build over.
-            let _ = rustix::fs::utimensat(CWD, path, &ts, AtFlags::SYMLINK_NOFOLLOW);
-        }
         Ok(())
     }
 
     /// Resolves `rel` (a directory path relative to the root) inside the root, following
-    /// symlinks with chroot semantics. Missing directories are created when `create`.
+    /// symlinks with chroot semantics; the result has normal components only and names a
+    /// directory. Missing directories are created when `create`.
     fn resolve(&mut self, rel: &Path, create: bool) -> Result<PathBuf, String> {
-        let mut pending: Vec<OsString> = rel
+        let mut pending: Vec<PathBuf> = rel
             .components()
             .rev()
             .filter_map(|c| match c {
-                Component::Normal(n) => Some(n.to_os_string()),
+                Component::Normal(n) => Some(PathBuf::from(n)),
                 _ => None,
             })
             .collect();
-        let mut cur: Vec<OsString> = Vec::new();
+        let mut cur = PathBuf::new();
+        let mut depth = 0;
         let mut hops = 0;
         while let Some(c) = pending.pop() {
-            if c == ".." {
-                cur.pop();
+            if c.as_os_str() == ".." {
+                if cur.pop() {
+                    depth -= 1;
+                }
                 continue;
             }
-            if c == "." || c.is_empty() {
+            if c.as_os_str() == "." || c.as_os_str().is_empty() {
                 continue;
             }
-            let mut p = self.root.clone();
-            p.extend(&cur);
-            p.push(&c);
-            match fs::symlink_metadata(&p) {
-                Ok(m) if m.file_type().is_symlink() => {
+            let p = cur.join(&c);
+            match self.tree.node_type(&p) {
+                Ok(Some(NodeType::Symlink)) => {
                     hops += 1;
                     if hops > MAX_SYMLINK_HOPS {
                         return Err("too many levels of symbolic links".into());
                     }
-                    let target = fs::read_link(&p).map_err(|e| format!("readlink: {e}"))?;
+                    let target = self
+                        .tree
+                        .read_link(&p)
+                        .map_err(|e| format!("readlink: {e}"))?;
                     if target.is_absolute() {
                         cur.clear();
+                        depth = 0;
                     }
                     for t in target.components().rev() {
                         match t {
-                            Component::Normal(n) => pending.push(n.to_os_string()),
-                            Component::ParentDir => pending.push("..".into()),
+                            Component::Normal(n) => pending.push(PathBuf::from(n)),
+                            Component::ParentDir => pending.push(PathBuf::from("..")),
                             _ => {}
                         }
                     }
+                    if pending.len() > MAX_PATH_DEPTH * 4 {
+                        return Err("symlink expansion too long".into());
+                    }
+                    continue;
                 }
-                Ok(m) if m.is_dir() => cur.push(c),
-                Ok(_) => {
+                Ok(Some(NodeType::Dir)) => {}
+                Ok(Some(NodeType::Other)) => {
                     return Err(format!("{} is not a directory", p.display()));
                 }
-                Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
-                    fs::create_dir(&p).map_err(|e| format!("mkdir {}: {e}", p.display()))?;
+                Ok(None) if create => {
+                    self.tree
+                        .create_dir(&p)
+                        .map_err(|e| format!("mkdir {}: {e}", p.display()))?;
                     if self.ownership == Ownership::SideTable {
-                        let rel = p
-                            .strip_prefix(&self.root)
-                            .map(Path::to_path_buf)
-                            .unwrap_or_default();
                         self.side.entries.insert(
-                            rel,
+                            p.clone(),
                             FileMeta {
                                 uid: 0,
                                 gid: 0,
@@ -532,54 +649,42 @@ impl Applier {
                             },
                         );
                     }
-                    cur.push(c);
                 }
+                Ok(None) => return Err(format!("{} does not exist", p.display())),
                 Err(e) => return Err(format!("stat {}: {e}", p.display())),
             }
-            if cur.len() > MAX_PATH_DEPTH {
+            cur = p;
+            depth += 1;
+            if depth > MAX_PATH_DEPTH {
                 return Err("path too deep".into());
             }
         }
-        let mut p = self.root.clone();
-        p.extend(&cur);
-        Ok(p)
+        Ok(cur)
     }
 
-    fn remove(&mut self, path: &Path) -> Result<(), String> {
-        let m = match fs::symlink_metadata(path) {
-            Ok(m) => m,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(format!("stat {}: {e}", path.display())),
-        };
-        if m.is_dir() {
-            fs::remove_dir_all(path)
-        } else {
-            fs::remove_file(path)
+    fn remove(&mut self, rel: &Path) -> Result<(), String> {
+        match self.tree.node_type(rel) {
+            Ok(None) => return Ok(()),
+            Ok(Some(_)) => {}
+            Err(e) => return Err(format!("stat {}: {e}", rel.display())),
         }
-        .map_err(|e| format!("remove {}: {e}", path.display()))?;
-        if let Ok(rel) = path.strip_prefix(&self.root) {
-            let rel = rel.to_path_buf();
-            self.side.remove_tree(&rel);
-        }
+        self.tree
+            .remove(rel)
+            .map_err(|e| format!("remove {}: {e}", rel.display()))?;
+        self.side.remove_tree(rel);
         Ok(())
     }
 
     fn opaque(&mut self, ctx: &Ctx<'_>, dir: &Path) -> Result<(), String> {
-        let rd = fs::read_dir(dir).map_err(|e| format!("read_dir {}: {e}", dir.display()))?;
-        let mut doomed = Vec::new();
-        for ent in rd {
-            let ent = ent.map_err(|e| format!("read_dir {}: {e}", dir.display()))?;
-            let p = ent.path();
-            let rel = p
-                .strip_prefix(&self.root)
-                .map(Path::to_path_buf)
-                .unwrap_or_default();
+        let names = self
+            .tree
+            .list_dir(dir)
+            .map_err(|e| format!("read_dir {}: {e}", dir.display()))?;
+        for name in names {
+            let rel = dir.join(name);
             if !ctx.this_layer.contains(&rel) {
-                doomed.push(p);
+                self.remove(&rel)?;
             }
-        }
-        for p in doomed {
-            self.remove(&p)?;
         }
         Ok(())
     }
@@ -737,5 +842,60 @@ mod tests {
         let side = a.finish();
         assert!(!side.entries.contains_key(Path::new("a")));
         assert!(side.entries.contains_key(Path::new("d/new")));
+    }
+
+    #[test]
+    fn gzip_bomb_stops_at_the_limit_on_disk() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let max = 64 << 10;
+        let mut a = Applier::new(&root, Ownership::SideTable)
+            .unwrap()
+            .limits(Limits {
+                max_bytes: max,
+                max_entries: 10,
+            });
+        let zeros = vec![0u8; 4 << 20];
+        let t = tar_with(&[("zeros", EntryType::Regular, &zeros, "")]);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(&t).unwrap();
+        let bomb = gz.finish().unwrap();
+        assert!(bomb.len() < 16 << 10, "the bomb is small: {}", bomb.len());
+        let err = a.apply_reader("l0", &bomb[..]).unwrap_err();
+        assert!(
+            matches!(err, Error::LayerLimit { limit, .. } if limit == max),
+            "{err}"
+        );
+        assert!(a.usage().stream_bytes <= max);
+        let on_disk = fs::metadata(root.join("zeros")).map_or(0, |m| m.len());
+        assert!(on_disk <= max, "{on_disk} bytes extracted");
+    }
+
+    #[test]
+    fn entry_count_is_bounded_over_layers() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = Applier::new(dir.path(), Ownership::SideTable)
+            .unwrap()
+            .limits(Limits {
+                max_bytes: 1 << 20,
+                max_entries: 3,
+            });
+        let t = tar_with(&[
+            ("a", EntryType::Regular, b"", ""),
+            ("b", EntryType::Regular, b"", ""),
+        ]);
+        a.apply_reader("l0", &t[..]).unwrap();
+        let err = a.apply_reader("l1", &t[..]).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::LayerLimit {
+                    what: "entry count",
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 }
