@@ -1,5 +1,6 @@
 //! Replays the `transfer_decode` fuzz corpus (`fuzz/corpus/transfer_decode/`) through the same
-//! harness as the cargo-fuzz target, on stable.
+//! harness as the cargo-fuzz target, on stable: in memory (what the fuzz target runs) and through
+//! a real `DirSink` in a scratch directory; both must agree.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 #[path = "../../../fuzz/harness/transfer_decode.rs"]
@@ -13,7 +14,10 @@ const CORPUS: &str = concat!(
 fn replay(name: &str) -> Option<u32> {
     let data = std::fs::read(format!("{CORPUS}/{name}")).unwrap();
     let scratch = tempfile::tempdir().unwrap();
-    harness::run(&data, scratch.path())
+    let on_disk = harness::run_dir(&data, scratch.path());
+    let in_memory = harness::run(&data);
+    assert_eq!(in_memory, on_disk, "{name}: memory and disk sinks disagree");
+    in_memory
 }
 
 #[test]
