@@ -285,8 +285,8 @@ fn forward(pid: Pid, sig: Signal) {
     let _ = rustix::process::kill_process(pid, sig);
 }
 
-/// Syncs, stops what is left, unmounts (the agent's run-mode mounts, then the API file systems
-/// innermost first), removes the stubs it created and remounts the root read-only.
+/// Syncs, stops what is left, turns swap off, unmounts (the agent's run-mode mounts, then the API
+/// file systems innermost first), removes the stubs it created and remounts the root read-only.
 fn shutdown(stubs: &Stubs) {
     rustix::fs::sync();
     // Every remaining process gets SIGTERM, then SIGKILL.
@@ -296,6 +296,10 @@ fn shutdown(stubs: &Stubs) {
         while let Ok(Some(_)) = rustix::process::waitpid(None, WaitOptions::NOHANG) {}
     }
     rustix::fs::sync();
+    // A swap file on / keeps it busy: off before the read-only remount.
+    for e in firebuild_guest::live::swapoff_all() {
+        tracing::warn!("swapoff {e}");
+    }
     // /tmp and /run are mount points only in run mode: EINVAL otherwise, ignored.
     for &(_, target, _, _, _) in RUN_MODE_MOUNTS.iter().rev().chain(MOUNTS.iter().rev()) {
         let _ = rustix::mount::unmount(target, rustix::mount::UnmountFlags::DETACH);

@@ -61,6 +61,7 @@
 pub mod config;
 pub mod copy_from;
 mod error;
+pub mod live;
 pub mod netlink;
 pub mod passwd;
 pub mod paths;

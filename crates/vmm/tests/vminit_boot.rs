@@ -228,6 +228,96 @@ fn run_mode_without_metadata_runs_the_initramfs_image_config_and_reports_its_exi
     assert_no_stubs_or_agent(&image);
 }
 
+/// Run mode with metadata asking for a swap file and a grown root, on an image with neither
+/// `swapon` nor `resize2fs`: vminit does both with syscalls, the workload sees the swap, and
+/// shutdown turns it off before the read-only remount, so the image is clean (`e2fsck -fn`).
+#[test]
+fn run_mode_metadata_grows_the_root_and_swaps_without_tools_then_shuts_down_clean() {
+    let Some((busybox, vminit, kernel)) = prerequisites() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let root = support::merged_usr_root(dir.path(), &busybox, &["cat", "df"]);
+    let image = dir.path().join("rootfs.ext4");
+    support::make_ext4(&root, &image, 32);
+    // The disk is 96 MiB; the file system on it 32 MiB.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&image)
+        .unwrap()
+        .set_len(96 << 20)
+        .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mmds = rt
+        .block_on(
+            firebuild_mmds::server::Server::builder()
+                .initial_data(serde_json::json!({
+                    "resize-rootfs": true,
+                    "swap": {"size-mib": 8},
+                }))
+                .start(),
+        )
+        .unwrap();
+    let config = serde_json::json!({
+        "cmd": {"form": "shell", "value": "cat /proc/swaps; df -k /"},
+    })
+    .to_string();
+    let initrd = dir.path().join("agent.cpio");
+    firebuild_vmm::kernel::agent_initramfs(
+        &kernel,
+        &vminit,
+        &[(
+            firebuild_vmm::kernel::IMAGE_CONFIG_PATH,
+            config.as_bytes(),
+            0o644,
+        )],
+        &initrd,
+    )
+    .unwrap();
+    let mut driver = support::qemu_driver_with(
+        "vminit-live",
+        dir.path(),
+        &image,
+        &kernel,
+        Some(&initrd),
+        Some(mmds.local_addr()),
+        &[],
+        firebuild_vmm::qemu::DEFAULT_CMDLINE,
+        256,
+    );
+    let outcome = driver.run(Duration::from_secs(120)).unwrap();
+    let log = std::fs::read_to_string(driver.console_log()).unwrap_or_default();
+    let fsck = std::process::Command::new("e2fsck")
+        .args(["-fn"])
+        .arg(&image)
+        .output()
+        .unwrap();
+    let fs_bytes = support::ext4_fs_bytes(&image);
+    if !fsck.status.success() || !log.contains("/swapfile") {
+        support::console(driver.console_log());
+        support::keep_console(driver.console_log(), "vminit-live");
+    }
+    assert!(
+        matches!(outcome, RunOutcome::Exited(e) if !e.stopped),
+        "qemu did not exit by itself: {outcome:?}"
+    );
+    assert_eq!(firebuild_vmm::parse_exit_code(&log), Some(0), "exit marker");
+    assert!(
+        log.contains("/swapfile"),
+        "the workload saw the swap file on"
+    );
+    assert!(!log.contains("resize2fs"), "no tool was looked for");
+    assert!(!log.contains("guest configuration step failed"), "{log}");
+    assert_eq!(fs_bytes, 96 << 20, "the root grew to its disk");
+    assert_clean_shutdown(&log);
+    assert!(
+        fsck.status.success(),
+        "e2fsck -fn after the boot: {}{}",
+        String::from_utf8_lossy(&fsck.stdout),
+        String::from_utf8_lossy(&fsck.stderr)
+    );
+}
+
 /// After the root switch PID 1 still forwards SIGTERM to the agent, which forwards it to the
 /// workload: a workload that sends SIGTERM to PID 1 gets it back through its trap.
 #[test]

@@ -15,7 +15,7 @@
 //! | `files` | injected files (mode, owner, inline or by digest) | yes | — |
 //! | `env` | `/etc/firebuild/env` (0600) | yes | — |
 //! | `swap` | swap file with a swap header | yes | `swapon` every boot |
-//! | `resize-rootfs` | — | no | `resize2fs` on the root device, when asked |
+//! | `resize-rootfs` | — | no | ext4's online resize ioctl on `/`, when asked (no tool needed) |
 //! | `firstboot` | the script, once per instance | yes (see below) | — |
 //!
 //! # The journal
@@ -175,7 +175,7 @@ impl std::fmt::Debug for Configurator<'_> {
 static NO_CONTENT: NoContent = NoContent;
 
 impl<'a> Configurator<'a> {
-    /// A configurator for `root`; live actions (hostname, netlink, swapon, resize2fs) are on
+    /// A configurator for `root`; live actions (hostname, netlink, swapon, online resize) are on
     /// when `root` is `/`.
     pub fn new(root: impl Into<PathBuf>) -> Self {
         let root = root.into();
@@ -330,17 +330,24 @@ impl<'a> Configurator<'a> {
                     journal.mark_dirty();
                 }
                 if ok && self.live {
-                    self.live_tool(&mut report, "swapon", "swapon", &[path.as_str()]);
+                    live_swapon(&mut report, &path);
                 }
             }
             None => report.push("swap", Outcome::Skipped("not set".into())),
         }
 
         match (md.resize_rootfs, self.live) {
-            (Some(true), true) => match root_device() {
-                Ok(dev) => self.live_tool(&mut report, "resize-rootfs", "resize2fs", &[&dev]),
-                Err(e) => report.push("resize-rootfs", Outcome::Failed(e)),
-            },
+            (Some(true), true) => {
+                let outcome = match crate::live::grow_ext4(Path::new("/")) {
+                    Ok(crate::live::Grown::Unchanged) => Outcome::Unchanged,
+                    Ok(crate::live::Grown::Grew { from, to }) => {
+                        tracing::info!(from, to, "root file system grown (blocks)");
+                        Outcome::Applied
+                    }
+                    Err(e) => Outcome::Failed(e),
+                };
+                report.push("resize-rootfs", outcome);
+            }
             (Some(true), false) => {
                 report.push(
                     "resize-rootfs",
@@ -386,7 +393,7 @@ impl<'a> Configurator<'a> {
             }
         }
         if let Some(swap) = &journal.swap_path {
-            self.live_tool(report, "swapon", "swapon", &[swap.as_str()]);
+            live_swapon(report, swap);
         }
     }
 
@@ -741,27 +748,6 @@ impl<'a> Configurator<'a> {
         result
     }
 
-    /// Runs a guest tool on the live root (swapon, resize2fs), reporting under `name` on failure.
-    fn live_tool(&self, report: &mut Report, name: &'static str, tool: &str, args: &[&str]) {
-        let out = std::process::Command::new(tool)
-            .args(args)
-            .env("PATH", step::DEFAULT_PATH)
-            .output();
-        match out {
-            Ok(o) if o.status.success() => report.push(name, Outcome::Applied),
-            Ok(o) => {
-                let err = String::from_utf8_lossy(&o.stderr);
-                // swapon on an already active area is fine.
-                if tool == "swapon" && err.contains("Device or resource busy") {
-                    report.push(name, Outcome::Unchanged);
-                } else {
-                    report.push(name, Outcome::Failed(format!("{tool}: {}", err.trim())));
-                }
-            }
-            Err(e) => report.push(name, Outcome::Failed(format!("{tool}: {e}"))),
-        }
-    }
-
     async fn firstboot(
         &self,
         journal: &mut Journal,
@@ -958,17 +944,14 @@ fn write_if_changed(host: &Path, data: &[u8], meta: FileMeta) -> Result<()> {
     paths::write_atomic_with(host, data, Some(meta), meta, false)
 }
 
-/// The block device holding `/` (`/dev/<name>` from `/sys/dev/block/<maj>:<min>`).
-fn root_device() -> std::result::Result<String, String> {
-    let st = rustix::fs::stat("/").map_err(|e| format!("stat /: {e}"))?;
-    let (maj, min) = (rustix::fs::major(st.st_dev), rustix::fs::minor(st.st_dev));
-    let link = std::fs::read_link(format!("/sys/dev/block/{maj}:{min}"))
-        .map_err(|e| format!("root device {maj}:{min} not in /sys/dev/block: {e}"))?;
-    let name = link
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .ok_or_else(|| "root device has no name".to_owned())?;
-    Ok(format!("/dev/{name}"))
+/// `swapon(2)` on the live root's `path`, reported as `swapon` (already on: unchanged).
+fn live_swapon(report: &mut Report, path: &str) {
+    let outcome = match crate::live::swapon(Path::new(path)) {
+        Ok(true) => Outcome::Applied,
+        Ok(false) => Outcome::Unchanged,
+        Err(e) => Outcome::Failed(format!("swapon {path}: {e}")),
+    };
+    report.push("swapon", outcome);
 }
 
 /// The error and its sources on one line.

@@ -281,6 +281,23 @@ pub fn make_ext4(root: &Path, image: &Path, size_mib: u32) {
     );
 }
 
+/// The size in bytes of the ext4 file system in `image` (block count × block size, `dumpe2fs -h`).
+pub fn ext4_fs_bytes(image: &Path) -> u64 {
+    let out = std::process::Command::new("dumpe2fs")
+        .arg("-h")
+        .arg(image)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    field("Block count:") * field("Block size:")
+}
+
 /// Keeps the console log of a failed boot: copies it under the target dir and prints where.
 pub fn keep_console(path: &Path, name: &str) -> PathBuf {
     let keep = std::env::temp_dir().join(format!("firebuild-vmm-{name}-console.log"));
