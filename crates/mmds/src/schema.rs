@@ -1273,6 +1273,115 @@ fn check_abs_path(at: &str, p: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// Where the guest writes its status (`ServerBuilder::guest_writes`); host-owned keys are
+/// never writable by the guest.
+pub const GUEST_STATUS_POINTER: &str = "/guest/status";
+
+/// Largest guest status document, serialised.
+pub const MAX_GUEST_STATUS_BYTES: usize = 4096;
+
+/// Whether the guest consumes the value at `pointer` once applied, then deletes it: a user's
+/// password hash (`/users/N/password`). The guest keeps what it applied; an existing user's
+/// password is never changed by later metadata.
+pub fn is_consumable(pointer: &str) -> bool {
+    let mut parts = pointer.split('/');
+    matches!(
+        (parts.next(), parts.next(), parts.next(), parts.next(), parts.next()),
+        (Some(""), Some("users"), Some(n), Some("password"), None)
+            if !n.is_empty() && n.len() <= 6 && n.bytes().all(|b| b.is_ascii_digit())
+    )
+}
+
+/// Where a guest is in its boot, as written back to the metadata service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GuestPhase {
+    /// The agent started and is reading metadata.
+    Booting,
+    /// Applying the configuration.
+    Configuring,
+    /// Configuration applied (see `steps`).
+    Configured,
+    /// The first-boot script is running.
+    Firstboot,
+    /// The workload (ENTRYPOINT/CMD) runs.
+    Running,
+    /// The workload exited (see `workload-exit`).
+    Exited,
+    /// The agent failed (see `message`).
+    Failed,
+}
+
+/// The guest status document at [`GUEST_STATUS_POINTER`]: small, bounded, schema-checked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct GuestStatus {
+    /// The boot phase.
+    pub phase: GuestPhase,
+    /// The metadata revision (ETag) the configuration was applied from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// Outcome per configuration step (`hostname` → `applied`, ...).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub steps: BTreeMap<String, String>,
+    /// Values consumed and deleted (JSON pointers).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub consumed: Vec<String>,
+    /// The first-boot script's exit code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firstboot_exit: Option<i32>,
+    /// The workload's exit code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_exit: Option<i32>,
+    /// A short message (why it failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+impl GuestStatus {
+    /// A status in `phase` with nothing else.
+    pub fn new(phase: GuestPhase) -> Self {
+        GuestStatus {
+            phase,
+            revision: None,
+            steps: BTreeMap::new(),
+            consumed: Vec::new(),
+            firstboot_exit: None,
+            workload_exit: None,
+            message: None,
+        }
+    }
+
+    /// Parses and checks a status written by a guest: at most [`MAX_GUEST_STATUS_BYTES`], at most
+    /// 64 steps, no control characters in any string.
+    pub fn from_guest(bytes: &[u8]) -> Result<Self, String> {
+        if bytes.len() > MAX_GUEST_STATUS_BYTES {
+            return Err(format!(
+                "guest status is {} bytes, more than {MAX_GUEST_STATUS_BYTES}",
+                bytes.len()
+            ));
+        }
+        let status: GuestStatus =
+            serde_json::from_slice(bytes).map_err(|e| format!("guest status: {e}"))?;
+        if status.steps.len() > 64 || status.consumed.len() > 64 {
+            return Err("guest status: at most 64 steps and 64 consumed values".to_owned());
+        }
+        let strings = status
+            .steps
+            .iter()
+            .flat_map(|(k, v)| [k, v])
+            .chain(&status.consumed)
+            .chain(status.revision.iter())
+            .chain(status.message.iter());
+        for s in strings {
+            if s.chars().any(char::is_control) {
+                return Err(format!("guest status: control character in {s:?}"));
+            }
+        }
+        Ok(status)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -1506,5 +1615,40 @@ mod tests {
         assert!(split_host_port("fd00::1:443").is_none());
         assert!(split_host_port("host:0").is_none());
         assert!(split_host_port("host").is_none());
+    }
+
+    #[test]
+    fn consumable_pointers_are_user_passwords_only() {
+        assert!(is_consumable("/users/0/password"));
+        assert!(is_consumable("/users/12/password"));
+        for not in [
+            "/users/0",
+            "/users/x/password",
+            "/users//password",
+            "/users/0/password/hash",
+            "/users/0/name",
+            "/bootstrap/tls-key",
+            "",
+            "/",
+            "/users/1234567/password",
+        ] {
+            assert!(!is_consumable(not), "{not}");
+        }
+    }
+
+    #[test]
+    fn guest_status_is_bounded_and_checked() {
+        let ok = br#"{"phase":"configured","revision":"\"abc\"","steps":{"hostname":"applied"},"consumed":["/users/0/password"]}"#;
+        let s = GuestStatus::from_guest(ok).unwrap();
+        assert_eq!(s.phase, GuestPhase::Configured);
+        assert!(GuestStatus::from_guest(br#"{"phase":"nope"}"#).is_err());
+        assert!(GuestStatus::from_guest(br#"{"phase":"running","extra":1}"#).is_err());
+        assert!(GuestStatus::from_guest(br#"{"phase":"failed","message":"a\u001bb"}"#).is_err());
+        let big = format!(r#"{{"phase":"failed","message":"{}"}}"#, "x".repeat(5000));
+        assert!(
+            GuestStatus::from_guest(big.as_bytes())
+                .unwrap_err()
+                .contains("more than")
+        );
     }
 }

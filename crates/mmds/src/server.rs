@@ -143,6 +143,7 @@ pub struct ServerBuilder {
     version: MmdsVersion,
     guest_enabled: bool,
     relay_key: bool,
+    guest_writes: bool,
 }
 
 /// Namespace for [`Server::builder`].
@@ -161,6 +162,7 @@ impl Server {
             version: MmdsVersion::V2,
             guest_enabled: true,
             relay_key: false,
+            guest_writes: false,
         }
     }
 }
@@ -208,6 +210,16 @@ impl ServerBuilder {
         self
     }
 
+    /// Let the guest write back, beyond Firecracker's read-only MMDS: with its V2 token it may
+    /// `DELETE` a consumable value once applied (`schema::is_consumable`: a user's password
+    /// hash), recorded in [`ServerHandle::consumed`], and `PUT` its status document at
+    /// `schema::GUEST_STATUS_POINTER` (bounded, schema-checked). Every other guest write stays
+    /// `405`. Off by default.
+    pub fn guest_writes(mut self, allowed: bool) -> Self {
+        self.guest_writes = allowed;
+        self
+    }
+
     /// Require every guest-side connection to open with a random per-server key
     /// ([`ServerHandle::relay_key`]) before its request. The VM's relay (the VMM driver's port
     /// forward) sends it; another local process that finds the loopback port does not know it,
@@ -230,6 +242,8 @@ impl ServerBuilder {
             store,
             tokens,
             relay_key,
+            guest_writes: self.guest_writes,
+            consumed: std::sync::Mutex::new(Vec::new()),
             guest_enabled: AtomicBool::new(self.guest_enabled),
             version: AtomicU8::new(self.version as u8),
         });
@@ -313,6 +327,8 @@ struct Shared {
     store: Store,
     tokens: TokenAuthority,
     relay_key: Option<Vec<u8>>,
+    guest_writes: bool,
+    consumed: std::sync::Mutex<Vec<Consumed>>,
     guest_enabled: AtomicBool,
     version: AtomicU8,
 }
@@ -325,6 +341,17 @@ impl Shared {
             MmdsVersion::V2
         }
     }
+}
+
+/// A value the guest consumed and deleted ([`ServerBuilder::guest_writes`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Consumed {
+    /// The JSON pointer deleted.
+    pub pointer: String,
+    /// When, as seconds since the Unix epoch.
+    pub at_unix: u64,
+    /// Who: the guest side, identified by a valid V2 token.
+    pub by: &'static str,
 }
 
 /// A running server. Dropping it stops the listeners too; [`ServerHandle::shutdown`] also
@@ -348,6 +375,15 @@ impl ServerHandle {
     /// [`ServerBuilder::require_relay_key`] asked for one (a secret: give it only to the relay).
     pub fn relay_key(&self) -> Option<&[u8]> {
         self.shared.relay_key.as_deref()
+    }
+
+    /// What the guest consumed and deleted so far, oldest first.
+    pub fn consumed(&self) -> Vec<Consumed> {
+        self.shared
+            .consumed
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_default()
     }
 
     /// The host API socket, if any.
@@ -730,6 +766,17 @@ async fn guest_inner(shared: &Shared, req: Request<Incoming>) -> Resp {
     }
     let path = sanitize(req.uri().path());
     let (parts, body) = req.into_parts();
+    if shared.guest_writes {
+        let pointer = pointer_of(&path);
+        let writable = match parts.method {
+            Method::DELETE => crate::schema::is_consumable(pointer),
+            Method::PUT => pointer == crate::schema::GUEST_STATUS_POINTER,
+            _ => false,
+        };
+        if writable {
+            return guest_write(shared, &parts, body, pointer).await;
+        }
+    }
     match parts.method {
         Method::PUT => {
             if let Err(e) = read_body(body, GUEST_BODY_LIMIT).await {
@@ -770,20 +817,10 @@ async fn guest_inner(shared: &Shared, req: Request<Incoming>) -> Resp {
             }
         }
         Method::GET => {
-            if shared.version() == MmdsVersion::V2 {
-                match header(&parts.headers, &[TOKEN_HEADER, EC2_TOKEN_HEADER]) {
-                    None => {
-                        return refuse(
-                            StatusCode::UNAUTHORIZED,
-                            "No MMDS token provided. Use `X-metadata-token` header to specify \
-                             the session token.",
-                        );
-                    }
-                    Some(t) if !shared.tokens.verify(t) => {
-                        return refuse(StatusCode::UNAUTHORIZED, "MMDS token not valid.");
-                    }
-                    Some(_) => {}
-                }
+            if shared.version() == MmdsVersion::V2
+                && let Some(refused) = check_token(shared, &parts.headers)
+            {
+                return refused;
             }
             let json = parts
                 .headers
@@ -844,6 +881,72 @@ async fn guest_inner(shared: &Shared, req: Request<Incoming>) -> Resp {
                 .insert(ALLOW, HeaderValue::from_static("GET, PUT"));
             r
         }
+    }
+}
+
+/// `None` when the request carries a valid V2 session token, else the 401 to answer.
+fn check_token(shared: &Shared, headers: &HeaderMap) -> Option<Resp> {
+    match header(headers, &[TOKEN_HEADER, EC2_TOKEN_HEADER]) {
+        None => Some(refuse(
+            StatusCode::UNAUTHORIZED,
+            "No MMDS token provided. Use `X-metadata-token` header to specify the session token.",
+        )),
+        Some(t) if !shared.tokens.verify(t) => {
+            Some(refuse(StatusCode::UNAUTHORIZED, "MMDS token not valid."))
+        }
+        Some(_) => None,
+    }
+}
+
+/// A guest write allowed by [`ServerBuilder::guest_writes`]: always token-bound (even in V1),
+/// `DELETE` of a consumable value or `PUT` of the guest status.
+async fn guest_write(
+    shared: &Shared,
+    parts: &http::request::Parts,
+    body: Incoming,
+    pointer: &str,
+) -> Resp {
+    if let Some(refused) = check_token(shared, &parts.headers) {
+        return refused;
+    }
+    let bytes = match read_body(body, crate::schema::MAX_GUEST_STATUS_BYTES).await {
+        Ok(b) => b,
+        Err(e) => return refuse(e.status(), e.reason()),
+    };
+    if parts.method == Method::DELETE {
+        return match shared.store.delete_at(pointer, None) {
+            Ok(_) => {
+                record_consumed(shared, pointer);
+                text(StatusCode::NO_CONTENT, "")
+            }
+            Err(_) => refuse(
+                StatusCode::NOT_FOUND,
+                format!("Resource not found: {}.", echo(pointer)),
+            ),
+        };
+    }
+    let status = match crate::schema::GuestStatus::from_guest(&bytes) {
+        Ok(s) => s,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, e),
+    };
+    let value = serde_json::to_value(status).unwrap_or_default();
+    match shared.store.put_at(pointer, value, None) {
+        Ok(_) => text(StatusCode::NO_CONTENT, ""),
+        Err(e) => refuse(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
+    }
+}
+
+fn record_consumed(shared: &Shared, pointer: &str) {
+    tracing::info!(pointer, "mmds: the guest consumed a value");
+    let at_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if let Ok(mut log) = shared.consumed.lock() {
+        log.push(Consumed {
+            pointer: pointer.to_owned(),
+            at_unix,
+            by: "guest (V2 token)",
+        });
     }
 }
 

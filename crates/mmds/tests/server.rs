@@ -767,3 +767,89 @@ async fn relay_key_keeps_other_local_processes_out() {
             .starts_with("HTTP/1.1 200")
     );
 }
+
+#[tokio::test]
+async fn guest_writes_consume_credentials_and_report_status_only() {
+    let doc = json!({
+        "hostname": "vm1",
+        "users": [{"name": "ops", "password": {"hash": "$6$salt$hash"}}],
+    });
+    let s = Server::builder()
+        .initial_data(doc)
+        .guest_writes(true)
+        .start()
+        .await
+        .unwrap();
+    let addr = s.local_addr();
+    let t = token(addr).await;
+    let req = |method: &str, path: &str, token: &str, body: &str| {
+        format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nX-metadata-token: {token}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let mut changes = s.subscribe();
+    changes.borrow_and_update();
+    // Consume the hash: 204, then gone (404), recorded, and the host's watch fires.
+    let r = raw(addr, b"", &req("DELETE", "/users/0/password", &t, "")).await;
+    assert!(r.starts_with("HTTP/1.1 204"), "{r}");
+    assert!(changes.has_changed().unwrap());
+    let r = guest_get(addr, "/users/0/password", &t).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let consumed = s.consumed();
+    assert_eq!(consumed.len(), 1);
+    assert_eq!(consumed[0].pointer, "/users/0/password");
+    assert!(
+        s.get().data.pointer("/users/0/name").is_some(),
+        "only the password went"
+    );
+    // Host-owned keys stay read-only, answered as Firecracker does (405; PUT: 404).
+    for (method, path, code) in [
+        ("DELETE", "/hostname", "405"),
+        ("DELETE", "/users/0", "405"),
+        ("PUT", "/hostname", "404"),
+        ("PUT", "/guest", "404"),
+    ] {
+        let r = raw(addr, b"", &req(method, path, &t, "\"evil\"")).await;
+        assert!(
+            r.starts_with(&format!("HTTP/1.1 {code}")),
+            "{method} {path}: {r}"
+        );
+    }
+    assert_eq!(s.get().data["hostname"], "vm1");
+    // Writes are token-bound, also for the status.
+    let status = r#"{"phase":"configured","steps":{"hostname":"applied"}}"#;
+    let r = raw(addr, b"", &req("PUT", "/guest/status", "bogus", status)).await;
+    assert!(r.starts_with("HTTP/1.1 401"), "{r}");
+    let r = raw(addr, b"", &req("DELETE", "/users/0/password", "bogus", "")).await;
+    assert!(r.starts_with("HTTP/1.1 401"), "{r}");
+    // The status: schema-checked, bounded, then readable by the host.
+    let r = raw(
+        addr,
+        b"",
+        &req(
+            "PUT",
+            "/guest/status",
+            &t,
+            r#"{"phase":"configured","hostname":"x"}"#,
+        ),
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    let big = format!(r#"{{"phase":"failed","message":"{}"}}"#, "x".repeat(5000));
+    let r = raw(addr, b"", &req("PUT", "/guest/status", &t, &big)).await;
+    assert!(r.starts_with("HTTP/1.1 413"), "{r}");
+    let r = raw(addr, b"", &req("PUT", "/guest/status", &t, status)).await;
+    assert!(r.starts_with("HTTP/1.1 204"), "{r}");
+    assert_eq!(s.get().data["guest"]["status"]["phase"], "configured");
+    // Without the option, the same DELETE is Firecracker's 405.
+    let (plain, _d) = start().await;
+    let t2 = token(plain.local_addr()).await;
+    let r = raw(
+        plain.local_addr(),
+        b"",
+        &req("DELETE", "/bootstrap/tls-key", &t2, ""),
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 405"), "{r}");
+}
