@@ -4,6 +4,21 @@
 //! a document → found; 404, an empty document `{}` or a switched-off guest side (503) → absent;
 //! no answer, a refused token or any other status → unreachable (an outage: the guest keeps its
 //! identity); a body that is not JSON → invalid.
+//!
+//! # Other clouds' layouts
+//!
+//! A host that fills MMDS for cloud-init writes EC2's tree (`latest/meta-data/...`) or
+//! OpenStack's (`openstack/latest/meta_data.json`) instead of our document. The root decides:
+//!
+//! - any key besides `latest`, `openstack` (and the guest's own status, `guest`) → our
+//!   document, which wins; the layout subtrees next to it are dropped before validation;
+//! - only layout keys, or a 404 at the root → the EC2 layout is read path by path, then
+//!   OpenStack's (only the layouts whose top key is in the root, both after a 404), on the same
+//!   server, with the same token and within the same deadline. The first that has anything is
+//!   mapped onto the schema ([`Fetch::Mapped`], origin `<url>/latest (EC2 layout)` or
+//!   `<url>/openstack/latest (OpenStack layout)`, revision the root's ETag); what it could not
+//!   map is in the notes. A 404 on every path of every layout is absent ("no metadata"); an
+//!   outage while reading one is an outage.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -11,7 +26,54 @@ use std::time::{Duration, Instant};
 use firebuild_mmds::client::{Client, ClientConfig, Error as MmdsError};
 use futures::future::BoxFuture;
 
-use super::{Document, Fetch, MetadataSource, SourceError};
+use super::layout::Reader;
+use super::{Document, Fetch, MetadataSource, SourceError, ec2, openstack};
+
+/// How long reading a layout after a change seen by [`MmdsSource::watch`] may take.
+const LAYOUT_READ: Duration = Duration::from_secs(10);
+
+/// What the root of the MMDS tree holds.
+#[derive(Debug, PartialEq)]
+enum Root {
+    /// Our document (layout subtrees next to it removed).
+    Own(serde_json::Value),
+    /// No document of ours; which layouts' top keys are there.
+    Layouts { ec2: bool, openstack: bool },
+}
+
+/// The top-level key of the guest's own status (`/guest/status`): written by the guest, not
+/// metadata.
+fn guest_status_key() -> &'static str {
+    firebuild_mmds::schema::GUEST_STATUS_POINTER
+        .split('/')
+        .nth(1)
+        .unwrap_or_default()
+}
+
+impl Root {
+    fn of(json: serde_json::Value) -> Self {
+        let serde_json::Value::Object(mut map) = json else {
+            return Self::Own(json);
+        };
+        let layouts = [ec2::TOP, openstack::TOP];
+        let (ec2, openstack) = (map.contains_key(ec2::TOP), map.contains_key(openstack::TOP));
+        let own = map
+            .keys()
+            .any(|k| !layouts.contains(&k.as_str()) && k != guest_status_key());
+        if !own {
+            return Self::Layouts { ec2, openstack };
+        }
+        for top in layouts {
+            if map.remove(top).is_some() {
+                tracing::debug!(
+                    layout = top,
+                    "the firebuild document at the MMDS root wins over the `{top}` layout next to it"
+                );
+            }
+        }
+        Self::Own(serde_json::Value::Object(map))
+    }
+}
 
 /// Firecracker's MMDS address.
 pub const DEFAULT_URL: &str = "http://169.254.169.254";
@@ -76,14 +138,57 @@ impl MmdsSource {
         }
     }
 
-    fn document(&self, json: serde_json::Value, etag: String) -> Fetch {
-        if json.as_object().is_some_and(|o| o.is_empty()) {
-            return Fetch::Absent;
+    /// Our document, or another cloud's layout when the root holds none (see the module docs).
+    async fn read_root(
+        &self,
+        client: &Client,
+        json: serde_json::Value,
+        etag: Option<String>,
+        deadline: Instant,
+    ) -> Result<Fetch, SourceError> {
+        match Root::of(json) {
+            Root::Own(json) => Ok(Fetch::Found(Document {
+                json,
+                revision: etag,
+                origin: self.url.clone(),
+            })),
+            Root::Layouts { ec2, openstack } => {
+                self.layouts(client, ec2, openstack, etag, deadline).await
+            }
         }
-        Fetch::Found(Document {
-            json,
-            revision: Some(etag),
-            origin: self.url.clone(),
+    }
+
+    /// Reads the EC2 layout, then OpenStack's (those asked for); absent when neither has
+    /// anything.
+    async fn layouts(
+        &self,
+        client: &Client,
+        try_ec2: bool,
+        try_openstack: bool,
+        etag: Option<String>,
+        deadline: Instant,
+    ) -> Result<Fetch, SourceError> {
+        let reader = Reader::new(client, deadline, &self.url);
+        let mut found = None;
+        if try_ec2 {
+            found = ec2::read(&reader).await?.map(|m| (m, ec2::ORIGIN));
+        }
+        if found.is_none() && try_openstack {
+            found = openstack::read(&reader)
+                .await?
+                .map(|m| (m, openstack::ORIGIN));
+        }
+        let Some((mapped, origin)) = found else {
+            return Ok(Fetch::Absent);
+        };
+        let (json, notes) = mapped.finish();
+        Ok(Fetch::Mapped {
+            document: Document {
+                json,
+                revision: etag,
+                origin: format!("{}{origin}", self.url),
+            },
+            notes,
         })
     }
 }
@@ -97,7 +202,11 @@ impl MetadataSource for MmdsSource {
         Box::pin(async move {
             let client = self.client(deadline)?;
             match client.get_json("/").await {
-                Ok((json, etag)) => Ok(self.document(json, etag)),
+                Ok((json, etag)) => self.read_root(&client, json, Some(etag), deadline).await,
+                // Nothing at the root: a server that serves only the layouts' paths.
+                Err(MmdsError::NotFound { .. }) => {
+                    self.layouts(&client, true, true, None, deadline).await
+                }
                 Err(e) => self.classify(e),
             }
         })
@@ -111,7 +220,7 @@ impl MetadataSource for MmdsSource {
         Box::pin(async move {
             let Some(revision) = revision else {
                 return match self.fetch(deadline).await? {
-                    Fetch::Found(doc) => Ok(Some(doc)),
+                    Fetch::Found(doc) | Fetch::Mapped { document: doc, .. } => Ok(Some(doc)),
                     _ => Ok(None),
                 };
             };
@@ -120,10 +229,13 @@ impl MetadataSource for MmdsSource {
             let client = self.client(deadline + Duration::from_secs(10))?;
             match client.wait_for_change("/", revision, wait).await {
                 Ok(None) => Ok(None),
-                Ok(Some((json, etag))) => match self.document(json, etag) {
-                    Fetch::Found(doc) => Ok(Some(doc)),
-                    _ => Ok(None),
-                },
+                Ok(Some((json, etag))) => {
+                    let until = Instant::now() + LAYOUT_READ;
+                    match self.read_root(&client, json, Some(etag), until).await? {
+                        Fetch::Found(doc) | Fetch::Mapped { document: doc, .. } => Ok(Some(doc)),
+                        _ => Ok(None),
+                    }
+                }
                 Err(e) => self.classify(e).map(|_| None),
             }
         })

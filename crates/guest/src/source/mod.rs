@@ -22,7 +22,15 @@
 //!    `authorized_keys`, `config.toml` (`[network] skip = true`), `firstboot.sh` and
 //!    `metadata.json` (the full schema). More than one such device is an error, as in the
 //!    reference agent.
-//! 3. MMDS ([`MmdsSource`], V2 tokens), given whatever is left of the deadline.
+//! 3. MMDS ([`MmdsSource`], V2 tokens), given whatever is left of the deadline. When the root
+//!    holds no firebuild document, the same server is read in EC2's layout
+//!    (`latest/meta-data/...`, `latest/user-data`), then OpenStack's
+//!    (`openstack/latest/meta_data.json`, `user_data`, `network_data.json`), and the first found
+//!    is mapped onto the schema ([`Fetch::Mapped`]): host name, instance id, SSH keys (of
+//!    `root`, as the CPIO device's), a `#!` user-data as the first-boot script, OpenStack's
+//!    static IPv4 networks. `#cloud-config` and other user-data formats are not run: they are
+//!    reported in [`Found::notes`] and logged as warnings. User-data is bounded by
+//!    [`MAX_USER_DATA`].
 //!
 //! The two local sources come before MMDS although the issue lists MMDS first: they answer in
 //! microseconds and a config device is attached on purpose, while MMDS's failure mode is a
@@ -50,8 +58,11 @@
 pub mod cmdline;
 pub mod cpio;
 pub mod device;
+mod ec2;
 mod files;
+mod layout;
 mod mmds;
+mod openstack;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -60,6 +71,7 @@ pub use firebuild_mmds::schema::Metadata;
 use futures::future::BoxFuture;
 
 pub use files::{CpioSource, FileSource, InlineSource, document_from_cpio};
+pub use layout::MAX_USER_DATA;
 pub use mmds::{DEFAULT_URL as DEFAULT_MMDS_URL, MmdsSource};
 
 /// Largest metadata document accepted from a file, the command line or a cpio archive.
@@ -82,6 +94,14 @@ pub struct Document {
 pub enum Fetch {
     /// The source has a document.
     Found(Document),
+    /// The source has metadata in another cloud's layout (EC2, OpenStack), mapped onto the
+    /// schema; `notes` say what could not be mapped (already logged as warnings).
+    Mapped {
+        /// The mapped document.
+        document: Document,
+        /// What was not mapped, one sentence each (`#cloud-config` user-data, a DHCP network).
+        notes: Vec<String>,
+    },
     /// The source answered: it has nothing (no device, empty MMDS, 404).
     Absent,
     /// The source says: no metadata, and ask no one else (`firebuild.metadata=off`).
@@ -185,6 +205,10 @@ pub struct Found {
     /// The document decoded, validated, and its `user-data` parts merged
     /// ([`Metadata::effective`]).
     pub metadata: Metadata,
+    /// What the source found but could not map from another cloud's layout (user-data that is
+    /// `#cloud-config` or of an unknown format, skipped network entries), one sentence each;
+    /// empty for a firebuild document. Already logged as warnings; for the caller's report.
+    pub notes: Vec<String>,
 }
 
 impl Found {
@@ -201,7 +225,15 @@ impl Found {
             source: source.to_owned(),
             document,
             metadata,
+            notes: Vec::new(),
         })
+    }
+
+    /// With these notes (see [`Found::notes`]).
+    #[must_use]
+    pub fn with_notes(mut self, notes: Vec<String>) -> Self {
+        self.notes = notes;
+        self
     }
 }
 
@@ -338,6 +370,11 @@ impl Sources {
                         source.name(),
                         document,
                     )?)));
+                }
+                Ok(Fetch::Mapped { document, notes }) => {
+                    tracing::debug!(source = source.name(), origin = %document.origin, revision = %document.revision.as_deref().unwrap_or("-"), notes = notes.len(), "metadata found in another cloud's layout");
+                    let found = Found::new(source.name(), document)?.with_notes(notes);
+                    return Ok(Outcome::Found(Box::new(found)));
                 }
                 Ok(Fetch::Absent) => {
                     tracing::debug!(source = source.name(), "no metadata here");
