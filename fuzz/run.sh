@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Runs the fuzz targets for a fixed time each and prints one summary line per target.
+#
+#   fuzz/run.sh [-t SECONDS] [-j JOBS] [TARGET...] [-- LIBFUZZER_ARGS...]
+#
+# Every target (`cargo fuzz list`) unless some are named; 60 s each by default. Each run starts
+# from the seed corpus (corpus/TARGET, read only) plus a working corpus kept across runs in
+# target/corpus/TARGET (where new inputs go); crashes land in artifacts/TARGET/. Needs
+# cargo-fuzz (installed with `cargo install cargo-fuzz --locked` when missing); only a stable
+# toolchain is assumed, hence RUSTC_BOOTSTRAP=1. Logs: target/fuzz-logs/TARGET.log.
+set -euo pipefail
+
+cd "$(dirname "$0")"
+secs=60
+jobs=1
+targets=()
+extra=()
+while (($#)); do
+    case "$1" in
+    -t) secs="$2"; shift 2 ;;
+    -j) jobs="$2"; shift 2 ;;
+    -h | --help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --) shift; extra=("$@"); break ;;
+    *) targets+=("$1"); shift ;;
+    esac
+done
+
+export RUSTC_BOOTSTRAP=1
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    cargo install cargo-fuzz --locked
+fi
+if ((${#targets[@]} == 0)); then
+    mapfile -t targets < <(cargo fuzz list)
+fi
+
+# One build for all targets, so that build time is not fuzzing time.
+cargo fuzz build -j "$jobs" >&2
+
+mkdir -p target/fuzz-logs
+summary=()
+for t in "${targets[@]}"; do
+    work="target/corpus/$t"
+    log="target/fuzz-logs/$t.log"
+    mkdir -p "$work" "corpus/$t" "artifacts/$t"
+    echo "== $t: ${secs}s" >&2
+    status=0
+    cargo fuzz run "$t" "$work" "corpus/$t" -- \
+        -max_total_time="$secs" -print_final_stats=1 -timeout=10 "${extra[@]}" \
+        >"$log" 2>&1 || status=$?
+    execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
+    rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
+    cov0=$(grep -m1 -o 'INITED cov: [0-9]*' "$log" | grep -o '[0-9]*$' || true)
+    cov1=$(grep -E '^#[0-9]+' "$log" | grep -o 'cov: [0-9]*' | tail -1 | grep -o '[0-9]*$' || true)
+    corpus=$(find "$work" -type f | wc -l)
+    crashes=$(find "artifacts/$t" -type f | wc -l)
+    execs=${execs:-0}
+    rate=${rate:-0}
+    if ((rate > 0)); then
+        ten_m=$(awk -v r="$rate" 'BEGIN { s = 1e7 / r; printf "%dh%02dm", s / 3600, (s % 3600) / 60 }')
+    else
+        ten_m="n/a"
+    fi
+    line=$(printf '%-16s execs %10s  execs/s %7s  10M in %8s  cov %5s -> %-5s  corpus %5s  crashes %s  exit %s' \
+        "$t" "$execs" "$rate" "$ten_m" "${cov0:-?}" "${cov1:-?}" "$corpus" "$crashes" "$status")
+    echo "$line"
+    summary+=("$line")
+done
+if ((${#summary[@]} > 1)); then
+    echo "== summary"
+    printf '%s\n' "${summary[@]}"
+fi
