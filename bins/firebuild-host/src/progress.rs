@@ -215,6 +215,32 @@ impl Timeline {
     }
 }
 
+/// `guest configured (revision "abc"; hostname applied, users applied)`: a status written back.
+fn guest_status_line(status: &firebuild_mmds::schema::GuestStatus) -> String {
+    let phase = serde_json::to_value(status.phase)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let mut detail: Vec<String> = status
+        .steps
+        .iter()
+        .filter(|(_, outcome)| *outcome != "skipped")
+        .map(|(step, outcome)| format!("{step} {outcome}"))
+        .collect();
+    if let Some(code) = status.workload_exit {
+        detail.push(format!("exit code {code}"));
+    }
+    if let Some(message) = &status.message {
+        detail.push(message.clone());
+    }
+    let detail = if detail.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", detail.join(", "))
+    };
+    shown(&format!("guest {phase}{detail}")).into_owned()
+}
+
 /// The title of a step: `[3/9] RUN ...`, or `[build 3/9] RUN ...` in a named stage.
 fn step_title(stage: &str, number: usize, total: usize, instruction: &str) -> String {
     let stage = if stage.is_empty() {
@@ -289,6 +315,16 @@ impl<O: Write + Send, E: Write + Send> Render for Plain<O, E> {
             }
             Event::CredentialsScrubbed => {
                 let _ = writeln!(err, "=> bootstrap credentials removed from the metadata");
+            }
+            Event::GuestStatus { status } => {
+                let _ = writeln!(err, "=> {}", guest_status_line(&status));
+            }
+            Event::MetadataConsumed { pointer } => {
+                let _ = writeln!(
+                    err,
+                    "=> the guest consumed {} (deleted from the metadata)",
+                    shown(&pointer)
+                );
             }
             Event::StepStarted {
                 number,
@@ -667,6 +703,7 @@ impl Render for Tty {
             } => self.step_finished(number, exit_code, elapsed),
             Event::Transferred { id, bytes } => self.transferred(&id, bytes),
             Event::Console { line } => self.println(shown(&line)),
+            Event::GuestStatus { status } => self.println(guest_status_line(&status)),
             _ => {}
         }
     }

@@ -235,17 +235,71 @@ fn builds_the_busybox_example_in_a_vm() {
     assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(stdout.contains("hi from the test (kernel "), "{stdout}");
     assert!(stdout.contains("user app)"), "{stdout}");
-    let (code, stdout, stderr) = run(&image, &vminit, &["/bin/sh", "-c", "pwd; exit 7"]);
+    // With metadata: the password hash is applied, then consumed (deleted from the metadata
+    // service by the guest), and the guest's status comes back to the host in order.
+    let md = out_dir.join("md.json");
+    std::fs::write(
+        &md,
+        r#"{"hostname": "vm7", "users": [{"name": "ops", "password": {"hash": "$6$salt$hash"}}]}"#,
+    )
+    .unwrap();
+    let md_arg = md.to_string_lossy().into_owned();
+    let (code, stdout, stderr) = run(
+        &image,
+        &vminit,
+        &[
+            "--metadata",
+            &md_arg,
+            "--",
+            "/bin/sh",
+            "-c",
+            "pwd; hostname; exit 7",
+        ],
+    );
     assert_eq!(code, Some(7), "stdout:\n{stdout}\nstderr:\n{stderr}");
-    assert!(stdout.contains("/home/app"), "{stdout}");
+    assert!(stdout.contains("/home/app\nvm7"), "{stdout}");
+    let shadow = debugfs(&image, "cat /etc/shadow");
+    assert!(shadow.contains("ops:$6$salt$hash:"), "{shadow}");
+    let phases: Vec<&str> = [
+        "guest configuring",
+        "guest configured (",
+        "guest running",
+        "guest exited (",
+    ]
+    .into_iter()
+    .filter(|p| stderr.contains(p))
+    .collect();
+    assert_eq!(
+        phases.len(),
+        4,
+        "status phases seen by the host: {phases:?}\n{stderr}"
+    );
+    let at = |p: &str| stderr.find(p).unwrap();
+    assert!(
+        at("guest configuring") < at("guest configured (")
+            && at("guest running") < at("guest exited ("),
+        "{stderr}"
+    );
+    assert!(stderr.contains("exit code 7"), "{stderr}");
+    assert!(stderr.contains("users applied"), "{stderr}");
+    assert!(
+        stderr.contains("the guest consumed /users/0/password"),
+        "the host saw the deletion: {stderr}"
+    );
 }
 
 /// Runs `firebuild-host run IMAGE --vminit V [-- ARGS...]`: (exit code, stdout, stderr).
 fn run(image: &Path, vminit: &Path, args: &[&str]) -> (Option<i32>, String, String) {
     let mut cmd = host();
     cmd.arg("run").arg(image).arg("--vminit").arg(vminit);
-    if !args.is_empty() {
-        cmd.arg("--").args(args);
+    match args.first() {
+        None => {}
+        Some(flag) if flag.starts_with("--") => {
+            cmd.args(args);
+        }
+        Some(_) => {
+            cmd.arg("--").args(args);
+        }
     }
     let out = cmd.output().unwrap();
     (

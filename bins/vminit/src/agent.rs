@@ -5,8 +5,11 @@ use std::time::Instant;
 use anyhow::Context as _;
 use firebuild_guest::source::{Outcome, Sources, StandardOptions};
 
+use firebuild_mmds::schema::GuestPhase;
+
 use crate::Args;
 use crate::configure::{self, Why};
+use crate::status::StatusWriter;
 
 pub async fn run(args: Args) -> anyhow::Result<u8> {
     let root = args.root.as_path();
@@ -60,10 +63,25 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     if crate::init::is_agent_child() {
         crate::init::mount_run_mode();
     }
+    // Status goes back only to the MMDS the metadata came from.
+    let mut status = StatusWriter::new(
+        (from.as_deref() == Some("mmds"))
+            .then_some(args.metadata_url.as_str())
+            .filter(|_| !args.no_mmds),
+    );
     if !args.no_configure {
-        configure::apply(root, metadata.as_ref(), why)
-            .await
-            .context("configuring the guest")?;
+        status.phase(GuestPhase::Configuring).await;
+        let report = match configure::apply(root, metadata.as_ref(), why).await {
+            Ok(r) => r,
+            Err(e) => {
+                status.failed(&format!("{e:#}")).await;
+                return Err(e.context("configuring the guest"));
+            }
+        };
+        if let Some(md) = &metadata {
+            status.consume(md, &report).await;
+        }
+        status.configured(&report, revision.as_deref()).await;
     }
     let watch = args
         .watch
@@ -84,8 +102,11 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         }
         return Ok(0);
     };
+    status.phase(GuestPhase::Running).await;
     let Some(source) = watch else {
-        return crate::run::exec(root, &workload).await;
+        let code = crate::run::exec(root, &workload).await?;
+        status.exited(code).await;
+        return Ok(code);
     };
     let exec = crate::run::exec(root, &workload);
     let watcher = crate::watch::run(root, source, revision);

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use firebuild_guest::config::{Configurator, Outcome};
+use firebuild_guest::config::{Configurator, Outcome, Report};
 use firebuild_mmds::schema::Metadata;
 
 /// Why configure is called.
@@ -20,7 +20,7 @@ pub enum Why {
 }
 
 /// Applies the guest configuration; returns the number of steps that failed.
-pub async fn apply(root: &Path, md: Option<&Metadata>, why: Why) -> anyhow::Result<usize> {
+pub async fn apply(root: &Path, md: Option<&Metadata>, why: Why) -> anyhow::Result<Report> {
     match why {
         Why::Outage => tracing::warn!("metadata unreachable: guest identity kept as it is"),
         Why::NoMetadata => tracing::info!("no metadata: guest configuration left as it is"),
@@ -36,5 +36,5 @@ pub async fn apply(root: &Path, md: Option<&Metadata>, why: Why) -> anyhow::Resu
         new_instance = report.new_instance,
         "guest configured: {applied} applied, {unchanged} unchanged, {failed} failed"
     );
-    Ok(failed)
+    Ok(report)
 }

@@ -36,6 +36,7 @@ mod mounts;
 mod net;
 mod place;
 mod run;
+mod status;
 mod stubs;
 mod watch;
 

@@ -146,6 +146,16 @@ pub enum Event {
         /// The line.
         line: String,
     },
+    /// The guest wrote back its status (run mode with metadata: `/guest/status`).
+    GuestStatus {
+        /// The status document as the guest wrote it (schema-checked by the server).
+        status: firebuild_mmds::schema::GuestStatus,
+    },
+    /// The guest consumed a credential and deleted it from the metadata (run mode).
+    MetadataConsumed {
+        /// The JSON pointer deleted.
+        pointer: String,
+    },
     /// The workload exited (run mode).
     Exited {
         /// Its exit code, as the guest reported it.

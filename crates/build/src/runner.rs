@@ -114,6 +114,30 @@ impl Tail {
     }
 }
 
+/// Emits [`Event::GuestStatus`] each time the guest's status document changes.
+async fn follow_guest_status(
+    mut changes: tokio::sync::watch::Receiver<firebuild_mmds::store::Snapshot>,
+    events: EventSink,
+) {
+    let mut last = None;
+    loop {
+        let current = changes
+            .borrow_and_update()
+            .data
+            .pointer(firebuild_mmds::schema::GUEST_STATUS_POINTER)
+            .cloned();
+        if current != last {
+            if let Some(status) = current.clone().and_then(|v| serde_json::from_value(v).ok()) {
+                events(Event::GuestStatus { status });
+            }
+            last = current;
+        }
+        if changes.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 impl Runner {
     /// A runner booting with these guest options.
     pub fn new(guest: GuestOptions) -> Self {
@@ -138,6 +162,7 @@ impl Runner {
                 firebuild_mmds::server::Server::builder()
                     .initial_data(doc.clone())
                     .require_relay_key(true)
+                    .guest_writes(true)
                     .start()
                     .await
                     .map_err(Error::Metadata)?,
@@ -164,8 +189,21 @@ impl Runner {
         std::fs::create_dir_all(vm_req.dir).map_err(Error::io("create", vm_req.dir))?;
         events(Event::VmStarting { driver: "qemu" });
         let tail = Tail::start(vm::console_path(&vm_req), events.clone());
+        let status = mmds
+            .as_ref()
+            .map(|m| tokio::spawn(follow_guest_status(m.subscribe(), events.clone())));
         let result = vm::run(&self.guest, &vm_req, req.timeout).await;
         let exit_code = tail.finish().await?;
+        if let Some(task) = status {
+            // The last write may still be in flight when the VM powers off: a short grace.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            task.abort();
+        }
+        for consumed in mmds.as_ref().map(|m| m.consumed()).unwrap_or_default() {
+            events(Event::MetadataConsumed {
+                pointer: consumed.pointer,
+            });
+        }
         let result = result?;
         let console_path = vm::console_path(&vm_req);
         match result.outcome {

@@ -277,6 +277,70 @@ impl Client {
         Ok(Some((v, etag)))
     }
 
+    /// Deletes a consumed value (`schema::is_consumable`) on a server that allows guest writes
+    /// (this crate's, `ServerBuilder::guest_writes`). One attempt, token-bound.
+    pub async fn delete(&self, path: &str) -> Result<(), Error> {
+        self.write(Method::DELETE, path, Bytes::new()).await
+    }
+
+    /// Writes the guest status (`schema::GUEST_STATUS_POINTER`) on a server that allows guest
+    /// writes. One attempt, token-bound.
+    pub async fn put_status(&self, status: &crate::schema::GuestStatus) -> Result<(), Error> {
+        let body = serde_json::to_vec(status).unwrap_or_default();
+        self.write(
+            Method::PUT,
+            crate::schema::GUEST_STATUS_POINTER,
+            body.into(),
+        )
+        .await
+    }
+
+    async fn write(&self, method: Method, path: &str, body: Bytes) -> Result<(), Error> {
+        for retry in [false, true] {
+            let token = match self.token().await {
+                Ok(t) => t,
+                Err(Step::Done(Err(e))) => return Err(e),
+                Err(Step::Retry(f)) => return Err(self.give_up(path, 1, f)),
+                Err(_) => continue,
+            };
+            let req = Request::builder()
+                .method(method.clone())
+                .uri(encode_path(path))
+                .header(HOST, self.host())
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .header(TOKEN_HEADER, token.as_str());
+            let sent =
+                tokio::time::timeout(self.cfg.attempt_timeout, self.send_body(req, body.clone()));
+            let reply = match sent.await {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => return Err(self.give_up(path, 1, Failure::Transport(e))),
+                Err(_) => {
+                    let timed_out = TransportError::TimedOut(self.cfg.attempt_timeout);
+                    return Err(self.give_up(path, 1, Failure::Transport(timed_out)));
+                }
+            };
+            match reply.status {
+                s if s.is_success() => return Ok(()),
+                StatusCode::UNAUTHORIZED if !retry => *self.token.lock().await = None,
+                StatusCode::NOT_FOUND => {
+                    return Err(Error::NotFound {
+                        path: path.to_owned(),
+                    });
+                }
+                s => {
+                    return Err(Error::Status {
+                        path: path.to_owned(),
+                        status: s,
+                        body: snippet(&reply.body),
+                    });
+                }
+            }
+        }
+        Err(Error::Unauthorized {
+            path: path.to_owned(),
+        })
+    }
+
     /// Forgets the cached token (the next call fetches a new one).
     pub async fn reset_token(&self) {
         *self.token.lock().await = None;
@@ -460,8 +524,16 @@ impl Client {
     }
 
     async fn send(&self, req: http::request::Builder) -> Result<Reply, TransportError> {
+        self.send_body(req, Bytes::new()).await
+    }
+
+    async fn send_body(
+        &self,
+        req: http::request::Builder,
+        body: Bytes,
+    ) -> Result<Reply, TransportError> {
         let req = req
-            .body(Full::new(Bytes::new()))
+            .body(Full::new(body))
             .map_err(|e| TransportError::Io(std::io::Error::other(e)))?;
         let stream = tokio::net::TcpStream::connect(self.cfg.addr).await?;
         let _ = stream.set_nodelay(true);

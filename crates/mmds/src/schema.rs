@@ -238,6 +238,10 @@ pub struct Metadata {
     /// Named user-data parts, merged by [`Metadata::effective`] in name order.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub user_data: BTreeMap<String, Metadata>,
+    /// The guest's own namespace (its status, [`GUEST_STATUS_POINTER`]): written by the guest,
+    /// never configuration, so it is accepted and ignored, and not serialised back.
+    #[serde(default, skip_serializing)]
+    pub guest: Option<serde::de::IgnoredAny>,
 }
 
 fn default_version() -> u32 {
@@ -264,6 +268,7 @@ impl Default for Metadata {
             workdir: None,
             user: None,
             user_data: BTreeMap::new(),
+            guest: None,
         }
     }
 }
@@ -1650,5 +1655,13 @@ mod tests {
                 .unwrap_err()
                 .contains("more than")
         );
+    }
+
+    #[test]
+    fn the_guest_status_namespace_is_not_configuration() {
+        let doc = br#"{"hostname":"vm1","guest":{"status":{"phase":"running"}}}"#;
+        let md = Metadata::from_json_slice(doc).unwrap();
+        assert_eq!(md.hostname.as_deref(), Some("vm1"));
+        assert!(!serde_json::to_string(&md).unwrap().contains("guest"));
     }
 }

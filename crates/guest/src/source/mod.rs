@@ -72,7 +72,7 @@ use futures::future::BoxFuture;
 
 pub use files::{CpioSource, FileSource, InlineSource, document_from_cpio};
 pub use layout::MAX_USER_DATA;
-pub use mmds::{DEFAULT_URL as DEFAULT_MMDS_URL, MmdsSource};
+pub use mmds::{DEFAULT_URL as DEFAULT_MMDS_URL, MmdsSource, parse_url as parse_mmds_url};
 
 /// Largest metadata document accepted from a file, the command line or a cpio archive.
 pub const MAX_DOCUMENT: usize = 1 << 20;
