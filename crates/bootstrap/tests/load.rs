@@ -606,15 +606,20 @@ async fn hundred_guests_share_one_build_and_other_builds_are_refused() {
         .expect("the event stream did not end after shutdown")
         .unwrap();
 
-    // The server refused exactly the two intruders, the first naming the build mismatch.
-    assert_eq!(t.rejected.len(), 2, "{:#?}", t.rejected);
+    // The server refused the intruders and nobody else: the same-CA one with the build
+    // mismatch named, the other one's certificate as of an unknown issuer. (A refused client
+    // may retry once: in TLS 1.3 the server's verdict can arrive after the client sent its
+    // first request, and that failure does not always look like a TLS one to the client.)
     let mismatch =
         format!("client certificate is for build {OTHER_BUILD}, this server serves build {BUILD}");
-    assert!(
-        t.rejected.iter().any(|r| r.contains(&mismatch)),
-        "{:#?}",
-        t.rejected
-    );
+    let named = t.rejected.iter().filter(|r| r.contains(&mismatch)).count();
+    let unknown = t
+        .rejected
+        .iter()
+        .filter(|r| r.contains("UnknownIssuer"))
+        .count();
+    assert!(named >= 1 && unknown >= 1, "{:#?}", t.rejected);
+    assert_eq!(named + unknown, t.rejected.len(), "{:#?}", t.rejected);
     assert!(
         t.rejected
             .iter()
