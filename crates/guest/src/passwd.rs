@@ -325,13 +325,17 @@ impl UserDb {
     pub fn add_group(&mut self, name: &str, gid: Option<u32>, system: bool) -> Result<u32> {
         check_name("group name", name)?;
         if let Some(g) = self.group(name) {
-            return match gid {
-                Some(want) if want != g.gid => Err(Error::Exists {
+            let found = g.gid;
+            if gid.is_some_and(|want| want != found) {
+                return Err(Error::Exists {
                     what: "group",
                     name: name.to_owned(),
-                }),
-                _ => Ok(g.gid),
-            };
+                });
+            }
+            // A crash between the renames of `save` can leave the group without its gshadow
+            // line; asking for the group again completes it.
+            self.complete_gshadow(name);
+            return Ok(found);
         }
         let gid = match gid {
             Some(g) => check_id("gid", g)?,
@@ -346,7 +350,20 @@ impl UserDb {
             gid,
             members: Vec::new(),
         });
-        if self.gshadow.exists {
+        self.complete_gshadow(name);
+        tracing::debug!(group = name, gid, "group added");
+        Ok(gid)
+    }
+
+    /// The gshadow line of group `name`, added when gshadow exists and has none (a line left
+    /// by a crash between the renames of [`UserDb::save`] is kept, not repeated).
+    fn complete_gshadow(&mut self, name: &str) {
+        if self.gshadow.exists
+            && !self
+                .gshadow
+                .entries()
+                .any(|e| e.first().is_some_and(|n| n == name))
+        {
             self.gshadow.push(vec![
                 name.to_owned(),
                 "!".into(),
@@ -354,8 +371,6 @@ impl UserDb {
                 String::new(),
             ]);
         }
-        tracing::debug!(group = name, gid, "group added");
-        Ok(gid)
     }
 
     /// Adds `user` to the member list of group `group` (by name).
@@ -368,6 +383,50 @@ impl UserDb {
             self.group.dirty = true;
         }
         Ok(())
+    }
+
+    /// Completes an existing user as [`UserDb::add_user`] leaves a new one, after a crash
+    /// between the renames of [`UserDb::save`] (one file per database): a primary group missing
+    /// from `/etc/group` is created with the user's name and gid (unless that name is taken),
+    /// a missing shadow entry is added with `password`. Anything present is left as it is.
+    /// Returns whether something was missing.
+    pub fn complete_user(&mut self, name: &str, password: &Password, system: bool) -> Result<bool> {
+        let Some(user) = self.user(name) else {
+            return Err(Error::UnknownUser(name.to_owned()));
+        };
+        let gid = user.gid;
+        let count =
+            |db: &Self| db.group.lines.len() + db.shadow.lines.len() + db.gshadow.lines.len();
+        let before = count(self);
+        let primary = self.groups().find(|g| g.gid == gid).map(|g| g.name.clone());
+        match primary {
+            // Present: asking for it again completes a missing gshadow line.
+            Some(group) => {
+                self.add_group(&group, Some(gid), system)?;
+            }
+            None if self.group(name).is_none() => {
+                self.add_group(name, Some(gid), system)?;
+            }
+            None => {}
+        }
+        if self.shadow(name).is_none() {
+            self.shadow.push(Shadow {
+                name: name.to_owned(),
+                hash: match password {
+                    Password::Locked => "!".to_owned(),
+                    Password::Hash(h) => {
+                        check_field("password hash", h)?;
+                        h.clone()
+                    }
+                },
+                rest: format!("{}:0:99999:7:::", days_since_epoch()),
+            });
+        }
+        let changed = count(self) != before;
+        if changed {
+            tracing::debug!(user = name, "user completed");
+        }
+        Ok(changed)
     }
 
     /// Creates a user (entries in passwd, shadow, group memberships, its own group when no
@@ -434,14 +493,20 @@ impl UserDb {
             Password::Locked => "!".to_owned(),
             Password::Hash(h) => h.clone(),
         };
-        let days = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() / 86_400);
-        self.shadow.push(Shadow {
+        let entry = Shadow {
             name: new.name.clone(),
             hash,
-            rest: format!("{days}:0:99999:7:::"),
-        });
+            rest: format!("{}:0:99999:7:::", days_since_epoch()),
+        };
+        // A shadow line without a passwd line (a crash between the renames of `save`) is
+        // replaced, not repeated.
+        let old = self.shadow.entries_mut().find(|e| e.name == new.name);
+        if let Some(old) = old {
+            *old = entry;
+            self.shadow.dirty = true;
+        } else {
+            self.shadow.push(entry);
+        }
         if new.create_home {
             self.create_home(&home, uid, gid, new.home_mode)?;
         }
@@ -529,6 +594,13 @@ impl UserDb {
         let host = paths::resolve(&self.root, guest)?;
         paths::write_atomic_with(&host, text.as_bytes(), None, default, self.sync)
     }
+}
+
+/// Today as shadow's "last change" field counts it.
+fn days_since_epoch() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() / 86_400)
 }
 
 fn identity_of(u: &User) -> Identity {
@@ -759,6 +831,46 @@ mod tests {
         .unwrap();
         fs::write(t.path().join("etc/skel/.profile"), "PS1=x\n").unwrap();
         t
+    }
+
+    #[test]
+    fn a_user_half_written_by_a_crash_is_completed_not_repeated() {
+        let t = tree();
+        fs::write(t.path().join("etc/gshadow"), "root:*::\n").unwrap();
+        // passwd renamed into place, group, shadow and gshadow not.
+        let mut db = UserDb::load(t.path()).unwrap();
+        db.add_user(&NewUser::new("bob")).unwrap();
+        db.save().unwrap();
+        let full: Vec<String> = ["group", "shadow", "gshadow"]
+            .iter()
+            .map(|f| fs::read_to_string(t.path().join("etc").join(f)).unwrap())
+            .collect();
+        fs::write(t.path().join("etc/group"), GROUP).unwrap();
+        fs::write(t.path().join("etc/shadow"), "root:*:19000:0:99999:7:::\n").unwrap();
+        fs::write(t.path().join("etc/gshadow"), "root:*::\n").unwrap();
+        let mut db = UserDb::load(t.path()).unwrap();
+        assert!(db.complete_user("bob", &Password::Locked, false).unwrap());
+        assert!(!db.complete_user("bob", &Password::Locked, false).unwrap());
+        assert!(matches!(
+            db.complete_user("nobody", &Password::Locked, false),
+            Err(Error::UnknownUser(_))
+        ));
+        db.save().unwrap();
+        for (f, want) in ["group", "shadow", "gshadow"].iter().zip(&full) {
+            let got = fs::read_to_string(t.path().join("etc").join(f)).unwrap();
+            assert_eq!(&got, want, "{f}");
+        }
+
+        // shadow and gshadow renamed into place, passwd and group not: no second line.
+        fs::write(t.path().join("etc/passwd"), PASSWD).unwrap();
+        fs::write(t.path().join("etc/group"), GROUP).unwrap();
+        let mut db = UserDb::load(t.path()).unwrap();
+        db.add_user(&NewUser::new("bob")).unwrap();
+        db.save().unwrap();
+        for (f, want) in ["group", "shadow", "gshadow"].iter().zip(&full) {
+            let got = fs::read_to_string(t.path().join("etc").join(f)).unwrap();
+            assert_eq!(&got, want, "{f}");
+        }
     }
 
     #[test]

@@ -491,7 +491,14 @@ impl<'a> Configurator<'a> {
             }
         }
         for u in &md.users {
+            let password = match &u.password {
+                schema::Password::Hash(h) => passwd::Password::Hash(h.clone()),
+                _ => passwd::Password::Locked,
+            };
             if db.user(&u.name).is_some() {
+                // A power cut between the database files (renamed into place one by one) may
+                // have left the user without its own group or shadow entry: complete it.
+                db.complete_user(&u.name, &password, u.system)?;
                 for g in &u.groups {
                     db.add_member(g, &u.name)?;
                 }
@@ -513,10 +520,7 @@ impl<'a> Configurator<'a> {
                 gecos: u.gecos.clone().unwrap_or_default(),
                 home: u.home.clone(),
                 shell: u.shell.clone(),
-                password: match &u.password {
-                    schema::Password::Hash(h) => passwd::Password::Hash(h.clone()),
-                    _ => passwd::Password::Locked,
-                },
+                password,
                 create_home: true,
                 home_mode: 0o755,
                 system: u.system,
