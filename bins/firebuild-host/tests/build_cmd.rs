@@ -286,6 +286,23 @@ fn builds_the_busybox_example_in_a_vm() {
         stderr.contains("the guest consumed /users/0/password"),
         "the host saw the deletion: {stderr}"
     );
+
+    // EC2's metadata layout, as tools made for cloud-init fill MMDS: hostname and SSH key.
+    std::fs::write(
+        &md,
+        r#"{"latest": {"meta-data": {"hostname": "ec2-host", "instance-id": "i-0abc",
+             "public-keys": {"0": {"openssh-key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEc2 ec2-test"}}}}}"#,
+    )
+    .unwrap();
+    let (code, stdout, stderr) = run(
+        &image,
+        &vminit,
+        &["--metadata", &md_arg, "--", "/bin/sh", "-c", "hostname"],
+    );
+    assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("ec2-host"), "{stdout}");
+    let keys = debugfs(&image, "cat /root/.ssh/authorized_keys");
+    assert!(keys.contains("ec2-test"), "{keys}");
 }
 
 /// Runs `firebuild-host run IMAGE --vminit V [-- ARGS...]`: (exit code, stdout, stderr).
