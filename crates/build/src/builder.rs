@@ -181,7 +181,8 @@ impl Builder {
                 &planned.plan,
                 &self.options.pull.cache_dir,
             ))
-            .await?;
+            .await
+            .map_err(|e| locate_fetch(&planned, e))?;
         let mut stages = Stages::default();
         for stage in &planned.plan.stages {
             let ctx = StageCtx {
@@ -572,6 +573,33 @@ fn copy_sparse(from: &Path, to: &Path) -> Result<()> {
 }
 
 /// `Dockerfile:LINE: ` of a step reference, empty when unknown.
+/// A fetch error with the Dockerfile line of the first instruction naming its URL.
+fn locate_fetch(planned: &Planned, e: Error) -> Error {
+    let Error::Fetch { url, source, .. } = e else {
+        return e;
+    };
+    let names_url = |step: &&firebuild_plan::Step| {
+        let (StepKind::Add(t) | StepKind::Copy(t)) = &step.kind else {
+            return false;
+        };
+        t.sources
+            .iter()
+            .any(|s| matches!(s, firebuild_plan::Source::Url { url: u, .. } if *u == url))
+    };
+    let location = planned
+        .plan
+        .steps()
+        .map(|(_, step)| step)
+        .find(names_url)
+        .map(|step| format!("{}:{}: ", planned.file.display(), step.span.start_line))
+        .unwrap_or_default();
+    Error::Fetch {
+        location,
+        url,
+        source,
+    }
+}
+
 fn location_of(planned: &Planned, at: Option<firebuild_bootstrap::StepRef>) -> String {
     at.and_then(|at| {
         planned

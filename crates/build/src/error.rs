@@ -121,8 +121,10 @@ pub enum Error {
         source: firebuild_rootfs::Error,
     },
     /// An `ADD <url>` source could not be downloaded or verified.
-    #[error("cannot fetch {url}")]
+    #[error("{location}cannot fetch {url}")]
     Fetch {
+        /// `Dockerfile:LINE: ` of the first instruction naming the URL (empty when unknown).
+        location: String,
         /// The URL as written in the Dockerfile.
         url: String,
         /// The cause.

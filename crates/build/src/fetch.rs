@@ -204,6 +204,7 @@ impl Fetcher {
                         .fetch(url, checksum.as_deref())
                         .await
                         .map_err(|source| Error::Fetch {
+                            location: String::new(),
                             url: url.clone(),
                             source,
                         })?;
