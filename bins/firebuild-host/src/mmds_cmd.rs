@@ -1,4 +1,5 @@
-//! `firebuild-host mmds serve`: the embedded MMDS-compatible server as a process.
+//! `firebuild-host mmds serve`: the embedded MMDS-compatible server as a process;
+//! `firebuild-host mmds get`: read (or follow) a value through a server's host API.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,6 +20,22 @@ enum MmdsCmd {
     ///
     /// Prints `listening on ADDR` once ready; runs until SIGINT or SIGTERM.
     Serve(ServeArgs),
+    /// Print the value at a JSON pointer from a server's host API (e.g. `/guest/status`);
+    /// `--follow` prints it again each time it changes, until SIGINT.
+    Get(GetArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct GetArgs {
+    /// The server's host API Unix socket (`serve --api-sock`, or Firecracker's API socket).
+    #[arg(long, value_name = "PATH")]
+    api_sock: PathBuf,
+    /// JSON pointer (`""` or `/` for the whole document).
+    #[arg(default_value = "")]
+    pointer: String,
+    /// Keep printing the value each time it changes.
+    #[arg(long)]
+    follow: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -35,13 +52,58 @@ struct ServeArgs {
     /// Data store limit in bytes of serialised JSON.
     #[arg(long, value_name = "N", default_value_t = firebuild_mmds::store::DEFAULT_DATA_LIMIT)]
     limit: usize,
+    /// Let guests delete consumed credentials and write `/guest/status` (not in Firecracker).
+    #[arg(long)]
+    guest_writes: bool,
 }
 
 /// Runs `firebuild-host mmds`.
 pub fn run(args: &MmdsArgs) -> anyhow::Result<()> {
     match &args.command {
         MmdsCmd::Serve(a) => serve(a),
+        MmdsCmd::Get(a) => get(a),
     }
+}
+
+/// How often `get --follow` asks the host API (it has no long-poll).
+const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+fn get(args: &GetArgs) -> anyhow::Result<()> {
+    let pointer = if args.pointer == "/" {
+        ""
+    } else {
+        args.pointer.as_str()
+    };
+    let api = firebuild_mmds::firecracker::FirecrackerApi::new(&args.api_sock);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    rt.block_on(async {
+        let mut last = None;
+        loop {
+            let doc = api
+                .get()
+                .await
+                .with_context(|| format!("reading {}", args.api_sock.display()))?;
+            let value = doc.pointer(pointer).cloned();
+            if !args.follow {
+                let value = value.with_context(|| format!("nothing at {pointer:?}"))?;
+                println!("{value}");
+                return Ok(());
+            }
+            if value != last {
+                if let Some(v) = &value {
+                    println!("{v}");
+                }
+                last = value;
+            }
+            tokio::select! {
+                r = tokio::signal::ctrl_c() => return r.context("waiting for SIGINT"),
+                () = tokio::time::sleep(FOLLOW_EVERY) => {}
+            }
+        }
+    })
 }
 
 fn serve(args: &ServeArgs) -> anyhow::Result<()> {
@@ -80,6 +142,7 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
             .api_socket(&args.api_sock)
             .initial_data(initial)
             .data_limit(args.limit)
+            .guest_writes(args.guest_writes)
             .start()
             .await
             .context("starting the MMDS server")?;

@@ -242,3 +242,50 @@ fn serve_refuses_bad_data() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("must be a JSON object"), "{err}");
 }
+
+/// `firebuild-host mmds get --api-sock P POINTER`: the value, or an error naming the pointer.
+fn get(sock: &Path, pointer: &str) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_firebuild-host"))
+        .args(["mmds", "get", "--api-sock"])
+        .arg(sock)
+        .arg(pointer)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn guest_writes_are_seen_through_mmds_get() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("md.json");
+    std::fs::write(
+        &data,
+        r#"{"hostname": "vm1", "users": [{"name": "ops", "password": {"hash": "$6$s$h"}}]}"#,
+    )
+    .unwrap();
+    let data_arg = data.to_string_lossy().into_owned();
+    let s = serve(dir.path(), &["--data", &data_arg, "--guest-writes"]);
+    let sock = dir.path().join("api.sock");
+    let (ok, out, _) = get(&sock, "/users/0/password");
+    assert!(ok && out.contains("$6$s$h"), "{out}");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = Client::new(ClientConfig::with_addr(s.addr));
+    rt.block_on(client.delete("/users/0/password")).unwrap();
+    let status =
+        firebuild_mmds::schema::GuestStatus::new(firebuild_mmds::schema::GuestPhase::Running);
+    rt.block_on(client.put_status(&status)).unwrap();
+    // A host-owned key stays out of the guest's reach.
+    let err = rt.block_on(client.delete("/hostname")).unwrap_err();
+    assert!(matches!(err, Error::Status { .. }), "{err}");
+    let (ok, _, err) = get(&sock, "/users/0/password");
+    assert!(!ok && err.contains("/users/0/password"), "{err}");
+    let (ok, out, _) = get(&sock, "/guest/status");
+    assert!(ok, "{out}");
+    assert_eq!(out.trim(), r#"{"phase":"running"}"#);
+    let (ok, out, _) = get(&sock, "/hostname");
+    assert!(ok && out.trim() == "\"vm1\"", "{out}");
+}
