@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the fuzz targets for a fixed time each and prints one summary line per target.
 #
-#   fuzz/run.sh [-t SECONDS] [-j JOBS] [TARGET...] [-- LIBFUZZER_ARGS...]
+#   fuzz/run.sh [-t SECONDS] [TARGET...] [-- LIBFUZZER_ARGS...]
 #
 # Every target (`cargo fuzz list`) unless some are named; 60 s each by default. Each run starts
 # from the seed corpus (corpus/TARGET, read only) plus a working corpus kept across runs in
@@ -12,13 +12,11 @@ set -euo pipefail
 
 cd "$(dirname "$0")"
 secs=60
-jobs=1
 targets=()
 extra=()
 while (($#)); do
     case "$1" in
     -t) secs="$2"; shift 2 ;;
-    -j) jobs="$2"; shift 2 ;;
     -h | --help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     --) shift; extra=("$@"); break ;;
     *) targets+=("$1"); shift ;;
@@ -34,7 +32,7 @@ if ((${#targets[@]} == 0)); then
 fi
 
 # One build for all targets, so that build time is not fuzzing time.
-cargo fuzz build -j "$jobs" >&2
+cargo fuzz build >&2
 
 mkdir -p target/fuzz-logs
 summary=()

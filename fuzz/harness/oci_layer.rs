@@ -26,8 +26,8 @@ use firebuild_rootfs::layer::{Applier, Attrs, Limits, NodeType, Ownership, Speci
 
 /// The limits the harness applies with (small, so the fuzzer reaches them).
 pub const LIMITS: Limits = Limits {
-    max_bytes: 1 << 20,
-    max_entries: 256,
+    max_bytes: 16 << 10,
+    max_entries: 16,
 };
 
 /// A node of the in-memory tree.
