@@ -283,8 +283,23 @@ pub async fn resolve_image(
     }))
 }
 
+/// Space kept free on the disk holding the extracted tree.
+const DISK_RESERVE: u64 = 512 << 20;
+
+/// Extraction bounded by the disk it writes to: a layer that decompresses past the free space
+/// (less [`DISK_RESERVE`]) is stopped while it is read, not after it filled the disk.
+fn disk_limits(root: &Path) -> crate::layer::Limits {
+    let mut limits = crate::layer::Limits::default();
+    if let Ok(vfs) = rustix::fs::statvfs(root) {
+        let free = vfs.f_bavail.saturating_mul(vfs.f_frsize);
+        limits.max_bytes = limits.max_bytes.min(free.saturating_sub(DISK_RESERVE));
+    }
+    limits
+}
+
 /// Applies an image's layers to `root`, checking each layer's uncompressed digest against the
 /// config's `rootfs.diff_ids`. Returns the side table (empty under [`Ownership::Native`]).
+/// Extraction stops at the free space of `root`'s disk ([`disk_limits`]).
 pub fn apply_image(img: &ResolvedImage, root: &Path, ownership: Ownership) -> Result<SideTable> {
     let diff_ids = img.config.diff_ids()?;
     if diff_ids.len() != img.layers.len() {
@@ -297,7 +312,7 @@ pub fn apply_image(img: &ResolvedImage, root: &Path, ownership: Ownership) -> Re
             ),
         });
     }
-    let mut applier = Applier::new(root, ownership)?;
+    let mut applier = Applier::new(root, ownership)?.limits(disk_limits(root));
     for (i, (layer, want)) in img.layers.iter().zip(&diff_ids).enumerate() {
         let name = match &layer.digest {
             Some(d) => format!("{i} ({d})"),
