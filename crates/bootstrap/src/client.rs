@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use firebuild_pki::ClientBundle;
@@ -11,8 +12,9 @@ use firebuild_transfer::{
     EntryKind, Header, Limits, Outcome as TransferOutcome, Reassembler, Sink,
 };
 use serde::Deserialize;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint, Uri};
 use tracing::{debug, warn};
@@ -22,7 +24,9 @@ use crate::pb;
 use crate::pb::bootstrap_client::BootstrapClient as GrpcClient;
 use crate::secret::{MAX_SECRET_BYTES, SecretBytes};
 use crate::server::{OutputStream, StepRef};
-use crate::tuning::{DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_MAX_MESSAGE_SIZE, Http2Tuning};
+use crate::tuning::{
+    DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT, DEFAULT_MAX_MESSAGE_SIZE, Http2Tuning,
+};
 
 /// The client private key (PEM): zeroized on drop, redacted in `Debug`.
 #[derive(Clone)]
@@ -78,7 +82,21 @@ pub struct BootstrapConfig {
     pub tls_key: ClientKey,
 }
 
-/// Retry, size and HTTP/2 settings of the client.
+/// Retry, size, timeout and HTTP/2 settings of the client.
+///
+/// The defaults keep every wait of the guest inside the server's heartbeat timeout
+/// ([`DEFAULT_HEARTBEAT_TIMEOUT`], 30 s), so that a host that died or froze is noticed by the
+/// guest no later than the guest's silence is noticed by the host:
+///
+/// - [`HeartbeatTask::lost`] fires once no heartbeat was answered for `heartbeat_window` (30 s;
+///   heartbeats go every [`DEFAULT_HEARTBEAT_INTERVAL`], 2 s);
+/// - one unary call (all its attempts and pauses) ends within `heartbeat_window`, each attempt
+///   within `call_timeout` (10 s); a resource pull gives up once it made no progress for
+///   `heartbeat_window`, and a stream that delivers nothing for `call_timeout` is resumed;
+/// - HTTP/2 pings every `keepalive_interval` (5 s) of silence, even between calls, close a
+///   connection whose ping is not answered within `keepalive_timeout` (5 s): a frozen host (its
+///   sockets open, nothing answering) breaks the connection within 10 s and every stream on it
+///   fails instead of hanging.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
     /// Connection attempts before giving up (at least 1).
@@ -97,6 +115,16 @@ pub struct ClientOptions {
     pub limits: Limits,
     /// Timeout of one TCP + TLS connection attempt.
     pub connect_timeout: Duration,
+    /// The host is lost when no heartbeat was answered for this long; also the longest one unary
+    /// call may take over all its attempts, and the longest a pull may go without progress.
+    pub heartbeat_window: Duration,
+    /// Timeout of one attempt of a unary call, and the longest a resource stream may deliver
+    /// nothing before it is resumed.
+    pub call_timeout: Duration,
+    /// HTTP/2 ping after this much silence on the connection (also while no call is open).
+    pub keepalive_interval: Duration,
+    /// The connection is closed when a ping is not answered within this.
+    pub keepalive_timeout: Duration,
 }
 
 impl Default for ClientOptions {
@@ -110,6 +138,10 @@ impl Default for ClientOptions {
             http2: Http2Tuning::default(),
             limits: Limits::default(),
             connect_timeout: Duration::from_secs(10),
+            heartbeat_window: DEFAULT_HEARTBEAT_TIMEOUT,
+            call_timeout: Duration::from_secs(10),
+            keepalive_interval: Duration::from_secs(5),
+            keepalive_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -199,6 +231,9 @@ pub struct Commands {
 pub struct BootstrapClient {
     grpc: GrpcClient<Channel>,
     options: Arc<ClientOptions>,
+    /// Set once `Success` or `Abort` is sent: the server's refusals of heartbeats are then
+    /// expected, not a loss.
+    ending: Arc<AtomicBool>,
 }
 
 /// Whether a failed call may succeed if repeated: transport trouble yes, a TLS refusal (the
@@ -234,6 +269,11 @@ fn tls_failure(status: &tonic::Status) -> bool {
         cur = e.source();
     }
     false
+}
+
+/// The status of an attempt that got no answer in time; retried like a transport failure.
+fn no_answer(after: Duration) -> tonic::Status {
+    tonic::Status::deadline_exceeded(format!("no answer within {after:?}"))
 }
 
 /// Whether a connection error is worth retrying (refused, reset, timed out) rather than a TLS
@@ -293,7 +333,10 @@ impl BootstrapClient {
             .initial_stream_window_size(h2.stream_window)
             .initial_connection_window_size(h2.connection_window)
             .max_frame_size(h2.max_frame_size)
-            .tcp_nodelay(h2.tcp_nodelay);
+            .tcp_nodelay(h2.tcp_nodelay)
+            .http2_keep_alive_interval(options.keepalive_interval)
+            .keep_alive_timeout(options.keepalive_timeout)
+            .keep_alive_while_idle(true);
 
         let nodelay = h2.tcp_nodelay;
         let connector = tower::service_fn(move |_: Uri| {
@@ -334,6 +377,7 @@ impl BootstrapClient {
         Ok(Self {
             grpc,
             options: Arc::new(options),
+            ending: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -349,13 +393,24 @@ impl BootstrapClient {
         Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
     {
         let attempts = self.options.call_attempts.max(1);
+        let deadline = Instant::now() + self.options.heartbeat_window;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match call(self.grpc.clone(), req.clone()).await {
+            let budget = deadline
+                .saturating_duration_since(Instant::now())
+                .min(self.options.call_timeout);
+            let result = tokio::time::timeout(budget, call(self.grpc.clone(), req.clone()))
+                .await
+                .unwrap_or_else(|_| Err(no_answer(budget)));
+            let delay = self.options.backoff(attempt - 1);
+            match result {
                 Ok(r) => return Ok(r.into_inner()),
-                Err(status) if attempt < attempts && transient(&status) => {
-                    let delay = self.options.backoff(attempt - 1);
+                Err(status)
+                    if attempt < attempts
+                        && transient(&status)
+                        && Instant::now() + delay < deadline =>
+                {
                     debug!(rpc, attempt, ?delay, %status, "retrying");
                     tokio::time::sleep(delay).await;
                 }
@@ -407,8 +462,10 @@ impl BootstrapClient {
     }
 
     /// Pulls resource `id` into `sink`, verifying every chunk and the final digest. After a
-    /// disconnect or a truncated stream it resumes from the last verified position, up to
-    /// [`ClientOptions::call_attempts`] streams in all.
+    /// disconnect, a truncated stream or a stream silent for [`ClientOptions::call_timeout`] it
+    /// resumes from the last verified position, up to [`ClientOptions::call_attempts`] streams
+    /// in all, and gives up once no stream made progress for
+    /// [`ClientOptions::heartbeat_window`].
     ///
     /// The sink is written on the calling task; a disk sink blocks it for the duration of each
     /// chunk write.
@@ -464,6 +521,8 @@ impl BootstrapClient {
     ) -> Result<TransferOutcome, ClientError> {
         let mut rx = Reassembler::with_limits(sink, limits);
         let attempts = self.options.call_attempts.max(1);
+        let window = self.options.heartbeat_window;
+        let mut deadline = Instant::now() + window;
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -477,6 +536,11 @@ impl BootstrapClient {
                 }
                 Err(e) => e,
             };
+            // A stream that moved the transfer forward renews the time allowed.
+            if rx.resume_point() != from {
+                deadline = Instant::now() + window;
+            }
+            let delay = self.options.backoff(attempt - 1);
             let retry = match &err {
                 PullError::Status(s) => transient(s),
                 PullError::Truncated => true,
@@ -487,7 +551,7 @@ impl BootstrapClient {
                 ),
                 PullError::Invalid(_) => false,
             };
-            if !retry || attempt >= attempts {
+            if !retry || attempt >= attempts || Instant::now() + delay >= deadline {
                 rx.abort();
                 return Err(match err {
                     PullError::Status(status) => ClientError::Rpc {
@@ -510,7 +574,6 @@ impl BootstrapClient {
                     },
                 });
             }
-            let delay = self.options.backoff(attempt - 1);
             warn!(id, ?from, to = ?rx.resume_point(), attempt, ?delay, error = %err, "resource stream interrupted, resuming");
             tokio::time::sleep(delay).await;
         }
@@ -525,14 +588,20 @@ impl BootstrapClient {
             resource_id: id.to_owned(),
             resume: Some(rx.resume_point().into()),
         };
-        let mut stream = self
-            .grpc
-            .clone()
-            .resource_chunk(req)
+        // A host that stops sending (frozen, or the connection silently gone) must not hang the
+        // pull: the stream is resumed after `call_timeout` without a message.
+        let idle = self.options.call_timeout;
+        let mut grpc = self.grpc.clone();
+        let mut stream = tokio::time::timeout(idle, grpc.resource_chunk(req))
             .await
+            .unwrap_or_else(|_| Err(no_answer(idle)))
             .map_err(PullError::Status)?
             .into_inner();
-        while let Some(frame) = stream.message().await.map_err(PullError::Status)? {
+        while let Some(frame) = tokio::time::timeout(idle, stream.message())
+            .await
+            .unwrap_or_else(|_| Err(no_answer(idle)))
+            .map_err(PullError::Status)?
+        {
             let frame = firebuild_transfer::Frame::try_from(frame).map_err(PullError::Invalid)?;
             let eof = matches!(frame, firebuild_transfer::Frame::Eof(_));
             rx.push(frame).map_err(PullError::Transfer)?;
@@ -570,6 +639,7 @@ impl BootstrapClient {
 
     /// Reports success: every step ran.
     pub async fn success(&self) -> Result<(), ClientError> {
+        self.ending.store(true, Ordering::Release);
         self.unary("Success", pb::SuccessRequest {}, |mut c, r| async move {
             c.success(r).await
         })
@@ -584,6 +654,7 @@ impl BootstrapClient {
         step: Option<StepRef>,
         exit_code: Option<i32>,
     ) -> Result<(), ClientError> {
+        self.ending.store(true, Ordering::Release);
         let req = pb::AbortRequest {
             error: error.into(),
             step: step.map(Into::into),
@@ -606,28 +677,26 @@ impl BootstrapClient {
     }
 
     /// Sends a heartbeat every `interval` (default [`DEFAULT_HEARTBEAT_INTERVAL`] when `None`)
-    /// until the returned task is dropped or the server refuses (build over).
+    /// until the returned task is dropped, the server refuses one (build over) or none was
+    /// answered for [`ClientOptions::heartbeat_window`]; [`HeartbeatTask::lost`] tells the last
+    /// two apart from a healthy host. Each heartbeat waits at most
+    /// [`ClientOptions::call_timeout`] for its answer.
+    ///
+    /// A refusal before any heartbeat was answered (the plan not fetched yet) is not an end:
+    /// the task keeps trying, so it may be spawned before [`BootstrapClient::commands`]. A
+    /// refusal after this client sent `Success` or `Abort` ends the task without a loss.
     pub fn spawn_heartbeat(&self, interval: Option<Duration>) -> HeartbeatTask {
         let interval = interval.unwrap_or(DEFAULT_HEARTBEAT_INTERVAL);
-        let mut grpc = self.grpc.clone();
-        let task = tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(interval);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut sequence = 0u64;
-            loop {
-                ticker.tick().await;
-                sequence += 1;
-                match grpc.heartbeat(pb::HeartbeatRequest { sequence }).await {
-                    Ok(_) => {}
-                    Err(s) if s.code() == Code::FailedPrecondition => {
-                        debug!(status = %s, "heartbeat refused, stopping");
-                        return;
-                    }
-                    Err(s) => debug!(status = %s, "heartbeat failed"),
-                }
-            }
-        });
-        HeartbeatTask { task }
+        let (lost_tx, lost) = watch::channel(None);
+        let task = tokio::spawn(heartbeat_loop(
+            self.grpc.clone(),
+            interval,
+            self.options.heartbeat_window,
+            self.options.call_timeout,
+            Arc::clone(&self.ending),
+            lost_tx,
+        ));
+        HeartbeatTask { task, lost }
     }
 
     /// An output reporter: lines are batched per stream and flushed when a batch reaches
@@ -663,6 +732,81 @@ impl BootstrapClient {
         ));
         OutputReporter { tx, task }
     }
+}
+
+/// The heartbeat loop of [`BootstrapClient::spawn_heartbeat`]; ends by publishing the loss.
+async fn heartbeat_loop(
+    mut grpc: GrpcClient<Channel>,
+    interval: Duration,
+    window: Duration,
+    call_timeout: Duration,
+    ending: Arc<AtomicBool>,
+    lost: watch::Sender<Option<HostLost>>,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sequence = 0u64;
+    let mut answered = false;
+    // The connection was just made: the window starts now.
+    let mut last_answer = Instant::now();
+    let silence = tokio::time::sleep_until(last_answer + window);
+    tokio::pin!(silence);
+    loop {
+        let beat = async {
+            ticker.tick().await;
+            sequence += 1;
+            tokio::time::timeout(
+                call_timeout,
+                grpc.heartbeat(pb::HeartbeatRequest { sequence }),
+            )
+            .await
+            .unwrap_or_else(|_| Err(no_answer(call_timeout)))
+        };
+        tokio::select! {
+            () = &mut silence => {
+                let silent = last_answer.elapsed();
+                warn!(?silent, "no heartbeat answered: bootstrap server lost");
+                lost.send_replace(Some(HostLost::Silent { silent }));
+                return;
+            }
+            result = beat => match result {
+                Ok(_) => {
+                    answered = true;
+                    last_answer = Instant::now();
+                    silence.as_mut().reset(last_answer + window);
+                }
+                Err(s) if s.code() == Code::FailedPrecondition && answered => {
+                    debug!(status = %s, "heartbeat refused, stopping");
+                    // After our own `Success` or `Abort` the refusal is the expected end.
+                    if !ending.load(Ordering::Acquire) {
+                        lost.send_replace(Some(HostLost::Refused {
+                            message: s.message().to_owned(),
+                        }));
+                    }
+                    return;
+                }
+                Err(s) => debug!(status = %s, "heartbeat failed"),
+            },
+        }
+    }
+}
+
+/// Why [`HeartbeatTask::lost`] fired: the guest should stop the build.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HostLost {
+    /// No heartbeat was answered for the heartbeat window (the host died, froze or is cut off).
+    #[error("no heartbeat answered for {}s", silent.as_secs())]
+    Silent {
+        /// Time since the last answered heartbeat (or since the task started).
+        silent: Duration,
+    },
+    /// The server refused a heartbeat after answering earlier ones: it ended the build.
+    #[error("the server ended the build: {message}")]
+    Refused {
+        /// The server's message.
+        message: String,
+    },
 }
 
 /// Receives a one-file resource into a zeroised buffer of its declared size.
@@ -748,11 +892,39 @@ fn host_of(addr: &str) -> Option<&str> {
 #[derive(Debug)]
 pub struct HeartbeatTask {
     task: JoinHandle<()>,
+    lost: watch::Receiver<Option<HostLost>>,
 }
 
 impl HeartbeatTask {
     /// Stops sending heartbeats.
     pub fn stop(self) {}
+
+    /// Resolves when the host is lost: no heartbeat answered for
+    /// [`ClientOptions::heartbeat_window`], or a heartbeat refused because the server ended the
+    /// build. Pending for as long as the host answers. Independent of `self` (select on it while
+    /// the task runs); cancel-safe.
+    ///
+    /// ```no_run
+    /// # async fn build(client: firebuild_bootstrap::BootstrapClient) {
+    /// let heartbeat = client.spawn_heartbeat(None);
+    /// tokio::select! {
+    ///     () = async { /* run the steps */ } => {}
+    ///     lost = heartbeat.lost() => eprintln!("bootstrap server lost: {lost}"),
+    /// }
+    /// # }
+    /// ```
+    pub fn lost(&self) -> impl Future<Output = HostLost> + Send + 'static {
+        let mut rx = self.lost.clone();
+        async move {
+            if let Ok(lost) = rx.wait_for(Option::is_some).await
+                && let Some(lost) = lost.clone()
+            {
+                return lost;
+            }
+            // The task was stopped without a loss: never fires.
+            std::future::pending().await
+        }
+    }
 }
 
 impl Drop for HeartbeatTask {
@@ -913,5 +1085,19 @@ mod tests {
         assert_eq!(o.backoff(1), Duration::from_millis(200));
         assert_eq!(o.backoff(3), Duration::from_millis(800));
         assert_eq!(o.backoff(30), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn default_waits_fit_in_the_servers_heartbeat_timeout() {
+        let o = ClientOptions::default();
+        // The guest gives up on a silent host no later than the host gives up on the guest.
+        assert!(o.heartbeat_window <= DEFAULT_HEARTBEAT_TIMEOUT);
+        // A frozen connection is closed, and one attempt ends, well inside the window, so a
+        // call gets at least a second attempt on a new connection.
+        assert!(o.keepalive_interval + o.keepalive_timeout < o.heartbeat_window / 2);
+        assert!(o.call_timeout < o.heartbeat_window / 2);
+        assert!(o.connect_timeout <= o.call_timeout);
+        // Several heartbeats per window: one lost packet is not a lost host.
+        assert!(DEFAULT_HEARTBEAT_INTERVAL * 5 < o.heartbeat_window);
     }
 }

@@ -82,7 +82,7 @@ mod tuning;
 
 pub use client::{
     BootstrapClient, BootstrapConfig, ClientError, ClientKey, ClientOptions, Commands,
-    HeartbeatTask, OutputOptions, OutputReporter,
+    HeartbeatTask, HostLost, OutputOptions, OutputReporter,
 };
 pub use convert::ConversionError;
 pub use secret::{MAX_SECRET_BYTES, SecretBytes};
