@@ -1,14 +1,19 @@
 //! Build mode: connect to the bootstrap server, provide the build environment
 //! ([`crate::buildenv`]), run every step of the plan in order, stream the output, pull and place
 //! ADD/COPY resources, restore the environment, then `Success` or `Abort`.
+//!
+//! When the host is lost (no heartbeat answered for the heartbeat window, or the server ended the
+//! build), the build stops where it is: the running step's process is killed, the environment
+//! restored, and vminit exits non-zero so the VM powers off (init's shutdown then stops whatever
+//! the step left running).
 
 use std::collections::VecDeque;
 use std::path::Path;
 
 use anyhow::Context as _;
 use firebuild_bootstrap::{
-    BootstrapClient, BootstrapConfig, ClientKey, OutputOptions, OutputReporter, OutputStream,
-    StepRef,
+    BootstrapClient, BootstrapConfig, ClientKey, HostLost, OutputOptions, OutputReporter,
+    OutputStream, StepRef,
 };
 use firebuild_guest::step::{self, Exit, Stream};
 use firebuild_mmds::schema::Bootstrap;
@@ -38,13 +43,30 @@ pub fn client_config(b: &Bootstrap) -> BootstrapConfig {
     }
 }
 
-/// Runs the build; `Ok(true)` when every step succeeded and `Success` was acknowledged.
+/// Runs the build; `Ok(true)` when every step succeeded and `Success` was acknowledged; an error
+/// when the bootstrap server is lost.
 pub async fn run(root: &Path, bootstrap: &Bootstrap) -> anyhow::Result<bool> {
     tracing::info!(server = %bootstrap.grpc_host_port, "build mode: connecting to the bootstrap server");
     let client = BootstrapClient::connect(&client_config(bootstrap))
         .await
         .context("connecting to the bootstrap server")?;
-    let _heartbeat = client.spawn_heartbeat(None);
+    let heartbeat = client.spawn_heartbeat(None);
+    tokio::select! {
+        biased;
+        result = build(root, &client) => result,
+        // Dropping the build drops the running step: its process is killed (`kill_on_drop`),
+        // its mounts taken down and the build environment restored by their guards.
+        lost = heartbeat.lost() => match lost {
+            HostLost::Silent { .. } => {
+                anyhow::bail!("bootstrap server lost: {lost}; aborting the build")
+            }
+            _ => anyhow::bail!("{lost}; aborting the build"),
+        },
+    }
+}
+
+/// The build proper: plan, environment, steps, outcome.
+async fn build(root: &Path, client: &BootstrapClient) -> anyhow::Result<bool> {
     let commands = client.commands().await.context("fetching the build plan")?;
     let total = commands.plan.steps().count();
     tracing::info!(build = %commands.build_id, steps = total, "build plan received");
@@ -55,13 +77,13 @@ pub async fn run(root: &Path, bootstrap: &Bootstrap) -> anyhow::Result<bool> {
             commands.plan.schema_version,
             firebuild_plan::SCHEMA_VERSION
         );
-        return abort(&client, message).await;
+        return abort(client, message).await;
     }
     let dns = crate::net::kernel_dns(root);
     let real_root = firebuild_guest::paths::is_real_root(root);
     let mut env = match BuildEnv::install(root, &dns, real_root) {
         Ok(env) => env,
-        Err(e) => return abort(&client, format!("preparing the build environment: {e:#}")).await,
+        Err(e) => return abort(client, format!("preparing the build environment: {e:#}")).await,
     };
     for (n, (stage, step)) in commands.plan.steps().enumerate() {
         let at = StepRef {
@@ -78,13 +100,13 @@ pub async fn run(root: &Path, bootstrap: &Bootstrap) -> anyhow::Result<bool> {
                 // One reporter per step, finished before `StepFinished`: the server has
                 // handled every line of the step when it hears the step ended.
                 let reporter = client.output(OutputOptions::default());
-                let result = run_with_mounts(root, &client, step, run, at, &reporter).await;
+                let result = run_with_mounts(root, client, step, run, at, &reporter).await;
                 match reporter.finish().await {
                     Ok(_) => result,
                     Err(e) => result.and(Err(e).context("flushing step output")),
                 }
             }
-            StepKind::Copy(t) | StepKind::Add(t) => place(root, &client, t)
+            StepKind::Copy(t) | StepKind::Add(t) => place(root, client, t)
                 .await
                 .map(|()| (Exit::Code(0), VecDeque::new())),
             StepKind::Workdir => firebuild_guest::step::make_workdir(root, &step.context)
@@ -126,7 +148,7 @@ pub async fn run(root: &Path, bootstrap: &Bootstrap) -> anyhow::Result<bool> {
     }
     // Before `Success`: the host may take the image as soon as it is told.
     if let Err(e) = env.restore() {
-        return abort(&client, format!("restoring the build environment: {e:#}")).await;
+        return abort(client, format!("restoring the build environment: {e:#}")).await;
     }
     client.success().await.context("reporting success")?;
     tracing::info!("build succeeded");
