@@ -1,6 +1,6 @@
 //! Fault injection on 127.0.0.1 (issue 16 item 5): a TCP proxy between the guest client and the
-//! server cuts connections at seeded points of a large transfer, kills the "host" mid-build, or
-//! kills the "guest" mid-step. Every fault is bounded in count and time; the only timing
+//! server cuts connections at seeded points of a large transfer, kills or freezes the "host"
+//! mid-build, or kills the "guest" mid-step. Every fault is bounded in count and time; the only timing
 //! assertions are the documented windows with a wide margin.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use firebuild_bootstrap::{
-    BootstrapClient, ClientError, ClientOptions, DEFAULT_HEARTBEAT_TIMEOUT, Event, Outcome,
-    OutputOptions, OutputStream, StepRef,
+    BootstrapClient, ClientError, ClientOptions, DEFAULT_HEARTBEAT_TIMEOUT, Event, HostLost,
+    Outcome, OutputOptions, OutputStream, StepRef,
 };
 use firebuild_plan::ResourceKind;
 use firebuild_transfer::{ChunkPlanner, DirSink, Frame, ResourceEncoder};
@@ -37,10 +37,14 @@ struct Cuts {
 ///   point, the connection carrying it is dropped in the middle of whatever it was sending.
 /// - Kill: every open connection is dropped and the listener closed (later connects are
 ///   refused), as when the process on the other side is killed.
+/// - Freeze: nothing more is forwarded either way and new connections are accepted but never
+///   answered, every socket staying open, as when the process on the other side is stopped (or
+///   the link stalls); a thaw lets the open connections go on.
 struct FaultProxy {
     addr: SocketAddr,
     cuts: Arc<Mutex<Cuts>>,
     kill: watch::Sender<bool>,
+    freeze: watch::Sender<bool>,
 }
 
 impl FaultProxy {
@@ -52,29 +56,42 @@ impl FaultProxy {
             ..Cuts::default()
         }));
         let (kill, killed) = watch::channel(false);
+        let (freeze, frozen) = watch::channel(false);
         let c = Arc::clone(&cuts);
         tokio::spawn(async move {
             let mut stop = killed.clone();
+            // Connections accepted while frozen: held open, never answered.
+            let mut held = Vec::new();
             loop {
                 let (down, _) = tokio::select! {
                     _ = stop.wait_for(|k| *k) => return, // drops the listener
                     a = listener.accept() => match a { Ok(a) => a, Err(_) => return },
                 };
+                if *frozen.borrow() {
+                    held.push(down);
+                    continue;
+                }
                 let Ok(up) = tokio::net::TcpStream::connect(upstream).await else {
                     continue;
                 };
                 let mut stop = killed.clone();
                 let c = Arc::clone(&c);
+                let frozen = frozen.clone();
                 tokio::spawn(async move {
                     tokio::select! {
                         _ = stop.wait_for(|k| *k) => {}
-                        () = forward(down, up, c) => {}
+                        () = forward(down, up, c, frozen) => {}
                     }
                     // Both sockets are dropped here: the connection ends abruptly.
                 });
             }
         });
-        FaultProxy { addr, cuts, kill }
+        FaultProxy {
+            addr,
+            cuts,
+            kill,
+            freeze,
+        }
     }
 
     fn down_bytes(&self) -> u64 {
@@ -87,6 +104,15 @@ impl FaultProxy {
 
     fn kill(&self) {
         self.kill.send_replace(true);
+    }
+
+    fn freeze(&self) {
+        self.freeze.send_replace(true);
+    }
+
+    /// Ends a freeze: the bytes held back go through, connections accepted meanwhile stay dead.
+    fn thaw(&self) {
+        self.freeze.send_replace(false);
     }
 
     async fn wait_down_bytes(&self, at_least: u64) {
@@ -102,13 +128,22 @@ async fn forward(
     mut down: tokio::net::TcpStream,
     mut up: tokio::net::TcpStream,
     cuts: Arc<Mutex<Cuts>>,
+    frozen: watch::Receiver<bool>,
 ) {
     let (mut dr, mut dw) = down.split();
     let (mut ur, mut uw) = up.split();
+    // Frozen: the bytes read are held back until a thaw, the sockets stay open.
+    let stall = || {
+        let mut frozen = frozen.clone();
+        async move {
+            let _ = frozen.wait_for(|f| !*f).await;
+        }
+    };
     let to_server = async {
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             let n = dr.read(&mut buf).await.unwrap_or(0);
+            stall().await;
             if n == 0 || uw.write_all(&buf[..n]).await.is_err() {
                 return;
             }
@@ -118,6 +153,7 @@ async fn forward(
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             let n = ur.read(&mut buf).await.unwrap_or(0);
+            stall().await;
             if n == 0 {
                 return;
             }
@@ -468,4 +504,167 @@ async fn guest_killed_mid_step_the_server_reports_it_and_lets_go() {
         "shutdown waited for calls of a dead guest: {:?}",
         stopping.elapsed()
     );
+}
+
+/// Heartbeat window of the host-loss tests: short, so each test takes seconds.
+const WINDOW: Duration = Duration::from_secs(3);
+
+/// The guest's options with a short heartbeat window (and per-call timeout to match).
+fn short_window_options() -> ClientOptions {
+    ClientOptions {
+        heartbeat_window: WINDOW,
+        call_timeout: Duration::from_secs(1),
+        keepalive_interval: Duration::from_secs(1),
+        keepalive_timeout: Duration::from_secs(1),
+        ..fast_options()
+    }
+}
+
+/// A guest in a long idle RUN step (it only heartbeats) whose host is healthy for longer than
+/// the window: no loss is signalled. Returns the client, its heartbeat and the running step.
+async fn idle_step_with_healthy_host(
+    proxy: &FaultProxy,
+    h: &Harness,
+) -> (BootstrapClient, firebuild_bootstrap::HeartbeatTask, StepRef) {
+    let client = client_via(proxy, h, short_window_options()).await;
+    let heartbeat = client.spawn_heartbeat(Some(Duration::from_millis(200)));
+    client.commands().await.unwrap();
+    let step = StepRef { stage: 0, step: 0 };
+    client.step_started(step).await.unwrap();
+    let early = tokio::time::timeout(WINDOW + WINDOW / 2, heartbeat.lost()).await;
+    assert!(
+        early.is_err(),
+        "host lost while it answered every heartbeat: {early:?}"
+    );
+    (client, heartbeat, step)
+}
+
+/// The loss signal after a fault at `faulted`: it fires, says the host was silent for at least
+/// the window, and comes within a generous bound (the window plus scheduling slack).
+async fn assert_lost_in_time(heartbeat: &firebuild_bootstrap::HeartbeatTask, faulted: Instant) {
+    let lost = tokio::time::timeout(WINDOW * 5, heartbeat.lost())
+        .await
+        .unwrap_or_else(|_| panic!("no loss signalled {:?} after the fault", WINDOW * 5));
+    let after = faulted.elapsed();
+    eprintln!("host lost signalled {after:?} after the fault: {lost}");
+    let HostLost::Silent { silent } = &lost else {
+        panic!("{lost:?}")
+    };
+    assert!(*silent >= WINDOW, "{lost:?}");
+    assert!(
+        lost.to_string().starts_with("no heartbeat answered for 3s"),
+        "{lost}"
+    );
+    // A signal already fired is seen again by a later waiter at once.
+    assert_eq!(heartbeat.lost().await, lost);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_frozen_during_an_idle_step_the_guest_signals_the_loss_within_the_window() {
+    let ctx = context(16);
+    let h = start(plan(&[]), ctx.path(), |b| b).await;
+    let proxy = FaultProxy::start(h.server.local_addr(), vec![]).await;
+    let (client, heartbeat, step) = idle_step_with_healthy_host(&proxy, &h).await;
+
+    // SIGSTOP of the host: its sockets stay open, nothing answers, new connections hang.
+    proxy.freeze();
+    let frozen = Instant::now();
+    assert_lost_in_time(&heartbeat, frozen).await;
+
+    // A call made now does not hang either: its attempts end within the window.
+    let calling = Instant::now();
+    let err = client.step_finished(step, 0).await.unwrap_err();
+    let ClientError::Rpc { status, .. } = &err else {
+        panic!("{}", chain(&err))
+    };
+    assert!(
+        matches!(status.code(), Code::DeadlineExceeded | Code::Unavailable),
+        "{}",
+        chain(&err)
+    );
+    assert!(
+        calling.elapsed() < WINDOW * 5,
+        "StepFinished to a frozen host took {:?}",
+        calling.elapsed()
+    );
+    proxy.kill();
+    h.server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_killed_during_an_idle_step_the_guest_signals_the_loss_within_the_window() {
+    let ctx = context(16);
+    let h = start(plan(&[]), ctx.path(), |b| b).await;
+    let proxy = FaultProxy::start(h.server.local_addr(), vec![]).await;
+    let (_client, heartbeat, _step) = idle_step_with_healthy_host(&proxy, &h).await;
+
+    // kill -9 of the host: its sockets close, nothing listens any more.
+    proxy.kill();
+    let killed = Instant::now();
+    h.server.shutdown().await.unwrap();
+    assert_lost_in_time(&heartbeat, killed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_ending_the_build_is_signalled_as_a_loss() {
+    const TIMEOUT: Duration = Duration::from_millis(500);
+    let ctx = context(16);
+    let mut h = start(plan(&[]), ctx.path(), |b| b.heartbeat_timeout(TIMEOUT)).await;
+    let proxy = FaultProxy::start(h.server.local_addr(), vec![]).await;
+    let client = client_via(&proxy, &h, short_window_options()).await;
+    // Spawned before `Commands`: the early refusals ("Commands must be called first") do not
+    // end it.
+    let heartbeat = client.spawn_heartbeat(Some(Duration::from_millis(50)));
+    let early = tokio::time::timeout(Duration::from_millis(300), heartbeat.lost()).await;
+    assert!(early.is_err(), "{early:?}");
+    client.commands().await.unwrap();
+    let early = tokio::time::timeout(Duration::from_millis(300), heartbeat.lost()).await;
+    assert!(early.is_err(), "{early:?}");
+
+    // The link stalls for longer than the server's timeout (shorter than the guest's window):
+    // the server ends the build; once the link is back, it refuses the next heartbeat.
+    proxy.freeze();
+    let outcome = tokio::time::timeout(Duration::from_secs(20), h.server.wait())
+        .await
+        .expect("the server noticed the silence")
+        .unwrap();
+    assert_eq!(outcome, Outcome::HeartbeatLost { timeout: TIMEOUT });
+    proxy.thaw();
+    let lost = tokio::time::timeout(WINDOW * 5, heartbeat.lost())
+        .await
+        .expect("loss signalled");
+    let HostLost::Refused { message } = &lost else {
+        panic!("{lost:?}")
+    };
+    assert!(
+        message.contains("build already ended: guest lost"),
+        "{message}"
+    );
+    assert!(
+        lost.to_string().starts_with("the server ended the build: "),
+        "{lost}"
+    );
+    proxy.kill();
+    h.server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_the_guest_ends_itself_is_not_a_loss() {
+    let ctx = context(16);
+    let mut h = start(plan(&[]), ctx.path(), |b| b).await;
+    let client = BootstrapClient::connect_with(
+        &config(h.server.local_addr(), &h.pki.client),
+        short_window_options(),
+    )
+    .await
+    .unwrap();
+    let heartbeat = client.spawn_heartbeat(Some(Duration::from_millis(20)));
+    client.commands().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    client.success().await.unwrap();
+    assert_eq!(h.server.wait().await.unwrap(), Outcome::Succeeded);
+    // The server now refuses every heartbeat; that is the end the guest asked for.
+    let after = tokio::time::timeout(Duration::from_millis(500), heartbeat.lost()).await;
+    assert!(after.is_err(), "{after:?}");
+    h.server.shutdown().await.unwrap();
 }
