@@ -35,19 +35,29 @@ async fn server_rejects(
     };
     let err = result.expect_err("a rejected client must not get the plan");
     // A certificate refused with a TLS alert is not retried: it would fail the same way. (A
-    // connection closed after the handshake looks like a network failure to the client.)
+    // connection closed after the handshake looks like a network failure to the client.) With
+    // TLS 1.3 the server's verdict can reach the client after its first request, and that
+    // failure does not always look like a TLS one: one retry may happen, never the whole budget
+    // (`fast_options` allows 8 attempts).
     if let (true, ClientError::Rpc { attempts, .. }) = (in_handshake, &err) {
-        assert_eq!(*attempts, 1, "{}", chain(&err));
+        assert!(*attempts <= 2, "{}", chain(&err));
     }
     let events = h
         .events_until(|e| matches!(e, Event::Rejected { .. }))
         .await;
-    let Some(Event::Rejected { reason, .. }) = events.last() else {
-        unreachable!()
-    };
+    // Counted by reason, not by number: a retried connection is refused for the same reason
+    // (and its event may come later).
+    let reasons: Vec<&str> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Rejected { reason, .. } => Some(reason.as_str()),
+            _ => None,
+        })
+        .collect();
+    let named = reasons.iter().filter(|r| r.contains(needle)).count();
     assert!(
-        reason.contains(needle),
-        "reason {reason:?} lacks {needle:?}; client error: {}",
+        named >= 1 && named == reasons.len(),
+        "reasons {reasons:?}: not all name {needle:?}; client error: {}",
         chain(&err)
     );
     assert!(
