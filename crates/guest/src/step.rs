@@ -318,13 +318,17 @@ async fn spawn_and_wait(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true);
+        .kill_on_drop(true)
+        .process_group(0);
     install_child_setup(&mut cmd, setup);
     tracing::debug!(program = %program, uid = identity.uid, gid = identity.gid, workdir, "run");
     let mut child = cmd.spawn().map_err(|source| Error::Spawn {
         program: program.clone(),
         source,
     })?;
+    // Every process the step started dies with it, as when BuildKit tears down a RUN's
+    // container: on return, and when the step is dropped (cancelled, host lost).
+    let _group = child.id().map(GroupKill);
     let (Some(mut out), Some(mut err)) = (child.stdout.take(), child.stderr.take()) else {
         return Err(Error::Spawn {
             program: program.clone(),
@@ -381,6 +385,20 @@ async fn spawn_and_wait(
         (None, Some(s)) => Exit::Signal(s),
         (None, None) => Exit::Code(-1),
     })
+}
+
+/// Kills a step's process group when dropped.
+struct GroupKill(u32);
+
+impl Drop for GroupKill {
+    fn drop(&mut self) {
+        if let Some(pgid) = i32::try_from(self.0)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+        {
+            let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
+        }
+    }
 }
 
 async fn read_some(r: &mut (impl AsyncRead + Unpin), buf: &mut [u8]) -> std::io::Result<usize> {

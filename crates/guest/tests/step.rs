@@ -282,3 +282,50 @@ async fn network_none_sees_only_loopback_and_it_is_up() {
         eprintln!("note: this host has only lo; the default-network half proves little here");
     }
 }
+
+/// What a step leaves running dies with it (BuildKit tears down the RUN's container): a
+/// background process started with its output closed is gone once the step returns, and a
+/// step dropped mid-run (the build cancelled, the host lost) takes its children with it.
+#[tokio::test]
+async fn processes_a_step_started_die_with_it() {
+    let Some(t) = common::busybox_root() else {
+        return;
+    };
+    let root = t.path();
+    // sh gives a background job /dev/null as its stdin.
+    fs::create_dir_all(root.join("dev")).unwrap();
+    let made = std::process::Command::new("mknod")
+        .arg(root.join("dev/null"))
+        .args(["c", "1", "3"])
+        .status()
+        .unwrap();
+    assert!(made.success());
+    // Running, not a zombie waiting for its reaper.
+    let alive = |pid: &str| {
+        fs::read_to_string(Path::new("/proc").join(pid.trim()).join("stat")).is_ok_and(|stat| {
+            stat.rsplit(')')
+                .next()
+                .is_some_and(|r| !r.trim_start().starts_with('Z'))
+        })
+    };
+    let (exit, lines) = run(
+        root,
+        &RunRequest::new(sh("sleep 300 >/dev/null 2>&1 & echo $!")),
+    )
+    .await;
+    assert_eq!(exit, Exit::Code(0), "{lines:?}");
+    let pid = stdout(&lines)[0].to_owned();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(!alive(&pid), "background process {pid} outlived its step");
+
+    let pidfile = root.join("child.pid");
+    let req = RunRequest::new(sh("sleep 300 & echo $! > /child.pid; wait"));
+    let step = step::run(root, &req, |_, _| {});
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), step).await;
+    let pid = fs::read_to_string(&pidfile).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(
+        !alive(&pid),
+        "child {pid} of a dropped step is still running"
+    );
+}
