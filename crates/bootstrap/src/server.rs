@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -302,6 +302,7 @@ impl BootstrapServer {
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             http2: Http2Tuning::default(),
             event_capacity: 1024,
+            single_connection: true,
         }
     }
 }
@@ -316,6 +317,7 @@ pub struct ServerBuilder {
     max_message_size: usize,
     http2: Http2Tuning,
     event_capacity: usize,
+    single_connection: bool,
 }
 
 impl fmt::Debug for ServerBuilder {
@@ -361,6 +363,15 @@ impl ServerBuilder {
     /// [`Outcome::HeartbeatLost`] (default 30 s). Counted from the first connection.
     pub fn heartbeat_timeout(mut self, timeout: Duration) -> Self {
         self.heartbeat_timeout = timeout;
+        self
+    }
+
+    /// Serve only the newest verified guest connection (the default): a guest that reconnects
+    /// (after a cut, to resume) supersedes its old connection, and anything still arriving on a
+    /// superseded connection fails. `false` serves every verified connection at once (load
+    /// tests sharing one build's certificate).
+    pub fn single_guest_connection(mut self, single: bool) -> Self {
+        self.single_connection = single;
         self
     }
 
@@ -465,9 +476,11 @@ impl ServerBuilder {
             last_seen: Mutex::new(Instant::now()),
             outcome: outcome_tx,
             heartbeat_timeout: self.heartbeat_timeout,
+            generation: Arc::new(AtomicU64::new(0)),
+            single_connection: self.single_connection,
         });
 
-        let (conn_tx, conn_rx) = mpsc::channel::<std::io::Result<TlsStream<TcpStream>>>(16);
+        let (conn_tx, conn_rx) = mpsc::channel::<std::io::Result<GuestConn>>(16);
         let accept = tokio::spawn(accept_loop(
             listener,
             acceptor,
@@ -580,6 +593,9 @@ struct State {
     last_seen: Mutex<Instant>,
     outcome: watch::Sender<Option<Outcome>>,
     heartbeat_timeout: Duration,
+    /// Bumped by each verified connection; a connection of an older generation is superseded.
+    generation: Arc<AtomicU64>,
+    single_connection: bool,
 }
 
 impl State {
@@ -1011,7 +1027,7 @@ async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     state: Arc<State>,
-    conns: mpsc::Sender<std::io::Result<TlsStream<TcpStream>>>,
+    conns: mpsc::Sender<std::io::Result<GuestConn>>,
     mut stop: watch::Receiver<bool>,
     nodelay: bool,
 ) {
@@ -1038,11 +1054,23 @@ async fn accept_loop(
                 Ok(Err(e)) => format!("tls handshake failed: {}", handshake_reason(&e)),
                 Ok(Ok(tls)) => match check_client(&tls, &state.build_id) {
                     Ok(()) => {
-                        info!(%peer, "guest connected");
+                        let generation = state.generation.fetch_add(1, Ordering::AcqRel) + 1;
+                        if generation > 1 && state.single_connection {
+                            info!(%peer, "guest reconnected: its previous connection is superseded");
+                        } else {
+                            info!(%peer, "guest connected");
+                        }
                         state.touch();
                         state.connected.store(true, Ordering::Release);
                         state.emit(Event::Connected { peer }).await;
-                        let _ = conns.send(Ok(tls)).await;
+                        let conn = GuestConn {
+                            inner: tls,
+                            generation,
+                            current: state
+                                .single_connection
+                                .then(|| Arc::clone(&state.generation)),
+                        };
+                        let _ = conns.send(Ok(conn)).await;
                         return;
                     }
                     Err(reason) => reason,
@@ -1051,6 +1079,74 @@ async fn accept_loop(
             warn!(%peer, %reason, "connection rejected");
             state.emit(Event::Rejected { peer, reason }).await;
         });
+    }
+}
+
+/// A verified guest connection; with [`ServerBuilder::single_guest_connection`], reads and
+/// writes fail once a newer one was accepted.
+struct GuestConn {
+    inner: TlsStream<TcpStream>,
+    generation: u64,
+    current: Option<Arc<AtomicU64>>,
+}
+
+impl GuestConn {
+    fn superseded(&self) -> Option<std::io::Error> {
+        let current = self.current.as_ref()?.load(Ordering::Acquire);
+        (current != self.generation).then(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "superseded by a newer connection of the guest",
+            )
+        })
+    }
+}
+
+impl tokio::io::AsyncRead for GuestConn {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if let Some(e) = self.superseded() {
+            return std::task::Poll::Ready(Err(e));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for GuestConn {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if let Some(e) = self.superseded() {
+            return std::task::Poll::Ready(Err(e));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl tonic::transport::server::Connected for GuestConn {
+    type ConnectInfo = <TlsStream<TcpStream> as tonic::transport::server::Connected>::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
     }
 }
 

@@ -492,6 +492,7 @@ async fn hundred_guests_share_one_build_and_other_builds_are_refused() {
 
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (mut server, events) = BootstrapServer::builder()
+        .single_guest_connection(false)
         .resources(DirSource::new(&plan, ctx.path()))
         .plan(plan.clone())
         .tls(ours.server.clone())

@@ -251,3 +251,51 @@ async fn build_id_is_checked_even_with_a_lenient_rustls_config() {
     client.commands().await.unwrap();
     h.server.shutdown().await.unwrap();
 }
+
+/// One guest connection is served at a time: a second connection with the build's certificate
+/// supersedes the first, whose next call needs a connection of its own (a third `Connected`),
+/// never the old one. A reconnecting guest (after a cut) works the same way.
+#[tokio::test]
+async fn a_newer_guest_connection_supersedes_the_older_one() {
+    let ctx = context(0);
+    let mut h = start(plan(&[]), ctx.path(), |b| b).await;
+    let first = h.client().await;
+    first.commands().await.unwrap();
+    let connected = |evs: &[Event]| {
+        evs.iter()
+            .filter(|e| matches!(e, Event::Connected { .. }))
+            .count()
+    };
+    let mut seen = h
+        .events_until(|e| matches!(e, Event::Connected { .. }))
+        .await;
+    let second = h.client().await;
+    second.heartbeat(1).await.unwrap();
+    seen.extend(
+        h.events_until(|e| matches!(e, Event::Connected { .. }))
+            .await,
+    );
+    assert_eq!(connected(&seen), 2);
+    // The first guest's old connection is no longer served: its call goes over a new one.
+    let _ = first.heartbeat(2).await;
+    seen.extend(
+        h.events_until(|e| matches!(e, Event::Connected { .. }))
+            .await,
+    );
+    assert_eq!(connected(&seen), 3, "{seen:#?}");
+
+    // With the rule off (load tests), both stay on their connections.
+    let mut h = start(plan(&[]), ctx.path(), |b| b.single_guest_connection(false)).await;
+    let a = h.client().await;
+    a.commands().await.unwrap();
+    let b = h.client().await;
+    b.heartbeat(1).await.unwrap();
+    a.heartbeat(2).await.unwrap();
+    b.heartbeat(3).await.unwrap();
+    let mut seen = Vec::new();
+    while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(300), h.events.recv()).await
+    {
+        seen.push(ev);
+    }
+    assert_eq!(connected(&seen), 2, "{seen:#?}");
+}
