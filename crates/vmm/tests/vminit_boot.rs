@@ -43,6 +43,19 @@ fn boot_run_mode(
     vminit: &Path,
     config: &str,
 ) -> (QemuDriver, RunOutcome, String) {
+    boot_run_mode_with(name, dir, image, kernel, vminit, config, None)
+}
+
+/// [`boot_run_mode`], with metadata from the server at `mmds` when given (else none at all).
+fn boot_run_mode_with(
+    name: &str,
+    dir: &Path,
+    image: &Path,
+    kernel: &Kernel,
+    vminit: &Path,
+    config: &str,
+    mmds: Option<std::net::SocketAddr>,
+) -> (QemuDriver, RunOutcome, String) {
     let initrd = dir.join(format!("{name}.cpio"));
     firebuild_vmm::kernel::agent_initramfs(
         kernel,
@@ -61,12 +74,15 @@ fn boot_run_mode(
         image,
         kernel,
         Some(&initrd),
-        None,
+        mmds,
         &[],
-        &format!(
-            "{} firebuild.metadata=off",
-            firebuild_vmm::qemu::DEFAULT_CMDLINE
-        ),
+        &match mmds {
+            Some(_) => firebuild_vmm::qemu::DEFAULT_CMDLINE.to_owned(),
+            None => format!(
+                "{} firebuild.metadata=off",
+                firebuild_vmm::qemu::DEFAULT_CMDLINE
+            ),
+        },
         256,
     );
     let outcome = driver.run(Duration::from_secs(120)).unwrap();
@@ -262,31 +278,15 @@ fn run_mode_metadata_grows_the_root_and_swaps_without_tools_then_shuts_down_clea
         "cmd": {"form": "shell", "value": "cat /proc/swaps; df -k /"},
     })
     .to_string();
-    let initrd = dir.path().join("agent.cpio");
-    firebuild_vmm::kernel::agent_initramfs(
-        &kernel,
-        &vminit,
-        &[(
-            firebuild_vmm::kernel::IMAGE_CONFIG_PATH,
-            config.as_bytes(),
-            0o644,
-        )],
-        &initrd,
-    )
-    .unwrap();
-    let mut driver = support::qemu_driver_with(
+    let (driver, outcome, log) = boot_run_mode_with(
         "vminit-live",
         dir.path(),
         &image,
         &kernel,
-        Some(&initrd),
+        &vminit,
+        &config,
         Some(mmds.local_addr()),
-        &[],
-        firebuild_vmm::qemu::DEFAULT_CMDLINE,
-        256,
     );
-    let outcome = driver.run(Duration::from_secs(120)).unwrap();
-    let log = std::fs::read_to_string(driver.console_log()).unwrap_or_default();
     let fsck = std::process::Command::new("e2fsck")
         .args(["-fn"])
         .arg(&image)
