@@ -182,6 +182,23 @@ impl FirecrackerApi {
         serde_json::from_slice(&body).map_err(Error::Json)
     }
 
+    /// Deletes the value at a JSON pointer (a consumed credential, `/users/0/password`);
+    /// `Ok(false)` if nothing is there.
+    ///
+    /// Firecracker has no pointer API, and its `PATCH /mmds` is RFC 7396, which cannot address
+    /// an array element. So this reads the data store (`GET /mmds`) and sends the smallest merge
+    /// patch that removes the value: `null` at its key, or, below an array, that array without
+    /// the value (`{"users": [...]}`). Not atomic: another host write to the same top-level key
+    /// between the two calls is lost, so the caller should be that key's only writer.
+    pub async fn delete_pointer(&self, pointer: &str) -> Result<bool, Error> {
+        let doc = self.get().await?;
+        let Some(patch) = removal_patch(&doc, pointer) else {
+            return Ok(false);
+        };
+        self.patch(&patch).await?;
+        Ok(true)
+    }
+
     async fn call(
         &self,
         method: Method,
@@ -235,6 +252,33 @@ impl FirecrackerApi {
             },
         })
     }
+}
+
+/// The RFC 7396 merge patch that removes the value at `pointer` from `doc`, or `None` if there
+/// is none (or the pointer is the root or malformed).
+fn removal_patch(doc: &Value, pointer: &str) -> Option<Value> {
+    let tokens: Vec<&str> = pointer.strip_prefix('/')?.split('/').collect();
+    patch_below(doc, &tokens)
+}
+
+fn patch_below(doc: &Value, tokens: &[&str]) -> Option<Value> {
+    let (first, rest) = tokens.split_first()?;
+    let key = first.replace("~1", "/").replace("~0", "~");
+    let child = doc.as_object()?.get(&key)?;
+    let inner = match child {
+        _ if rest.is_empty() => Value::Null,
+        Value::Object(_) => patch_below(child, rest)?,
+        Value::Array(_) => {
+            // A merge patch replaces an array whole: send it without the value.
+            let mut copy = child.clone();
+            crate::store::remove_pointer(&mut copy, &format!("/{}", rest.join("/"))).ok()?;
+            copy
+        }
+        _ => return None,
+    };
+    let mut patch = serde_json::Map::new();
+    patch.insert(key, inner);
+    Some(Value::Object(patch))
 }
 
 /// `fault_message` of a Firecracker error body, else the start of the body.
@@ -309,6 +353,43 @@ mod tests {
         .await;
         r.unwrap();
         raw
+    }
+
+    #[test]
+    fn removal_patches_are_minimal_merge_patches() {
+        let doc = json!({
+            "hostname": "vm1",
+            "users": [{"name": "a", "password": {"hash": "$6$x"}}, {"name": "b"}],
+            "a": {"b/c": {"d": 1, "e": 2}},
+        });
+        let users = json!({"users": [{"name": "a"}, {"name": "b"}]});
+        assert_eq!(
+            removal_patch(&doc, "/users/0/password"),
+            Some(users.clone())
+        );
+        assert_eq!(
+            removal_patch(&doc, "/hostname"),
+            Some(json!({"hostname": null}))
+        );
+        assert_eq!(
+            removal_patch(&doc, "/a/b~1c/d"),
+            Some(json!({"a": {"b/c": {"d": null}}}))
+        );
+        for absent in [
+            "/users/1/password",
+            "/users/9/password",
+            "/nope",
+            "/hostname/x",
+            "",
+            "x",
+        ] {
+            assert_eq!(removal_patch(&doc, absent), None, "{absent}");
+        }
+        // Applied as Firecracker applies a PATCH, it removes exactly that value.
+        let mut after = doc.clone();
+        crate::store::merge_patch(&mut after, &users);
+        assert_eq!(after["users"][0], json!({"name": "a"}));
+        assert_eq!(after["hostname"], "vm1");
     }
 
     #[tokio::test]

@@ -10,6 +10,8 @@
 //!   tests, driven over a host Unix socket or in process through [`server::ServerHandle`].
 //! - [`firecracker::FirecrackerApi`]: writes the same metadata into Firecracker's own MMDS over
 //!   its API socket.
+//! - [`vsock::StatusListener`]: the guest's status over vsock where the guest cannot write MMDS
+//!   (Firecracker), with consumed values deleted by the host.
 //!
 //! Each module has its own error type; [`Error`] wraps them all for callers that treat them
 //! alike.
@@ -56,6 +58,7 @@ pub mod schema;
 pub mod server;
 pub mod store;
 mod token;
+pub mod vsock;
 
 pub use http::TransportError;
 pub use schema::Metadata;
@@ -80,6 +83,9 @@ pub enum Error {
     /// Firecracker's API.
     #[error("firecracker mmds api")]
     Firecracker(#[from] firecracker::Error),
+    /// The vsock status channel.
+    #[error("vsock status channel")]
+    Vsock(#[from] vsock::Error),
 }
 
 /// MMDS protocol version.

@@ -235,6 +235,10 @@ pub struct Metadata {
     /// Run mode: `user[:group]` (names or ids) the workload runs as.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// Where the guest reports its status besides the metadata service (vsock to the host):
+    /// needed on Firecracker, whose MMDS the guest cannot write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_channel: Option<StatusChannel>,
     /// Named user-data parts, merged by [`Metadata::effective`] in name order.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub user_data: BTreeMap<String, Metadata>,
@@ -267,10 +271,21 @@ impl Default for Metadata {
             cmd: None,
             workdir: None,
             user: None,
+            status_channel: None,
             user_data: BTreeMap::new(),
             guest: None,
         }
     }
+}
+
+/// Where the guest sends its status ([`GuestStatus`]) over vsock: one JSON line per status to
+/// the host (CID 2) on `vsock-port`. On Firecracker the host listens on the Unix socket
+/// `{uds_path}_{vsock-port}` (its hybrid vsock); see `crate::vsock`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct StatusChannel {
+    /// The host's vsock port (1..=4294967294; `u32::MAX` is the kernel's "any port").
+    pub vsock_port: u32,
 }
 
 /// Credentials and address of the bootstrap server (build mode).
@@ -979,6 +994,14 @@ impl Metadata {
                 }
             }
         }
+        if let Some(c) = &self.status_channel
+            && (c.vsock_port == 0 || c.vsock_port == u32::MAX)
+        {
+            return Err(invalid(
+                format!("{p}status-channel.vsock-port"),
+                "must be in 1..=4294967294",
+            ));
+        }
         if let Some(w) = &self.workdir {
             check_abs_path(&format!("{p}workdir"), w)?;
         }
@@ -1029,6 +1052,12 @@ impl Metadata {
             m.scalar("cmd", &mut out.cmd, &md.cmd, part)?;
             m.scalar("workdir", &mut out.workdir, &md.workdir, part)?;
             m.scalar("user", &mut out.user, &md.user, part)?;
+            m.scalar(
+                "status-channel",
+                &mut out.status_channel,
+                &md.status_channel,
+                part,
+            )?;
             for (k, v) in &md.env {
                 let path = format!("env.{k}");
                 let mut slot = out.env.remove(k);
@@ -1663,5 +1692,37 @@ mod tests {
         let md = Metadata::from_json_slice(doc).unwrap();
         assert_eq!(md.hostname.as_deref(), Some("vm1"));
         assert!(!serde_json::to_string(&md).unwrap().contains("guest"));
+    }
+
+    #[test]
+    fn the_status_channel_names_a_vsock_port() {
+        let md = Metadata::from_json_slice(br#"{"status-channel":{"vsock-port":10240}}"#).unwrap();
+        assert_eq!(md.status_channel, Some(StatusChannel { vsock_port: 10240 }));
+        assert_eq!(
+            err_path(r#"{"status-channel":{"vsock-port":0}}"#),
+            "status-channel.vsock-port"
+        );
+        assert_eq!(
+            err_path(r#"{"status-channel":{"vsock-port":4294967295}}"#),
+            "status-channel.vsock-port"
+        );
+        assert_eq!(
+            err_path(r#"{"status-channel":{"port":1}}"#),
+            "status-channel.port"
+        );
+        // Set by a user-data part, it is merged like any scalar section.
+        let md = Metadata::from_json_slice(
+            br#"{"user-data":{"10-host":{"status-channel":{"vsock-port":7}}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            md.effective().unwrap().status_channel.unwrap().vsock_port,
+            7
+        );
+        let clash = Metadata::from_json_slice(
+            br#"{"status-channel":{"vsock-port":8},"user-data":{"a":{"status-channel":{"vsock-port":7}}}}"#,
+        )
+        .unwrap();
+        assert!(matches!(clash.effective(), Err(Error::Conflict { .. })));
     }
 }
