@@ -56,10 +56,18 @@ pub struct BuildArgs {
     /// the metadata or the logs.
     #[arg(long = "secret", value_name = "id=ID,src=FILE|env=VAR", value_parser = crate::secret_args::parse_spec)]
     pub secrets: Vec<SecretSpec>,
-    // One line, verbatim: clap would drop the closing period of a reflowed comment.
-    /// Cache mounts (RUN --mount=type=cache) start empty, as BuildKit's --no-cache does (the step cache is not implemented yet: every step runs anyway).
-    #[arg(long, verbatim_doc_comment)]
+    /// Reuse no step from the step cache (the results are still stored for later builds), and
+    /// start cache mounts (RUN --mount=type=cache) empty, as BuildKit's --no-cache does.
+    #[arg(long)]
     pub no_cache: bool,
+    /// Reuse no step of this stage (a name or an index; repeatable), as BuildKit's
+    /// --no-cache-filter.
+    #[arg(long, value_name = "STAGE")]
+    pub no_cache_filter: Vec<String>,
+    /// Keep the step cache under this size: after the build, the least recently used entries
+    /// go (`500M`, `20G`; 0: no limit).
+    #[arg(long, value_name = "SIZE", default_value = "20G", value_parser = crate::cache_cmd::parse_size)]
+    pub cache_max_size: u64,
     #[command(flatten)]
     pub registry: RegistryArgs,
     #[command(flatten)]
@@ -196,6 +204,9 @@ fn options(args: &BuildArgs) -> anyhow::Result<BuildOptions> {
     opts.record_build_args = args.record_build_args;
     opts.firecracker_tap = args.firecracker_tap.clone();
     opts.no_cache = args.no_cache;
+    opts.no_cache_filter = args.no_cache_filter.clone();
+    opts.step_cache = Some(crate::cache_cmd::step_cache_dir(&args.guest.cache()));
+    opts.step_cache_max_bytes = (args.cache_max_size > 0).then_some(args.cache_max_size);
     Ok(opts)
 }
 

@@ -336,6 +336,32 @@ impl<O: Write + Send, E: Write + Send> Render for Plain<O, E> {
                 let title = step_title(&stage, number, total, &instruction);
                 let _ = writeln!(err, "#{number} {title}");
             }
+            Event::StepCached {
+                number,
+                total,
+                stage,
+                instruction,
+                ..
+            } => {
+                // BuildKit's plain progress: the step's title, then `#N CACHED`.
+                let title = step_title(&stage, number, total, &instruction);
+                let _ = writeln!(err, "#{number} {title}");
+                let _ = writeln!(err, "#{number} CACHED");
+            }
+            Event::StepSnapshot {
+                number,
+                scanned_bytes,
+                written_bytes,
+                elapsed,
+            } => {
+                let _ = writeln!(
+                    err,
+                    "#{number} stored in the step cache: {} new of {} read, {}",
+                    human_bytes(written_bytes),
+                    human_bytes(scanned_bytes),
+                    secs(elapsed)
+                );
+            }
             Event::Output {
                 number,
                 stream,
@@ -701,6 +727,16 @@ impl Render for Tty {
                 exit_code,
                 elapsed,
             } => self.step_finished(number, exit_code, elapsed),
+            Event::StepCached {
+                number,
+                total,
+                stage,
+                instruction,
+                ..
+            } => self.println(format!(
+                "{} CACHED",
+                step_title(&stage, number, total, &instruction)
+            )),
             Event::Transferred { id, bytes } => self.transferred(&id, bytes),
             Event::Console { line } => self.println(shown(&line)),
             Event::GuestStatus { status } => self.println(guest_status_line(&status)),

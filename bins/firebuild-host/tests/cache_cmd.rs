@@ -179,7 +179,7 @@ fn build_help_documents_no_cache() {
     let help = String::from_utf8_lossy(&out.stdout);
     let flat = help.split_whitespace().collect::<Vec<_>>().join(" ");
     assert!(
-        flat.contains("--no-cache Cache mounts (RUN --mount=type=cache) start empty, as BuildKit's --no-cache does (the step cache is not implemented yet: every step runs anyway)."),
+        flat.contains("--no-cache Reuse no step from the step cache (the results are still stored for later builds), and start cache mounts (RUN --mount=type=cache) empty, as BuildKit's --no-cache does"),
         "{help}"
     );
 }

@@ -25,6 +25,8 @@ use crate::buildenv::BuildEnv;
 const LAST_LINES: usize = 20;
 /// Longest `Abort` message.
 const MAX_ABORT: usize = 4096;
+/// How long the host may take to snapshot the disk at a step's end.
+const SNAPSHOT_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// The client configuration from the metadata's `bootstrap` section.
 pub fn client_config(b: &Bootstrap) -> BootstrapConfig {
@@ -117,6 +119,17 @@ async fn build(root: &Path, client: &BootstrapClient) -> anyhow::Result<bool> {
             Ok(r) => r,
             Err(e) => (Exit::Code(1), VecDeque::from([format!("{e:#}")])),
         };
+        if exit.success() && commands.snapshot_steps {
+            let snapshot = snapshot_point(root, client, at, &mut env, &dns, real_root).await;
+            if let Err(e) = snapshot {
+                return abort(
+                    client,
+                    format!("step {at}: snapshot for the step cache: {e:#}"),
+                )
+                .await;
+            }
+            continue;
+        }
         client
             .step_finished(at, exit.code())
             .await
@@ -153,6 +166,30 @@ async fn build(root: &Path, client: &BootstrapClient) -> anyhow::Result<bool> {
     client.success().await.context("reporting success")?;
     tracing::info!("build succeeded");
     Ok(true)
+}
+
+/// A step's end when the host snapshots the disk (the step cache): the build environment put
+/// back (it is never part of the image), the root frozen so the disk is clean while the host
+/// copies it, `StepFinished` (answered once the copy is done), then thawed and the environment
+/// installed again for the next step.
+async fn snapshot_point(
+    root: &Path,
+    client: &BootstrapClient,
+    at: StepRef,
+    env: &mut BuildEnv,
+    dns: &[std::net::Ipv4Addr],
+    real_root: bool,
+) -> anyhow::Result<()> {
+    env.restore().context("restoring the build environment")?;
+    let frozen = firebuild_guest::live::Frozen::freeze(root)
+        .with_context(|| format!("freezing {}", root.display()))?;
+    let reported = client.step_finished_snapshot(at, SNAPSHOT_WAIT).await;
+    frozen
+        .thaw()
+        .with_context(|| format!("thawing {}", root.display()))?;
+    reported.context("reporting step end")?;
+    *env = BuildEnv::install(root, dns, real_root).context("preparing the build environment")?;
+    Ok(())
 }
 
 /// Reports a failure outside any step and ends the build (`Ok(false)`).

@@ -224,6 +224,9 @@ pub struct Commands {
     pub build_id: String,
     /// The negotiated message size limit.
     pub max_message_size: usize,
+    /// The host snapshots the root filesystem at each successful step's end: freeze it before
+    /// [`BootstrapClient::step_finished`], thaw it after (see `ServerBuilder::step_hook`).
+    pub snapshot_steps: bool,
 }
 
 /// A connected guest client. Cheap to clone (one HTTP/2 connection, reconnected on demand).
@@ -392,14 +395,33 @@ impl BootstrapClient {
         F: Fn(GrpcClient<Channel>, Req) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
     {
+        let (call_timeout, window) = (self.options.call_timeout, self.options.heartbeat_window);
+        self.unary_within(rpc, req, call, call_timeout, window)
+            .await
+    }
+
+    /// [`unary`](Self::unary) with its own per-call timeout and overall window.
+    async fn unary_within<Req, Resp, F, Fut>(
+        &self,
+        rpc: &'static str,
+        req: Req,
+        call: F,
+        call_timeout: Duration,
+        window: Duration,
+    ) -> Result<Resp, ClientError>
+    where
+        Req: Clone,
+        F: Fn(GrpcClient<Channel>, Req) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+    {
         let attempts = self.options.call_attempts.max(1);
-        let deadline = Instant::now() + self.options.heartbeat_window;
+        let deadline = Instant::now() + window;
         let mut attempt = 0;
         loop {
             attempt += 1;
             let budget = deadline
                 .saturating_duration_since(Instant::now())
-                .min(self.options.call_timeout);
+                .min(call_timeout);
             let result = tokio::time::timeout(budget, call(self.grpc.clone(), req.clone()))
                 .await
                 .unwrap_or_else(|_| Err(no_answer(budget)));
@@ -458,6 +480,7 @@ impl BootstrapClient {
             resource_ids: resp.resource_ids,
             build_id: resp.build_id,
             max_message_size: resp.max_message_size as usize,
+            snapshot_steps: resp.snapshot_steps,
         })
     }
 
@@ -635,6 +658,23 @@ impl BootstrapClient {
         })
         .await
         .map(drop)
+    }
+
+    /// [`step_finished`](Self::step_finished) when the host snapshots the disk before it answers
+    /// ([`Commands::snapshot_steps`]): each attempt may take up to `wait`.
+    pub async fn step_finished_snapshot(
+        &self,
+        step: StepRef,
+        wait: Duration,
+    ) -> Result<(), ClientError> {
+        let req = pb::StepFinishedRequest {
+            step: Some(step.into()),
+            exit_code: 0,
+        };
+        let call = |mut c: GrpcClient<Channel>, r| async move { c.step_finished(r).await };
+        self.unary_within("StepFinished", req, call, wait, wait)
+            .await
+            .map(drop)
     }
 
     /// Reports success: every step ran.

@@ -303,9 +303,18 @@ impl BootstrapServer {
             http2: Http2Tuning::default(),
             event_capacity: 1024,
             single_connection: true,
+            step_hook: None,
         }
     }
 }
+
+/// What [`ServerBuilder::step_hook`] runs at a successful step's end, with the guest's root
+/// filesystem frozen until the future completes.
+pub type StepHook = Arc<
+    dyn Fn(StepRef) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+        + Send
+        + Sync,
+>;
 
 /// Configures a [`BootstrapServer`].
 pub struct ServerBuilder {
@@ -318,6 +327,7 @@ pub struct ServerBuilder {
     http2: Http2Tuning,
     event_capacity: usize,
     single_connection: bool,
+    step_hook: Option<StepHook>,
 }
 
 impl fmt::Debug for ServerBuilder {
@@ -363,6 +373,15 @@ impl ServerBuilder {
     /// [`Outcome::HeartbeatLost`] (default 30 s). Counted from the first connection.
     pub fn heartbeat_timeout(mut self, timeout: Duration) -> Self {
         self.heartbeat_timeout = timeout;
+        self
+    }
+
+    /// Runs `hook` when a step ends successfully, before `StepFinished` is answered, and asks
+    /// the guest to freeze its root filesystem for it (`snapshot_steps` in `Commands`): the
+    /// hook sees the guest's disk settled at the step's end, for as long as it runs (a step
+    /// cache snapshots the disk there). A repeated `StepFinished` (a retried call) runs it again.
+    pub fn step_hook(mut self, hook: StepHook) -> Self {
+        self.step_hook = Some(hook);
         self
     }
 
@@ -478,6 +497,7 @@ impl ServerBuilder {
             heartbeat_timeout: self.heartbeat_timeout,
             generation: Arc::new(AtomicU64::new(0)),
             single_connection: self.single_connection,
+            step_hook: self.step_hook,
         });
 
         let (conn_tx, conn_rx) = mpsc::channel::<std::io::Result<GuestConn>>(16);
@@ -596,6 +616,7 @@ struct State {
     /// Bumped by each verified connection; a connection of an older generation is superseded.
     generation: Arc<AtomicU64>,
     single_connection: bool,
+    step_hook: Option<StepHook>,
 }
 
 impl State {
@@ -815,6 +836,7 @@ impl Bootstrap for State {
             resource_ids: self.resource_ids.clone(),
             build_id: self.build_id.as_str().to_owned(),
             max_message_size: u32::try_from(negotiated).unwrap_or(u32::MAX),
+            snapshot_steps: self.step_hook.is_some(),
         }))
     }
 
@@ -960,6 +982,12 @@ impl Bootstrap for State {
             && running.step == Some(step)
         {
             *running = Running::default();
+        }
+        if req.exit_code == 0
+            && let Some(hook) = &self.step_hook
+        {
+            hook(step).await;
+            self.touch();
         }
         self.emit(Event::StepFinished {
             step,

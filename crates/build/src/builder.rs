@@ -17,7 +17,8 @@ use crate::event::{Event, EventSink, Phase};
 use crate::image::{self, Built, Outputs};
 use crate::options::{BuildOptions, BuildRequest, GuestOptions};
 use crate::plan::{self, Planned};
-use crate::session::Session;
+use crate::session::{self, Session};
+use crate::stepcache::{self, Inputs, StageKeys, StartFrom, Store};
 use crate::vm::{self, VmRequest, VmResult};
 use crate::watchdog::StepWatchdog;
 
@@ -144,12 +145,36 @@ impl Builder {
         let result = self
             .build_in(req, watchdog.sink(events), &run, &mut work)
             .await;
+        if result.is_ok() {
+            self.keep_step_cache_bounded().await;
+        }
         match result {
             Err(Error::Cancelled { .. }) => Err(Error::Cancelled {
                 removed: work.and_then(WorkDir::remove).into_iter().collect(),
             }),
             // Anything else: the work directory goes when `work` drops.
             other => other,
+        }
+    }
+
+    /// Removes the step cache's least recently used entries beyond its size limit.
+    async fn keep_step_cache_bounded(&self) {
+        let (Some(dir), Some(max)) = (&self.options.step_cache, self.options.step_cache_max_bytes)
+        else {
+            return;
+        };
+        let store = Store::new(dir);
+        let pruned =
+            tokio::task::spawn_blocking(move || store.prune(|_, _, kept| kept > max)).await;
+        match pruned {
+            Ok(Ok(removed)) if !removed.is_empty() => {
+                tracing::info!(
+                    entries = removed.len(),
+                    "step cache: least recently used entries removed"
+                );
+            }
+            Ok(Err(e)) => tracing::warn!("step cache: pruning to its limit: {e}"),
+            _ => {}
         }
     }
 
@@ -233,8 +258,9 @@ impl Builder {
         Ok(planned)
     }
 
-    /// One stage: its base (an image, scratch, or a copy of an earlier stage's result), then
-    /// a VM running its steps, unless it has none.
+    /// One stage: its start (restored from the step cache with as many of its steps as it
+    /// holds, or its base: an image, scratch, or a copy of an earlier stage's result), then a
+    /// VM running the steps left, unless none is.
     async fn build_stage(
         &self,
         ctx: &StageCtx<'_>,
@@ -248,25 +274,43 @@ impl Builder {
             steps: stage.steps.len(),
         });
         let image = ctx.work.join(format!("stage-{}.ext4", stage.index));
-        let base = match &stage.base {
-            Base::Stage { index } => {
-                let from = stages.done.get(index).ok_or_else(|| Error::Unsupported {
-                    file: ctx.planned.file.display().to_string(),
-                    reason: format!("stage {} is based on stage {index}, not built", stage.index),
-                })?;
-                copy_sparse(&from.image, &image)?;
-                from.base.clone()
+        let cache = self.stage_cache(ctx, stage, stages);
+        let restored = match &cache {
+            Some(c) if self.reuses(stage) => {
+                let (store, keys, image) = (c.store.clone(), c.keys.clone(), image.clone());
+                tokio::task::spawn_blocking(move || {
+                    stepcache::restore_longest(&store, &keys, &image)
+                })
+                .await
+                .ok()
+                .flatten()
             }
-            base => {
-                let name = format!("base-{}", stage.index);
-                let dir = ctx.work.join(name);
-                let prepare = self.base_phase(base, ctx.planned, &dir, &image, ctx.events);
-                ctx.run.cancel.race(prepare).await?.base
+            _ => None,
+        };
+        let (base, done) = match restored {
+            Some(r) => (r.base, r.done),
+            None => {
+                let base = self.stage_start(ctx, stage, stages, &image).await?;
+                if let Some(c) = &cache {
+                    let what = format!("stage {} start", stage.index);
+                    publish(c, &image, (0, 0), &base, ctx.events, what).await;
+                }
+                (base, 0)
             }
         };
-        if !stage.steps.is_empty() {
+        for step in &stage.steps[..done] {
+            (ctx.events)(session::cached_event(ctx.planned, stage.index, step.index));
+        }
+        if done < stage.steps.len() {
             let disks = ctx.run.cancel.race(self.disks(ctx, stage, stages)).await?;
-            self.run_steps(ctx, stage, &image, disks).await?;
+            let hook = cache
+                .as_ref()
+                .map(|c| snapshot_hook(c, ctx, stage, &image, &base));
+            self.run_steps(ctx, stage, done, &image, disks, hook)
+                .await?;
+        }
+        if let Some(last) = cache.as_ref().and_then(|c| c.keys.last(stage)) {
+            stages.keys.insert(stage.index, last.clone());
         }
         (ctx.events)(Event::StageFinished {
             index: stage.index,
@@ -274,6 +318,91 @@ impl Builder {
             elapsed: t.elapsed(),
         });
         Ok(StageImage { image, base })
+    }
+
+    /// The stage's base in `image`: an image or scratch imported, or a copy of an earlier
+    /// stage's result.
+    async fn stage_start(
+        &self,
+        ctx: &StageCtx<'_>,
+        stage: &Stage,
+        stages: &Stages,
+        image: &Path,
+    ) -> Result<BaseProvenance> {
+        match &stage.base {
+            Base::Stage { index } => {
+                let from = stages.done.get(index).ok_or_else(|| Error::Unsupported {
+                    file: ctx.planned.file.display().to_string(),
+                    reason: format!("stage {} is based on stage {index}, not built", stage.index),
+                })?;
+                copy_sparse(&from.image, image)?;
+                Ok(from.base.clone())
+            }
+            base => {
+                let name = format!("base-{}", stage.index);
+                let dir = ctx.work.join(name);
+                let prepare = self.base_phase(base, ctx.planned, &dir, image, ctx.events);
+                Ok(ctx.run.cancel.race(prepare).await?.base)
+            }
+        }
+    }
+
+    /// Whether this build reuses the step cache's results for `stage` (`--no-cache`,
+    /// `--no-cache-filter NAME|INDEX`).
+    fn reuses(&self, stage: &Stage) -> bool {
+        let filtered = self.options.no_cache_filter.iter().any(|f| {
+            stage.name.as_deref() == Some(f.to_ascii_lowercase().as_str())
+                || *f == stage.index.to_string()
+        });
+        !self.options.no_cache && !filtered
+    }
+
+    /// The step cache and the stage's keys, when the build has a step cache and the stage can
+    /// be keyed (a warning says why not otherwise).
+    fn stage_cache(
+        &self,
+        ctx: &StageCtx<'_>,
+        stage: &Stage,
+        stages: &Stages,
+    ) -> Option<StageCache> {
+        let dir = self.options.step_cache.as_ref()?;
+        let start = match &stage.base {
+            Base::Scratch => StartFrom::Scratch,
+            Base::Image { reference } => {
+                StartFrom::Image(reference, ctx.planned.base_provenance.get(reference))
+            }
+            Base::Stage { index } => StartFrom::Stage(stages.keys.get(index)?.clone()),
+        };
+        let source = firebuild_bootstrap::DirSource::new(&ctx.planned.plan, &ctx.req.context);
+        let inputs = Inputs {
+            source: &source,
+            urls: ctx.urls,
+            stages: &stages.keys,
+            images: &ctx.planned.base_provenance,
+        };
+        let keys = StageKeys::of(stage, &start, self.options.work_size_mib, &inputs);
+        let keys = match keys {
+            Ok(keys) => keys,
+            Err(why) => {
+                (ctx.events)(Event::Warning {
+                    message: format!("stage {}: not cached: {why}", stage.index),
+                });
+                return None;
+            }
+        };
+        if let Some(why) = &keys.stopped {
+            (ctx.events)(Event::Warning {
+                message: format!(
+                    "stage {}: steps after step {} not cached: {why}",
+                    stage.index,
+                    keys.steps.len()
+                ),
+            });
+        }
+        Some(StageCache {
+            store: Store::new(dir),
+            keys,
+        })
     }
 
     /// The disks a stage's VM needs besides its root: earlier stages and images read-only,
@@ -370,15 +499,22 @@ impl Builder {
         &self,
         ctx: &StageCtx<'_>,
         stage: &Stage,
+        done: usize,
         image: &Path,
         disks: Vec<Drive>,
+        hook: Option<firebuild_bootstrap::StepHook>,
     ) -> Result<()> {
         let (req, planned) = (ctx.req, ctx.planned);
-        let stage_plan = planned
+        let mut stage_plan = planned
             .plan
             .only_stage(stage.index)
             .ok_or_else(|| Error::Task(format!("stage {} vanished from the plan", stage.index)))?;
-        let session = Session::start(planned, stage_plan, req, ctx.urls, ctx.events.clone());
+        // The steps the restored image already holds do not run again.
+        for s in &mut stage_plan.stages {
+            s.steps.retain(|step| step.index >= done);
+        }
+        let events = ctx.events.clone();
+        let session = Session::start(planned, stage_plan, req, ctx.urls, events, hook);
         let session = ctx.run.cancel.race(session).await?;
         (ctx.events)(Event::VmStarting { driver: "qemu" });
         let vm_req = VmRequest {
@@ -523,8 +659,98 @@ struct StageImage {
 #[derive(Default)]
 struct Stages {
     done: BTreeMap<usize, StageImage>,
+    /// The step cache key of each stage's result, for the stages that have one.
+    keys: BTreeMap<usize, stepcache::Key>,
     images: BTreeMap<String, PathBuf>,
     caches: Vec<cache_mounts::Attached>,
+}
+
+/// A stage's step cache: where it is and the stage's keys.
+struct StageCache {
+    store: Store,
+    keys: StageKeys,
+}
+
+/// Stores `image` as the stage's state after `done` steps (0: its start; `number` is the
+/// step's number in the events). A failure is a warning: the build goes on without that
+/// entry.
+async fn publish(
+    cache: &StageCache,
+    image: &Path,
+    (done, number): (usize, usize),
+    base: &BaseProvenance,
+    events: &EventSink,
+    description: String,
+) {
+    let Some(key) = cache.keys.after(done).cloned() else {
+        return;
+    };
+    let (store, image) = (cache.store.clone(), image.to_path_buf());
+    let extra = serde_json::to_value(base).unwrap_or_default();
+    let result = tokio::task::spawn_blocking(move || {
+        let _lock = store.lock(false)?;
+        store.publish(&key, &image, description, extra)
+    })
+    .await;
+    match result {
+        Ok(Ok(cost)) => events(Event::StepSnapshot {
+            number,
+            scanned_bytes: cost.scanned,
+            written_bytes: cost.written,
+            elapsed: cost.elapsed,
+        }),
+        Ok(Err(e)) => events(Event::Warning {
+            message: format!("step cache: not stored: {e}"),
+        }),
+        Err(e) => events(Event::Warning {
+            message: format!("step cache: not stored: {e}"),
+        }),
+    }
+}
+
+/// The bootstrap server's hook that stores the disk at each successful step's end, while the
+/// guest holds its root frozen.
+fn snapshot_hook(
+    cache: &StageCache,
+    ctx: &StageCtx<'_>,
+    stage: &Stage,
+    image: &Path,
+    base: &BaseProvenance,
+) -> firebuild_bootstrap::StepHook {
+    let cache = std::sync::Arc::new(StageCache {
+        store: cache.store.clone(),
+        keys: cache.keys.clone(),
+    });
+    let descriptions: BTreeMap<usize, (usize, String)> = stage
+        .steps
+        .iter()
+        .map(|step| {
+            let number = session::step_number(ctx.planned, stage.index, step.index);
+            let text = ctx
+                .planned
+                .instruction(step.span.start_line, step.span.end_line);
+            (
+                step.index,
+                (
+                    number,
+                    format!("stage {} step {}: {text}", stage.index, step.index + 1),
+                ),
+            )
+        })
+        .collect();
+    let descriptions = std::sync::Arc::new(descriptions);
+    let (image, base, events) = (image.to_path_buf(), base.clone(), ctx.events.clone());
+    std::sync::Arc::new(move |at: firebuild_bootstrap::StepRef| {
+        let (cache, descriptions) = (cache.clone(), descriptions.clone());
+        let (image, base, events) = (image.clone(), base.clone(), events.clone());
+        Box::pin(async move {
+            let Some((number, description)) = descriptions.get(&at.step).cloned() else {
+                return;
+            };
+            let done = (at.step + 1, number);
+            publish(&cache, &image, done, &base, &events, description).await;
+        })
+    })
 }
 
 fn read_only(serial: &str, path: &Path) -> Drive {

@@ -107,6 +107,31 @@ pub enum Event {
         /// The instruction, shortened (`RUN apt-get install -y hello`).
         instruction: String,
     },
+    /// A step the step cache had: its result was reused, it did not run (BuildKit's
+    /// `CACHED`).
+    StepCached {
+        /// Its number among all steps (1-based).
+        number: usize,
+        /// All steps of the build.
+        total: usize,
+        /// The stage's name when the build has several stages.
+        stage: String,
+        /// Its Dockerfile line.
+        line: u32,
+        /// Its instruction text.
+        instruction: String,
+    },
+    /// The step cache stored the disk as it was after a step.
+    StepSnapshot {
+        /// The step's number (1-based; 0: the stage's base, before any step).
+        number: usize,
+        /// Bytes of the image read and hashed.
+        scanned_bytes: u64,
+        /// Bytes of new chunks written (the rest were stored already).
+        written_bytes: u64,
+        /// How long the snapshot held the guest.
+        elapsed: Duration,
+    },
     /// One line the step printed.
     Output {
         /// 1-based step number.

@@ -51,6 +51,7 @@ mod options;
 pub mod plan;
 mod runner;
 mod session;
+pub mod stepcache;
 mod vm;
 mod watchdog;
 

@@ -148,8 +148,19 @@ pub struct BuildOptions {
     /// Add a network interface on this host tap device, and Firecracker's MMDS, to the
     /// Firecracker config written beside the image (`None`: no network, no metadata).
     pub firecracker_tap: Option<String>,
-    /// `--no-cache`: cache mounts start empty (BuildKit's `--no-cache` does the same).
+    /// `--no-cache`: no step's result is reused from the step cache (results are still
+    /// stored, for later builds), and cache mounts start empty (BuildKit's `--no-cache` does
+    /// both).
     pub no_cache: bool,
+    /// The step cache's directory (see [`crate::stepcache`]); `None`: no step cache, every step
+    /// runs and nothing is stored.
+    pub step_cache: Option<PathBuf>,
+    /// `--no-cache-filter`: stages (by name or index) whose steps are not reused from the step
+    /// cache.
+    pub no_cache_filter: Vec<String>,
+    /// The step cache's size limit in bytes: after a build, the least recently used entries
+    /// go until the rest fits (`None`: no limit).
+    pub step_cache_max_bytes: Option<u64>,
 }
 
 impl BuildOptions {
@@ -166,6 +177,9 @@ impl BuildOptions {
             record_build_args: false,
             firecracker_tap: None,
             no_cache: false,
+            step_cache: None,
+            no_cache_filter: Vec::new(),
+            step_cache_max_bytes: None,
         }
     }
 }

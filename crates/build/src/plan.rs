@@ -30,6 +30,9 @@ pub struct Planned {
     pub plan: BuildPlan,
     /// The base configs that were fed in, by `FROM` reference.
     pub base_configs: BTreeMap<String, ImageConfig>,
+    /// Where each of those bases came from (digests, layer diff ids), by reference: what the
+    /// step cache keys a stage's start on.
+    pub base_provenance: BTreeMap<String, firebuild_rootfs::BaseProvenance>,
 }
 
 impl Planned {
@@ -109,6 +112,15 @@ pub enum Bases {
     BestEffort,
 }
 
+/// The configs and provenance of a build's bases, by reference.
+#[derive(Debug, Default)]
+pub struct BaseInfo {
+    /// Image configs.
+    pub configs: BTreeMap<String, ImageConfig>,
+    /// Where each came from.
+    pub provenance: BTreeMap<String, firebuild_rootfs::BaseProvenance>,
+}
+
 /// Fetches the configs of `references` (manifests and configs only); with
 /// [`Bases::BestEffort`], a base that cannot be fetched becomes a warning.
 pub async fn fetch_configs(
@@ -116,8 +128,8 @@ pub async fn fetch_configs(
     pull: &PullOptions,
     mode: Bases,
     warnings: &mut Vec<String>,
-) -> Result<BTreeMap<String, ImageConfig>> {
-    let mut out = BTreeMap::new();
+) -> Result<BaseInfo> {
+    let mut out = BaseInfo::default();
     for reference in references {
         let base_error = |source| Error::Base {
             reference: reference.clone(),
@@ -129,7 +141,8 @@ pub async fn fetch_configs(
         };
         match (found, mode) {
             (Ok(Some(found)), _) => {
-                out.insert(reference.clone(), found.config);
+                out.configs.insert(reference.clone(), found.config);
+                out.provenance.insert(reference.clone(), found.base);
             }
             (Ok(None), _) => {}
             (Err(e), Bases::Required) => return Err(base_error(e)),
@@ -152,6 +165,7 @@ pub fn plan_without_bases(req: &BuildRequest) -> Result<Planned> {
         text,
         plan,
         base_configs: BTreeMap::new(),
+        base_provenance: BTreeMap::new(),
     })
 }
 
@@ -167,13 +181,14 @@ pub async fn with_base_configs(
         return Ok(first);
     }
     let mut warnings = Vec::new();
-    let base_configs = fetch_configs(&references, pull, mode, &mut warnings).await?;
+    let bases = fetch_configs(&references, pull, mode, &mut warnings).await?;
     let shown = first.file.display().to_string();
-    let mut plan = plan_with(req, &shown, &first.text, &base_configs)?;
+    let mut plan = plan_with(req, &shown, &first.text, &bases.configs)?;
     plan.warnings.extend(warnings);
     Ok(Planned {
         plan,
-        base_configs,
+        base_configs: bases.configs,
+        base_provenance: bases.provenance,
         ..first
     })
 }

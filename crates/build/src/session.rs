@@ -75,6 +75,26 @@ fn step_table(planned: &Planned) -> HashMap<StepRef, StepInfo> {
         .collect()
 }
 
+/// The event of a step the step cache reused (it does not run).
+pub(crate) fn cached_event(planned: &Planned, stage: usize, step: usize) -> Event {
+    let steps = step_table(planned);
+    let info = steps.get(&StepRef { stage, step });
+    Event::StepCached {
+        number: info.map_or(0, |s| s.number),
+        total: steps.len(),
+        stage: info.map(|s| s.stage.clone()).unwrap_or_default(),
+        line: info.map_or(0, |s| s.line),
+        instruction: info.map(|s| s.instruction.clone()).unwrap_or_default(),
+    }
+}
+
+/// The number of a step among all the build's steps (1-based), as the events give it.
+pub(crate) fn step_number(planned: &Planned, stage: usize, step: usize) -> usize {
+    step_table(planned)
+        .get(&StepRef { stage, step })
+        .map_or(0, |s| s.number)
+}
+
 /// The running servers of one build.
 pub struct Session {
     server: ServerHandle,
@@ -101,6 +121,7 @@ impl Session {
         req: &BuildRequest,
         urls: &std::collections::BTreeMap<String, std::path::PathBuf>,
         events: EventSink,
+        step_hook: Option<firebuild_bootstrap::StepHook>,
     ) -> Result<Self> {
         let (context, name) = (req.context.as_path(), req.name.as_str());
         let build_id = BuildId::new(name).map_err(Error::Pki)?;
@@ -109,7 +130,11 @@ impl Session {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(Error::io("listen on", "127.0.0.1:0"))?;
-        let (server, server_events) = BootstrapServer::builder()
+        let mut builder = BootstrapServer::builder();
+        if let Some(hook) = step_hook {
+            builder = builder.step_hook(hook);
+        }
+        let (server, server_events) = builder
             .resources(
                 DirSource::new(&plan, context)
                     .with_secrets(req.secrets.iter().cloned().collect())
