@@ -3,8 +3,13 @@
 //!
 //! Field names and types follow Firecracker's API schema (`src/firecracker/swagger/
 //! firecracker.yaml`: `BootSource`, `Drive`, `MachineConfiguration`, `NetworkInterface`,
-//! `MmdsConfig`); the config file uses the API's resource names as keys (`boot-source`,
-//! `drives`, `machine-config`, `network-interfaces`, `mmds-config`).
+//! `MmdsConfig`, `Vsock`); the config file uses the API's resource names as keys (`boot-source`,
+//! `drives`, `machine-config`, `network-interfaces`, `mmds-config`, `vsock`).
+//!
+//! The guest cannot write Firecracker's MMDS, so its status comes back over vsock when wanted
+//! ([`add_vsock`]): Firecracker's vsock is "hybrid", a guest connection to the host (CID 2) port
+//! P arrives on the host Unix socket `{uds_path}_{P}`, where `firebuild_mmds::vsock::
+//! StatusListener` listens; the metadata names P (`"status-channel": {"vsock-port": P}`).
 //!
 //! Kernel requirements: Firecracker boots an uncompressed ELF `vmlinux` (x86_64) with the
 //! virtio-mmio block and net drivers and a serial console; Debian's cloud kernel has them as
@@ -31,6 +36,30 @@ pub struct FirecrackerConfig<'a> {
     /// A host tap device for `eth0`, with Firecracker's MMDS (V2) on it; `None`: no network,
     /// and the guest is told there is no metadata to wait for.
     pub tap: Option<&'a str>,
+}
+
+/// The guest CID firebuild gives a VM's vsock device: the first one not reserved (0 to 2 are
+/// the hypervisor, the local loopback and the host).
+pub const GUEST_CID: u32 = 3;
+
+/// A vsock device (Firecracker's `Vsock`).
+#[derive(Debug, Clone)]
+pub struct Vsock<'a> {
+    /// The guest's context id (at least 3; [`GUEST_CID`]).
+    pub guest_cid: u32,
+    /// The host socket Firecracker creates for host-initiated connections; guest-initiated ones
+    /// to port P go to `{uds_path}_P` (`firebuild_mmds::vsock::socket_path`).
+    pub uds_path: &'a str,
+}
+
+/// Adds a `vsock` device to a config made by [`config`] (for the guest's status over vsock).
+pub fn add_vsock(config: &mut Value, vsock: &Vsock<'_>) {
+    if let Some(obj) = config.as_object_mut() {
+        obj.insert(
+            "vsock".into(),
+            json!({ "guest_cid": vsock.guest_cid, "uds_path": vsock.uds_path }),
+        );
+    }
 }
 
 /// The kernel command line: the image's root, the console, and either the network the MMDS is
@@ -136,6 +165,14 @@ mod tests {
                 ("ipv4_address", "string"),
             ],
         ),
+        (
+            "vsock",
+            &[
+                ("!guest_cid", "integer"),
+                ("!uds_path", "string"),
+                ("vsock_id", "string"),
+            ],
+        ),
     ];
 
     fn type_of(v: &Value) -> &'static str {
@@ -191,6 +228,32 @@ mod tests {
     fn fields_match_firecrackers_schema() {
         check(&sample(None));
         check(&sample(Some("fc-tap0")));
+        let mut v = sample(Some("fc-tap0"));
+        add_vsock(
+            &mut v,
+            &Vsock {
+                guest_cid: GUEST_CID,
+                uds_path: "img.vsock",
+            },
+        );
+        check(&v);
+    }
+
+    #[test]
+    fn the_vsock_device_is_added_only_when_asked() {
+        assert!(sample(Some("fc-tap0")).get("vsock").is_none());
+        let mut v = sample(None);
+        add_vsock(
+            &mut v,
+            &Vsock {
+                guest_cid: 3,
+                uds_path: "/run/vm1/v.sock",
+            },
+        );
+        assert_eq!(
+            v["vsock"],
+            json!({"guest_cid": 3, "uds_path": "/run/vm1/v.sock"})
+        );
     }
 
     #[test]
