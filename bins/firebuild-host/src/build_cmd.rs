@@ -64,6 +64,10 @@ pub struct BuildArgs {
     /// --no-cache-filter.
     #[arg(long, value_name = "STAGE")]
     pub no_cache_filter: Vec<String>,
+    /// Where the step cache is kept (default: `steps` in the cache directory); `none` keeps no
+    /// step cache at all (no step is reused or stored).
+    #[arg(long, value_name = "DIR|none")]
+    pub step_cache: Option<PathBuf>,
     /// Keep the step cache under this size: after the build, the least recently used entries
     /// go (`500M`, `20G`; 0: no limit).
     #[arg(long, value_name = "SIZE", default_value = "20G", value_parser = crate::cache_cmd::parse_size)]
@@ -205,7 +209,11 @@ fn options(args: &BuildArgs) -> anyhow::Result<BuildOptions> {
     opts.firecracker_tap = args.firecracker_tap.clone();
     opts.no_cache = args.no_cache;
     opts.no_cache_filter = args.no_cache_filter.clone();
-    opts.step_cache = Some(crate::cache_cmd::step_cache_dir(&args.guest.cache()));
+    opts.step_cache = match &args.step_cache {
+        Some(dir) if dir.as_os_str() == "none" => None,
+        Some(dir) => Some(dir.clone()),
+        None => Some(crate::cache_cmd::step_cache_dir(&args.guest.cache())),
+    };
     opts.step_cache_max_bytes = (args.cache_max_size > 0).then_some(args.cache_max_size);
     Ok(opts)
 }

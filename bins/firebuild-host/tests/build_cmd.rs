@@ -83,8 +83,9 @@ fn debugfs(image: &Path, request: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Runs `firebuild-host build --name NAME [EXTRA...] --vminit V -o OUT CTX`: (exit code, stdout,
-/// stderr).
+/// Runs `firebuild-host build --name NAME --cache OUT.cache [EXTRA...] --vminit V -o OUT CTX`:
+/// (exit code, stdout, stderr). Each output directory gets its own cache (step cache
+/// included), so one test's steps are never another's cache hits.
 fn build(
     name: &str,
     extra: &[&str],
@@ -92,8 +93,23 @@ fn build(
     out_dir: &Path,
     ctx: &Path,
 ) -> (Option<i32>, String, String) {
+    let mut cache = out_dir.as_os_str().to_owned();
+    cache.push(".cache");
+    build_with_cache(name, extra, vminit, out_dir, ctx, Path::new(&cache))
+}
+
+/// [`build`] with the cache directory `cache`.
+fn build_with_cache(
+    name: &str,
+    extra: &[&str],
+    vminit: &Path,
+    out_dir: &Path,
+    ctx: &Path,
+    cache: &Path,
+) -> (Option<i32>, String, String) {
     let out = host()
-        .args(["build", "--name", name])
+        .args(["build", "--name", name, "--cache"])
+        .arg(cache)
         .args(extra)
         .arg("--vminit")
         .arg(vminit)
@@ -545,7 +561,10 @@ fn a_step_timeout_or_an_interrupt_stops_the_vm_and_leaves_nothing_behind() {
     // (b) SIGINT once the step runs: exit code 130, the VM stopped, nothing left.
     let out_dir = dir.path().join("interrupted");
     let mut child = host()
-        .args(["build", "--name", "sleepy", "--progress=json", "--vminit"])
+        .args(["build", "--name", "sleepy", "--progress=json", "--no-cache"])
+        .arg("--cache")
+        .arg(dir.path().join("interrupted.cache"))
+        .arg("--vminit")
         .arg(&vminit)
         .arg("-o")
         .arg(&out_dir)
@@ -610,4 +629,148 @@ fn a_step_timeout_or_an_interrupt_stops_the_vm_and_leaves_nothing_behind() {
     let last: serde_json::Value = serde_json::from_str(seen.last().unwrap()).unwrap();
     assert_eq!(last["event"], "failed", "{seen:#?}");
     assert_nothing_left(dir.path(), &out_dir, &[]);
+}
+
+/// The `event` names of `--progress=json` lines, with the step number where there is one.
+fn events(stdout: &str) -> Vec<(String, u64)> {
+    stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| {
+            let name = v["event"].as_str()?.to_owned();
+            Some((name, v["number"].as_u64().unwrap_or(0)))
+        })
+        .collect()
+}
+
+/// The step numbers of the events named `name`.
+fn numbered(events: &[(String, u64)], name: &str) -> Vec<u64> {
+    events
+        .iter()
+        .filter(|(n, _)| n == name)
+        .map(|(_, k)| *k)
+        .collect()
+}
+
+/// The image's tree as debugfs lists it (`ls -p`: inode, mode, owner, group, name, size) for
+/// the directories the test's Dockerfile fills, and its files' bytes.
+fn tree(image: &Path) -> String {
+    let mut out = String::new();
+    for dir in ["/", "/bin", "/etc", "/data"] {
+        out.push_str(&debugfs(image, &format!("ls -p {dir}")));
+    }
+    for file in ["/data/a.txt", "/data/copy.txt", "/etc/built"] {
+        out.push_str(&debugfs(image, &format!("cat {file}")));
+    }
+    out
+}
+
+#[test]
+fn the_step_cache_reuses_unchanged_steps_and_reruns_from_a_changed_copy() {
+    let Some(vminit) = prerequisites() else {
+        return;
+    };
+    let (dir, ctx) = scratch_context(
+        "ARG UNUSED=1\nFROM scratch\nCOPY busybox /bin/busybox\n\
+         RUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n\
+         RUN mkdir -p /etc /data && echo built > /etc/built\n\
+         COPY a.txt /data/a.txt\nRUN cp /data/a.txt /data/copy.txt && echo copied\n",
+    );
+    std::fs::write(ctx.join("a.txt"), "first\n").unwrap();
+    let cache = dir.path().join("cache");
+    let run = |out: &str, extra: &[&str]| {
+        let out_dir = dir.path().join(out);
+        let mut args = vec!["--progress=json"];
+        args.extend_from_slice(extra);
+        let (code, stdout, stderr) = build_with_cache("c", &args, &vminit, &out_dir, &ctx, &cache);
+        assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+        (events(&stdout), out_dir.join("c.ext4"))
+    };
+
+    // Cold: every step runs in a VM, and each step's result is stored.
+    let (cold, cold_image) = run("cold", &[]);
+    assert_eq!(numbered(&cold, "step-started"), [1, 2, 3, 4, 5]);
+    assert!(numbered(&cold, "step-cached").is_empty(), "{cold:?}");
+    assert_eq!(numbered(&cold, "step-snapshot"), [0, 1, 2, 3, 4, 5]);
+    let cold_tree = tree(&cold_image);
+    assert!(cold_tree.contains("first\nfirst\nbuilt\n"), "{cold_tree}");
+
+    // Unchanged: no VM, every step reused, the same image.
+    let (warm, warm_image) = run("warm", &[]);
+    assert!(
+        numbered(&warm, "vm-starting").is_empty(),
+        "a VM booted: {warm:?}"
+    );
+    assert!(numbered(&warm, "step-started").is_empty(), "{warm:?}");
+    assert_eq!(numbered(&warm, "step-cached"), [1, 2, 3, 4, 5]);
+    assert_eq!(tree(&warm_image), cold_tree);
+
+    // An ARG the steps do not see (declared before FROM, not in the stage): still all reused.
+    let (arg, _) = run("arg", &["--build-arg", "UNUSED=2"]);
+    assert!(numbered(&arg, "vm-starting").is_empty(), "{arg:?}");
+    assert_eq!(numbered(&arg, "step-cached"), [1, 2, 3, 4, 5]);
+
+    // The file the 4th step copies changed: steps 1-3 reused, 4 and 5 run again.
+    std::fs::write(ctx.join("a.txt"), "second\n").unwrap();
+    let (changed, changed_image) = run("changed", &[]);
+    assert_eq!(numbered(&changed, "step-cached"), [1, 2, 3]);
+    assert_eq!(numbered(&changed, "step-started"), [4, 5]);
+    let changed_tree = tree(&changed_image);
+    assert!(
+        changed_tree.contains("second\nsecond\nbuilt\n"),
+        "{changed_tree}"
+    );
+    assert!(
+        fsck_clean(&changed_image),
+        "a restored start is a clean file system"
+    );
+
+    // `cache ls --steps` lists what was stored; prune removes it all and the next build runs
+    // every step again.
+    let listed = host()
+        .args(["cache", "ls", "--steps", "--json", "--cache"])
+        .arg(&cache)
+        .output()
+        .unwrap();
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 8, "{listed}");
+    let du = host()
+        .args(["cache", "du", "--cache"])
+        .arg(&cache)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&du.stdout).contains("8 entries"),
+        "{}",
+        String::from_utf8_lossy(&du.stdout)
+    );
+    let pruned = host()
+        .args(["cache", "prune", "--json", "--cache"])
+        .arg(&cache)
+        .output()
+        .unwrap();
+    let pruned: serde_json::Value = serde_json::from_slice(&pruned.stdout).unwrap();
+    assert_eq!(
+        pruned["removed_steps"].as_array().unwrap().len(),
+        8,
+        "{pruned}"
+    );
+    assert_eq!(pruned["step_bytes_after"], 0, "{pruned}");
+    let (again, _) = run("again", &[]);
+    assert_eq!(numbered(&again, "step-started"), [1, 2, 3, 4, 5]);
+    assert!(numbered(&again, "step-cached").is_empty());
+
+    // --no-cache-filter on the only stage: everything runs (and is stored again).
+    let (filtered, _) = run("filtered", &["--no-cache-filter", "0"]);
+    assert_eq!(numbered(&filtered, "step-started"), [1, 2, 3, 4, 5]);
+}
+
+fn fsck_clean(image: &Path) -> bool {
+    Command::new("e2fsck")
+        .arg("-fn")
+        .arg(image)
+        .output()
+        .unwrap()
+        .status
+        .success()
 }

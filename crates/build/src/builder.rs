@@ -18,7 +18,7 @@ use crate::image::{self, Built, Outputs};
 use crate::options::{BuildOptions, BuildRequest, GuestOptions};
 use crate::plan::{self, Planned};
 use crate::session::{self, Session};
-use crate::stepcache::{self, Inputs, StageKeys, StartFrom, Store};
+use crate::stepcache::{self, Inputs, StageKeys, StageMeta, StartFrom, Store};
 use crate::vm::{self, VmRequest, VmResult};
 use crate::watchdog::StepWatchdog;
 
@@ -287,15 +287,21 @@ impl Builder {
             }
             _ => None,
         };
-        let (base, done) = match restored {
-            Some(r) => (r.base, r.done),
+        let (meta, done) = match restored {
+            Some(r) => (r.meta, r.done),
             None => {
                 let base = self.stage_start(ctx, stage, stages, &image).await?;
+                let mut meta = StageMeta {
+                    base,
+                    stubs: Vec::new(),
+                };
                 if let Some(c) = &cache {
+                    meta.stubs = stepcache::missing_stubs(&image)
+                        .map_err(Error::io("read the root directory of", &image))?;
                     let what = format!("stage {} start", stage.index);
-                    publish(c, &image, (0, 0), &base, ctx.events, what).await;
+                    publish(c, &image, (0, 0), &meta, ctx.events, what).await;
                 }
-                (base, 0)
+                (meta, 0)
             }
         };
         for step in &stage.steps[..done] {
@@ -305,7 +311,7 @@ impl Builder {
             let disks = ctx.run.cancel.race(self.disks(ctx, stage, stages)).await?;
             let hook = cache
                 .as_ref()
-                .map(|c| snapshot_hook(c, ctx, stage, &image, &base));
+                .map(|c| snapshot_hook(c, ctx, stage, &image, &meta));
             self.run_steps(ctx, stage, done, &image, disks, hook)
                 .await?;
         }
@@ -317,7 +323,10 @@ impl Builder {
             name: stage.name.clone(),
             elapsed: t.elapsed(),
         });
-        Ok(StageImage { image, base })
+        Ok(StageImage {
+            image,
+            base: meta.base,
+        })
     }
 
     /// The stage's base in `image`: an image or scratch imported, or a copy of an earlier
@@ -678,7 +687,7 @@ async fn publish(
     cache: &StageCache,
     image: &Path,
     (done, number): (usize, usize),
-    base: &BaseProvenance,
+    meta: &StageMeta,
     events: &EventSink,
     description: String,
 ) {
@@ -686,7 +695,7 @@ async fn publish(
         return;
     };
     let (store, image) = (cache.store.clone(), image.to_path_buf());
-    let extra = serde_json::to_value(base).unwrap_or_default();
+    let extra = serde_json::to_value(meta).unwrap_or_default();
     let result = tokio::task::spawn_blocking(move || {
         let _lock = store.lock(false)?;
         store.publish(&key, &image, description, extra)
@@ -715,7 +724,7 @@ fn snapshot_hook(
     ctx: &StageCtx<'_>,
     stage: &Stage,
     image: &Path,
-    base: &BaseProvenance,
+    meta: &StageMeta,
 ) -> firebuild_bootstrap::StepHook {
     let cache = std::sync::Arc::new(StageCache {
         store: cache.store.clone(),
@@ -739,16 +748,16 @@ fn snapshot_hook(
         })
         .collect();
     let descriptions = std::sync::Arc::new(descriptions);
-    let (image, base, events) = (image.to_path_buf(), base.clone(), ctx.events.clone());
+    let (image, meta, events) = (image.to_path_buf(), meta.clone(), ctx.events.clone());
     std::sync::Arc::new(move |at: firebuild_bootstrap::StepRef| {
         let (cache, descriptions) = (cache.clone(), descriptions.clone());
-        let (image, base, events) = (image.clone(), base.clone(), events.clone());
+        let (image, meta, events) = (image.clone(), meta.clone(), events.clone());
         Box::pin(async move {
             let Some((number, description)) = descriptions.get(&at.step).cloned() else {
                 return;
             };
             let done = (at.step + 1, number);
-            publish(&cache, &image, done, &base, &events, description).await;
+            publish(&cache, &image, done, &meta, &events, description).await;
         })
     })
 }

@@ -81,8 +81,73 @@ impl StageKeys {
 pub struct Restored {
     /// Steps whose result the image holds (0: only the start).
     pub done: usize,
-    /// The base provenance recorded with the entry.
+    /// What was recorded with the entry.
+    pub meta: StageMeta,
+}
+
+/// What an entry records besides the disk: where the stage's base came from, and the mount
+/// point stubs the guest's PID 1 creates in this stage's images.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StageMeta {
+    /// The stage's base provenance (for the manifest).
     pub base: BaseProvenance,
+    /// The API mount points (`/proc`, `/sys`, `/dev`) the stage's start lacks: the guest
+    /// creates them at boot and removes them at shutdown (BuildKit's rule), so a disk stored at
+    /// a step's end holds them and a restored one must lose them again.
+    #[serde(default)]
+    pub stubs: Vec<String>,
+}
+
+/// The mount points PID 1 creates when an image lacks them (vminit's `STUBS`).
+const STUBS: [&str; 3] = ["proc", "sys", "dev"];
+
+/// Which of [`STUBS`] the root directory of the ext4 `image` lacks (`debugfs -R "ls -p /"`, a
+/// constant request).
+pub fn missing_stubs(image: &Path) -> std::io::Result<Vec<String>> {
+    let out = std::process::Command::new("debugfs")
+        .args(["-R", "ls -p /"])
+        .arg(image)
+        .output()?;
+    if !out.status.success() {
+        return Err(std::io::Error::other(format!(
+            "debugfs ls -p / {}: {}",
+            image.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    // `ls -p` lines: `/inode/mode/uid/gid/name/size/`.
+    let text = String::from_utf8_lossy(&out.stdout);
+    let names: Vec<&str> = text.lines().filter_map(|l| l.split('/').nth(5)).collect();
+    Ok(STUBS
+        .iter()
+        .filter(|s| !names.contains(s))
+        .map(|s| format!("/{s}"))
+        .collect())
+}
+
+/// Removes the (empty) stub directories `stubs` from the ext4 `image` (`debugfs -w -R "rmdir
+/// /proc"`: only the constant names of [`STUBS`] are accepted).
+pub fn remove_stubs(image: &Path, stubs: &[String]) -> std::io::Result<()> {
+    for stub in stubs {
+        if !STUBS.iter().any(|s| stub.strip_prefix('/') == Some(s)) {
+            continue;
+        }
+        let out = std::process::Command::new("debugfs")
+            .arg("-w")
+            .arg("-R")
+            .arg(format!("rmdir {stub}"))
+            .arg(image)
+            .output()?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() || err.contains("rmdir:") {
+            return Err(std::io::Error::other(format!(
+                "debugfs rmdir {stub} in {}: {}",
+                image.display(),
+                err.trim()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Restores into `image` the longest stored prefix of `keys` (the start counts), or `None`.
@@ -95,12 +160,17 @@ pub fn restore_longest(store: &Store, keys: &StageKeys, image: &Path) -> Option<
         let Some(entry) = store.get(key) else {
             continue;
         };
-        match store.restore(&entry, image) {
-            Ok(()) => {
-                let base = serde_json::from_value(entry.extra).unwrap_or_default();
-                return Some(Restored { done, base });
-            }
-            Err(e) => tracing::warn!(key = %key, "step cache entry dropped: {e}"),
+        let meta: StageMeta = serde_json::from_value(entry.extra.clone()).unwrap_or_default();
+        let restored = store.restore(&entry, image).and_then(|()| match done {
+            0 => Ok(()),
+            _ => remove_stubs(image, &meta.stubs).map_err(crate::error::Error::io(
+                "remove the mount point stubs from",
+                image,
+            )),
+        });
+        match restored {
+            Ok(()) => return Some(Restored { done, meta }),
+            Err(e) => tracing::warn!(key = %key, "step cache entry not used: {e}"),
         }
     }
     let _ = std::fs::remove_file(image);

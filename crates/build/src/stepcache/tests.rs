@@ -27,7 +27,7 @@ fn publish(store: &Store, key: &str, path: &Path) -> Published {
             key,
             path,
             format!("test {key}"),
-            serde_json::json!({"kind": "scratch"}),
+            serde_json::json!({"base": {"kind": "scratch"}}),
         )
         .unwrap()
 }
@@ -88,7 +88,7 @@ fn a_corrupt_or_missing_chunk_is_a_miss_and_the_entry_goes() {
     let restored = restore_longest(&store, &keys, &out).unwrap();
     assert_eq!(restored.done, 0, "fell back to the start");
     assert!(store.get("step1").is_none(), "the corrupt entry is dropped");
-    assert_eq!(restored.base.kind, "scratch");
+    assert_eq!(restored.meta.base.kind, "scratch");
     // Nothing stored at all: a miss, and no half-written image left behind.
     let empty = Store::new(dir.path().join("none"));
     assert!(restore_longest(&empty, &keys, &out).is_none());
