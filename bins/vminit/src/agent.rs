@@ -63,11 +63,12 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     if crate::init::is_agent_child() {
         crate::init::mount_run_mode();
     }
-    // Status goes back only to the MMDS the metadata came from.
+    // Status goes back to the MMDS the metadata came from, and to the vsock port it names.
     let mut status = StatusWriter::new(
         (from.as_deref() == Some("mmds"))
             .then_some(args.metadata_url.as_str())
             .filter(|_| !args.no_mmds),
+        metadata.as_ref().and_then(|m| m.status_channel.as_ref()),
     );
     if !args.no_configure {
         status.phase(GuestPhase::Configuring).await;

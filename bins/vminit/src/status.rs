@@ -1,27 +1,39 @@
-//! Guest status written back to the metadata service (`/guest/status`), and credentials
-//! consumed once applied. Only for metadata read from an MMDS that allows guest writes (this
-//! project's server); Firecracker's MMDS is read-only from the guest, so the first refused
-//! write turns the writer off and the host learns the status from the console instead.
+//! Guest status written back to the host, and credentials consumed once applied.
+//!
+//! Two channels, each used when it exists: the MMDS the metadata came from, when it takes guest
+//! writes (this project's server: `PUT /guest/status`, `DELETE` of a consumed value; the first
+//! refused write turns it off, as on Firecracker, whose MMDS is read-only from the guest), and
+//! the vsock port the metadata names (`status-channel`), one JSON line per status to the host,
+//! which deletes the consumed values the guest lists but could not delete itself.
 
 use firebuild_guest::config::{Outcome, Report};
+use firebuild_guest::vsock::{StatusSender, Target};
 use firebuild_mmds::client::{Client, ClientConfig, Error};
-use firebuild_mmds::schema::{GuestPhase, GuestStatus, Metadata, Password};
+use firebuild_mmds::schema::{GuestPhase, GuestStatus, Metadata, Password, StatusChannel};
 
 /// Keeps the guest's status current in the metadata service.
 pub struct StatusWriter {
     client: Option<Client>,
+    vsock: Option<StatusSender>,
+    vsock_failures: u32,
     status: GuestStatus,
 }
 
 impl StatusWriter {
-    /// A writer for the MMDS at `url`, or one that writes nothing (`None`: the metadata did not
-    /// come from an MMDS).
-    pub fn new(url: Option<&str>) -> Self {
+    /// A writer for the MMDS at `url` (`None`: the metadata did not come from an MMDS) and the
+    /// vsock channel the metadata names; with neither it writes nothing.
+    pub fn new(url: Option<&str>, channel: Option<&StatusChannel>) -> Self {
         let client = url
             .and_then(|u| firebuild_guest::source::parse_mmds_url(u).ok())
             .map(|addr| Client::new(ClientConfig::with_addr(addr)));
+        let vsock = channel.map(|c| StatusSender::new(Target::host(c.vsock_port)));
+        if let Some(v) = &vsock {
+            tracing::info!("status goes to the host over {}", v.target());
+        }
         StatusWriter {
             client,
+            vsock,
+            vsock_failures: 0,
             status: GuestStatus::new(GuestPhase::Booting),
         }
     }
@@ -62,13 +74,14 @@ impl StatusWriter {
     }
 
     /// Deletes each password hash the `users` step applied, so it is readable in the guest only
-    /// until now; records what was consumed in the status.
+    /// until now; records what was consumed in the status. Where the metadata service refuses
+    /// the delete (Firecracker), a hash is still listed when a vsock channel carries the status:
+    /// the host deletes it.
     pub async fn consume(&mut self, md: &Metadata, report: &Report) {
         let applied = report.steps.iter().any(|s| {
             s.name == "users" && matches!(s.outcome, Outcome::Applied | Outcome::Unchanged)
         });
-        let Some(client) = &self.client else { return };
-        if !applied {
+        if !applied || (self.client.is_none() && self.vsock.is_none()) {
             return;
         }
         for (i, user) in md.users.iter().enumerate() {
@@ -76,30 +89,56 @@ impl StatusWriter {
                 continue;
             }
             let pointer = format!("/users/{i}/password");
-            match client.delete(&pointer).await {
-                Ok(()) => {
-                    tracing::info!(user = %user.name, "password hash consumed and deleted from the metadata");
-                    self.status.consumed.push(pointer);
-                }
-                Err(e) => tracing::warn!(
+            let refused = match &self.client {
+                Some(client) => match client.delete(&pointer).await {
+                    Ok(()) => {
+                        tracing::info!(user = %user.name, "password hash consumed and deleted from the metadata");
+                        self.status.consumed.push(pointer);
+                        continue;
+                    }
+                    Err(e) => Some(e),
+                },
+                None => None,
+            };
+            if self.vsock.is_some() {
+                tracing::info!(user = %user.name, "password hash consumed; the host deletes it (status over vsock)");
+                self.status.consumed.push(pointer);
+            } else if let Some(e) = refused {
+                tracing::warn!(
                     user = %user.name,
                     "could not delete the consumed password hash ({e}); the host must delete it"
-                ),
+                );
             }
         }
     }
 
     async fn write(&mut self) {
-        let Some(client) = &self.client else { return };
-        match client.put_status(&self.status).await {
-            Ok(()) => tracing::debug!(phase = ?self.status.phase, "status written back"),
-            Err(Error::NotFound { .. } | Error::Status { .. }) => {
-                tracing::info!(
-                    "the metadata service takes no guest writes: status not written back"
-                );
-                self.client = None;
+        if let Some(client) = &self.client {
+            match client.put_status(&self.status).await {
+                Ok(()) => tracing::debug!(phase = ?self.status.phase, "status written back"),
+                Err(Error::NotFound { .. } | Error::Status { .. }) => {
+                    tracing::info!(
+                        vsock = self.vsock.is_some(),
+                        "the metadata service takes no guest writes: status not written back there"
+                    );
+                    self.client = None;
+                }
+                Err(e) => tracing::warn!("writing the guest status: {e}"),
             }
-            Err(e) => tracing::warn!("writing the guest status: {e}"),
+        }
+        if let Some(sender) = &mut self.vsock {
+            match sender.send(&self.status).await {
+                Ok(()) => tracing::debug!(phase = ?self.status.phase, "status sent over vsock"),
+                // Each status is tried again; a host that never listens is warned about once.
+                Err(e) if self.vsock_failures == 0 => {
+                    self.vsock_failures += 1;
+                    tracing::warn!("sending the guest status: {e}");
+                }
+                Err(e) => {
+                    self.vsock_failures += 1;
+                    tracing::debug!("sending the guest status: {e}");
+                }
+            }
         }
     }
 }

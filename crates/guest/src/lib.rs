@@ -68,5 +68,6 @@ pub mod paths;
 pub mod place;
 pub mod source;
 pub mod step;
+pub mod vsock;
 
 pub use error::{Error, Result};
