@@ -659,22 +659,25 @@ fn tree(image: &Path) -> String {
     for dir in ["/", "/bin", "/etc", "/data"] {
         out.push_str(&debugfs(image, &format!("ls -p {dir}")));
     }
-    for file in ["/data/a.txt", "/data/copy.txt", "/etc/built"] {
+    for file in ["/data/a.txt", "/data/copy.txt", "/data/built"] {
         out.push_str(&debugfs(image, &format!("cat {file}")));
     }
     out
 }
 
 #[test]
-fn the_step_cache_reuses_unchanged_steps_and_reruns_from_a_changed_copy() {
+fn the_step_cache_reuses_unchanged_steps_and_stages_and_reruns_from_a_changed_copy() {
     let Some(vminit) = prerequisites() else {
         return;
     };
+    // Two stages: `tools` (steps 1-3), and the final one based on it (steps 4-6), which reads
+    // a context file and copies from `tools` too.
     let (dir, ctx) = scratch_context(
-        "ARG UNUSED=1\nFROM scratch\nCOPY busybox /bin/busybox\n\
+        "ARG UNUSED=1\nFROM scratch AS tools\nCOPY busybox /bin/busybox\n\
          RUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n\
          RUN mkdir -p /etc /data && echo built > /etc/built\n\
-         COPY a.txt /data/a.txt\nRUN cp /data/a.txt /data/copy.txt && echo copied\n",
+         FROM tools\nCOPY a.txt /data/a.txt\nCOPY --from=tools /etc/built /data/built\n\
+         RUN cp /data/a.txt /data/copy.txt && echo copied\n",
     );
     std::fs::write(ctx.join("a.txt"), "first\n").unwrap();
     let cache = dir.path().join("cache");
@@ -686,14 +689,26 @@ fn the_step_cache_reuses_unchanged_steps_and_reruns_from_a_changed_copy() {
         assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
         (events(&stdout), out_dir.join("c.ext4"))
     };
+    let entries = || {
+        let out = host()
+            .args(["cache", "ls", "--steps", "--json", "--cache"])
+            .arg(&cache)
+            .output()
+            .unwrap();
+        let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        listed.as_array().unwrap().len()
+    };
 
-    // Cold: every step runs in a VM, and each step's result is stored.
+    // Cold: every step runs, in one VM per stage, and each stage's start and each step's
+    // result is stored.
     let (cold, cold_image) = run("cold", &[]);
-    assert_eq!(numbered(&cold, "step-started"), [1, 2, 3, 4, 5]);
+    assert_eq!(numbered(&cold, "step-started"), [1, 2, 3, 4, 5, 6]);
+    assert_eq!(numbered(&cold, "vm-starting").len(), 2, "{cold:?}");
     assert!(numbered(&cold, "step-cached").is_empty(), "{cold:?}");
-    assert_eq!(numbered(&cold, "step-snapshot"), [0, 1, 2, 3, 4, 5]);
+    assert_eq!(numbered(&cold, "step-snapshot"), [0, 1, 2, 3, 0, 4, 5, 6]);
     let cold_tree = tree(&cold_image);
     assert!(cold_tree.contains("first\nfirst\nbuilt\n"), "{cold_tree}");
+    assert_eq!(entries(), 8);
 
     // Unchanged: no VM, every step reused, the same image.
     let (warm, warm_image) = run("warm", &[]);
@@ -702,48 +717,48 @@ fn the_step_cache_reuses_unchanged_steps_and_reruns_from_a_changed_copy() {
         "a VM booted: {warm:?}"
     );
     assert!(numbered(&warm, "step-started").is_empty(), "{warm:?}");
-    assert_eq!(numbered(&warm, "step-cached"), [1, 2, 3, 4, 5]);
+    assert_eq!(numbered(&warm, "step-cached"), [1, 2, 3, 4, 5, 6]);
     assert_eq!(tree(&warm_image), cold_tree);
 
-    // An ARG the steps do not see (declared before FROM, not in the stage): still all reused.
+    // An ARG the steps do not see (declared before FROM, not in the stages): all reused.
     let (arg, _) = run("arg", &["--build-arg", "UNUSED=2"]);
     assert!(numbered(&arg, "vm-starting").is_empty(), "{arg:?}");
-    assert_eq!(numbered(&arg, "step-cached"), [1, 2, 3, 4, 5]);
+    assert_eq!(numbered(&arg, "step-cached"), [1, 2, 3, 4, 5, 6]);
 
-    // The file the 4th step copies changed: steps 1-3 reused, 4 and 5 run again.
+    // The file the 4th step copies changed: the `tools` stage and nothing before step 4 runs;
+    // steps 4-6 run again, in one VM.
     std::fs::write(ctx.join("a.txt"), "second\n").unwrap();
     let (changed, changed_image) = run("changed", &[]);
     assert_eq!(numbered(&changed, "step-cached"), [1, 2, 3]);
-    assert_eq!(numbered(&changed, "step-started"), [4, 5]);
+    assert_eq!(numbered(&changed, "step-started"), [4, 5, 6]);
+    assert_eq!(numbered(&changed, "vm-starting").len(), 1);
     let changed_tree = tree(&changed_image);
     assert!(
         changed_tree.contains("second\nsecond\nbuilt\n"),
         "{changed_tree}"
     );
-    assert!(
-        fsck_clean(&changed_image),
-        "a restored start is a clean file system"
+    assert!(fsck_clean(&changed_image));
+    assert_eq!(
+        entries(),
+        11,
+        "three more results: steps 4-6 with the new file"
     );
 
-    // `cache ls --steps` lists what was stored; prune removes it all and the next build runs
-    // every step again.
-    let listed = host()
-        .args(["cache", "ls", "--steps", "--json", "--cache"])
-        .arg(&cache)
-        .output()
-        .unwrap();
-    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
-    assert_eq!(listed.as_array().unwrap().len(), 8, "{listed}");
+    // --no-cache-filter tools: that stage runs again (and gives the same keys), the final
+    // stage is reused.
+    let (filtered, filtered_image) = run("filtered", &["--no-cache-filter", "tools"]);
+    assert_eq!(numbered(&filtered, "step-started"), [1, 2, 3]);
+    assert_eq!(numbered(&filtered, "step-cached"), [4, 5, 6]);
+    assert_eq!(tree(&filtered_image), changed_tree);
+
+    // `cache du` and `prune`: everything goes, and the next build runs every step again.
     let du = host()
         .args(["cache", "du", "--cache"])
         .arg(&cache)
         .output()
         .unwrap();
-    assert!(
-        String::from_utf8_lossy(&du.stdout).contains("8 entries"),
-        "{}",
-        String::from_utf8_lossy(&du.stdout)
-    );
+    let du = String::from_utf8_lossy(&du.stdout).into_owned();
+    assert!(du.contains("11 entries"), "{du}");
     let pruned = host()
         .args(["cache", "prune", "--json", "--cache"])
         .arg(&cache)
@@ -752,17 +767,15 @@ fn the_step_cache_reuses_unchanged_steps_and_reruns_from_a_changed_copy() {
     let pruned: serde_json::Value = serde_json::from_slice(&pruned.stdout).unwrap();
     assert_eq!(
         pruned["removed_steps"].as_array().unwrap().len(),
-        8,
+        11,
         "{pruned}"
     );
     assert_eq!(pruned["step_bytes_after"], 0, "{pruned}");
-    let (again, _) = run("again", &[]);
-    assert_eq!(numbered(&again, "step-started"), [1, 2, 3, 4, 5]);
+    assert_eq!(entries(), 0);
+    let (again, again_image) = run("again", &[]);
+    assert_eq!(numbered(&again, "step-started"), [1, 2, 3, 4, 5, 6]);
     assert!(numbered(&again, "step-cached").is_empty());
-
-    // --no-cache-filter on the only stage: everything runs (and is stored again).
-    let (filtered, _) = run("filtered", &["--no-cache-filter", "0"]);
-    assert_eq!(numbered(&filtered, "step-started"), [1, 2, 3, 4, 5]);
+    assert_eq!(tree(&again_image), changed_tree);
 }
 
 fn fsck_clean(image: &Path) -> bool {

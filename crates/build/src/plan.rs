@@ -88,7 +88,7 @@ fn plan_with(
     plan(&request).map_err(|e| Error::Plan(e.to_string()))
 }
 
-/// The image references the plan's stages start from.
+/// The image references the plan uses: its stages start from them or its steps read them.
 pub fn base_references(plan: &BuildPlan) -> Vec<String> {
     let mut refs: Vec<String> = plan
         .stages
@@ -98,6 +98,15 @@ pub fn base_references(plan: &BuildPlan) -> Vec<String> {
             _ => None,
         })
         .collect();
+    // Images named by `COPY --from` and `RUN --mount=from=`: their digests key the steps that
+    // read them in the step cache.
+    for stage in &plan.stages {
+        for role in stage.disks() {
+            if let firebuild_plan::DiskRole::Image(reference) = role {
+                refs.push(reference);
+            }
+        }
+    }
     refs.sort();
     refs.dedup();
     refs
