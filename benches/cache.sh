@@ -30,11 +30,13 @@ bench() { # NAME CONTEXT LAST_COPY_SOURCE EXTRA_ARGS...
     echo "== $name =="
     "$host" build --vminit "$vminit" --quiet --cache "$cache" -o "$out" --name "$name" \
         --step-cache none "$@" "$ctx" >/dev/null 2>&1 # pulls the base into the layer cache
+    # One --prepare per command, in order: the cold runs start from an empty step cache, the
+    # last-COPY runs from a new source each time (so that step and those after it re-run).
     hyperfine --runs "$runs" --export-json "$work/$name.json" \
-        -n "no step cache" "$build --step-cache none" \
-        -n "cold" --prepare "rm -rf $cache/steps" "$build" \
-        -n "unchanged" "$build" \
-        -n "last COPY changed" --prepare "date +%s%N > $changed" "$build"
+        --prepare true --prepare "rm -rf $cache/steps" --prepare true \
+        --prepare "date +%s%N > $changed" \
+        -n "no step cache" -n "cold" -n "unchanged" -n "last COPY changed" \
+        "$build --step-cache none" "$build" "$build" "$build"
     jq -r '.results | (.[0].mean) as $anchor | (.[1].mean) as $cold | .[] |
         "\(.command)\t\(.mean * 1000 | round / 1000) s\t\(.mean / $anchor * 1000 | round / 1000)x anchor\t\(.mean / $cold * 1000 | round / 1000)x cold"' \
         "$work/$name.json" | sed "s|$host build[^	]*|firebuild-host build|" | column -t -s $'\t'
