@@ -34,7 +34,7 @@ struct Cli {
 enum Cmd {
     /// Build an ext4 root filesystem from a Dockerfile in a VM (QEMU microvm), with a manifest
     /// and a Firecracker config.
-    Build(build_cmd::BuildArgs),
+    Build(Box<build_cmd::BuildArgs>),
     /// Boot a built image (QEMU microvm): its workload's output on the terminal, its exit code
     /// as this command's. `--metadata FILE` configures the guest first.
     Run(run_cmd::RunArgs),

@@ -22,6 +22,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use firebuild_bootstrap::{DirSource, ResourceSource};
+
+/// The filter a resolved resource carries (what `EntryFilter` points to).
+type FilterFn = dyn Fn(&Path, bool) -> bool + Send + Sync;
 use firebuild_plan::{Origin, Resource, RunMount, Source, Step, StepKind};
 use firebuild_rootfs::BaseProvenance;
 use firebuild_transfer::{ChunkPlanner, Frame, ResourceEncoder};
@@ -200,10 +203,7 @@ fn resources_digests(
 /// A file, link or directory tree's digest over what a COPY keeps of it: paths, kinds, modes,
 /// sizes, link targets and bytes (the transfer encoder's walk, so the same entries the guest
 /// receives).
-fn tree_digest(
-    path: &Path,
-    filter: Option<&(dyn Fn(&Path, bool) -> bool + Send + Sync)>,
-) -> Result<String, String> {
+fn tree_digest(path: &Path, filter: Option<&FilterFn>) -> Result<String, String> {
     let planner = ChunkPlanner::fixed(1 << 20).map_err(|e| e.to_string())?;
     let mut builder = ResourceEncoder::builder(path).planner(planner);
     if let Some(f) = filter {
