@@ -14,6 +14,9 @@ use firebuild_mmds::schema::{GuestPhase, GuestStatus, Metadata, Password, Status
 /// Keeps the guest's status current in the metadata service.
 pub struct StatusWriter {
     client: Option<Client>,
+    /// Reads the stored document (kept when writes are refused), to name consumed values by
+    /// their place in it rather than in the merged metadata.
+    reader: Option<Client>,
     vsock: Option<StatusSender>,
     vsock_failures: u32,
     status: GuestStatus,
@@ -23,15 +26,16 @@ impl StatusWriter {
     /// A writer for the MMDS at `url` (`None`: the metadata did not come from an MMDS) and the
     /// vsock channel the metadata names; with neither it writes nothing.
     pub fn new(url: Option<&str>, channel: Option<&StatusChannel>) -> Self {
-        let client = url
-            .and_then(|u| firebuild_guest::source::parse_mmds_url(u).ok())
-            .map(|addr| Client::new(ClientConfig::with_addr(addr)));
+        let addr = url.and_then(|u| firebuild_guest::source::parse_mmds_url(u).ok());
+        let client = addr.map(|addr| Client::new(ClientConfig::with_addr(addr)));
+        let reader = addr.map(|addr| Client::new(ClientConfig::with_addr(addr)));
         let vsock = channel.map(|c| StatusSender::new(Target::host(c.vsock_port)));
         if let Some(v) = &vsock {
             tracing::info!("status goes to the host over {}", v.target());
         }
         StatusWriter {
             client,
+            reader,
             vsock,
             vsock_failures: 0,
             status: GuestStatus::new(GuestPhase::Booting),
@@ -88,7 +92,11 @@ impl StatusWriter {
             if !matches!(user.password, Password::Hash(_)) {
                 continue;
             }
-            let pointer = format!("/users/{i}/password");
+            let Some(stored) = self.stored_index(&user.name, i).await else {
+                tracing::warn!(user = %user.name, "the consumed password hash is not in the metadata document's users: not deleted");
+                continue;
+            };
+            let pointer = format!("/users/{stored}/password");
             let refused = match &self.client {
                 Some(client) => match client.delete(&pointer).await {
                     Ok(()) => {
@@ -110,6 +118,20 @@ impl StatusWriter {
                 );
             }
         }
+    }
+
+    /// The index of user `name` (with a password) in the stored document's `users`: the merged
+    /// metadata's index `merged` differs when users also came from user-data parts. `None` when
+    /// the stored document has no such user (its hash came from a user-data part, which no
+    /// pointer names) or cannot be read; `merged` when the metadata came from no MMDS.
+    async fn stored_index(&self, name: &str, merged: usize) -> Option<usize> {
+        let Some(reader) = &self.reader else {
+            return Some(merged);
+        };
+        let (users, _) = reader.get_json("/users").await.ok()?;
+        users.as_array()?.iter().position(|u| {
+            u.get("name").and_then(|n| n.as_str()) == Some(name) && u.get("password").is_some()
+        })
     }
 
     async fn write(&mut self) {
@@ -149,5 +171,54 @@ fn outcome_word(o: &Outcome) -> &'static str {
         Outcome::Unchanged => "unchanged",
         Outcome::Skipped(_) => "skipped",
         Outcome::Failed(_) => "failed",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use firebuild_guest::config::StepReport;
+
+    #[tokio::test]
+    async fn a_consumed_hash_is_deleted_where_the_stored_document_holds_it() {
+        // The stored document has two users; the merged metadata a third one first (from a
+        // user-data part), so the merged index of `b` (2) is not its stored index (1).
+        let hash = "$6$salt$hash";
+        let stored = serde_json::json!({
+            "users": [{"name": "a"}, {"name": "b", "password": {"hash": hash}}]
+        });
+        let server = firebuild_mmds::server::Server::builder()
+            .initial_data(stored)
+            .guest_writes(true)
+            .start()
+            .await
+            .unwrap();
+        let merged: Metadata = serde_json::from_value(serde_json::json!({
+            "users": [
+                {"name": "x", "password": {"hash": hash}},
+                {"name": "a"},
+                {"name": "b", "password": {"hash": hash}}
+            ]
+        }))
+        .unwrap();
+        let url = format!("http://{}", server.local_addr());
+        let mut writer = StatusWriter::new(Some(&url), None);
+        let report = Report {
+            steps: vec![StepReport {
+                name: "users",
+                outcome: Outcome::Applied,
+            }],
+            new_instance: false,
+        };
+        writer.consume(&merged, &report).await;
+        let users = server.get_at("/users").unwrap().0;
+        assert_eq!(
+            users,
+            serde_json::json!([{"name": "a"}, {"name": "b"}]),
+            "only b's hash went"
+        );
+        // x's hash came from a user-data part: no pointer names it, nothing was deleted for it.
+        assert_eq!(writer.status.consumed, ["/users/1/password"]);
     }
 }
