@@ -34,8 +34,10 @@ fi
 cargo test --workspace --locked "$@"
 
 # The conformance counts (buildkit parser/shell, moby patternmatcher), printed where a reader sees
-# them: re-runs three already-built test binaries with their output shown.
+# them: re-runs three already-built test binaries with their output shown. `--workspace`, not
+# `-p firebuild-dockerfile`: features resolved for one package differ from the workspace's, and
+# cargo would rebuild 17 units (serde, syn, rustix...) and the three binaries (2 min in CI).
 echo "== conformance =="
-cargo test --locked -q -p firebuild-dockerfile --test parser_conformance --test shell_conformance \
+cargo test --workspace --locked -q --test parser_conformance --test shell_conformance \
     --test dockerignore_conformance -- --nocapture --test-threads=1 2>&1 |
     grep -oE "(parser [a-z]+|envVarTest|wordsTest|dockerignore|skipp[a-z]*): .*" || true
