@@ -11,6 +11,9 @@ use firebuild_guest::vsock::{StatusSender, Target};
 use firebuild_mmds::client::{Client, ClientConfig, Error};
 use firebuild_mmds::schema::{GuestPhase, GuestStatus, Metadata, Password, StatusChannel};
 
+/// How [`StatusWriter::stored_index`] finds a user's password hash: by name, with a password.
+const USER_HASH: (&str, &str, &str) = ("users", "name", "password");
+
 /// Keeps the guest's status current in the metadata service.
 pub struct StatusWriter {
     client: Option<Client>,
@@ -82,56 +85,94 @@ impl StatusWriter {
     /// the delete (Firecracker), a hash is still listed when a vsock channel carries the status:
     /// the host deletes it.
     pub async fn consume(&mut self, md: &Metadata, report: &Report) {
-        let applied = report.steps.iter().any(|s| {
-            s.name == "users" && matches!(s.outcome, Outcome::Applied | Outcome::Unchanged)
-        });
-        if !applied || (self.client.is_none() && self.vsock.is_none()) {
+        let done = |step: &str| {
+            report.steps.iter().any(|s| {
+                s.name == step && matches!(s.outcome, Outcome::Applied | Outcome::Unchanged)
+            })
+        };
+        if self.client.is_none() && self.vsock.is_none() {
             return;
         }
-        for (i, user) in md.users.iter().enumerate() {
-            if !matches!(user.password, Password::Hash(_)) {
-                continue;
+        if done("users") {
+            for (i, user) in md.users.iter().enumerate() {
+                if !matches!(user.password, Password::Hash(_)) {
+                    continue;
+                }
+                let found = self.stored_index(USER_HASH, &user.name, i).await;
+                let Some(stored) = found else {
+                    tracing::warn!(user = %user.name, "the consumed password hash is not in the metadata document's users: not deleted");
+                    continue;
+                };
+                let what = format!("the password hash of {}", user.name);
+                self.consume_pointer(format!("/users/{stored}/password"), &what)
+                    .await;
             }
-            let Some(stored) = self.stored_index(&user.name, i).await else {
-                tracing::warn!(user = %user.name, "the consumed password hash is not in the metadata document's users: not deleted");
-                continue;
-            };
-            let pointer = format!("/users/{stored}/password");
-            let refused = match &self.client {
-                Some(client) => match client.delete(&pointer).await {
-                    Ok(()) => {
-                        tracing::info!(user = %user.name, "password hash consumed and deleted from the metadata");
-                        self.status.consumed.push(pointer);
-                        continue;
-                    }
-                    Err(e) => Some(e),
-                },
-                None => None,
-            };
-            if self.vsock.is_some() {
-                tracing::info!(user = %user.name, "password hash consumed; the host deletes it (status over vsock)");
-                self.status.consumed.push(pointer);
-            } else if let Some(e) = refused {
-                tracing::warn!(
-                    user = %user.name,
-                    "could not delete the consumed password hash ({e}); the host must delete it"
-                );
+        }
+        if done("files") {
+            for (name, file) in md.files.iter().filter(|(_, f)| f.consume) {
+                if !self.stored_one_time(name).await {
+                    tracing::warn!(path = %file.path, "the one-time file is not in the metadata document's files: not deleted");
+                    continue;
+                }
+                let what = format!("the one-time file {}", file.path);
+                let pointer = format!("/files/{}", name.replace('~', "~0").replace('/', "~1"));
+                self.consume_pointer(pointer, &what).await;
             }
         }
     }
 
-    /// The index of user `name` (with a password) in the stored document's `users`: the merged
-    /// metadata's index `merged` differs when users also came from user-data parts. `None` when
-    /// the stored document has no such user (its hash came from a user-data part, which no
-    /// pointer names) or cannot be read; `merged` when the metadata came from no MMDS.
-    async fn stored_index(&self, name: &str, merged: usize) -> Option<usize> {
+    /// Whether the stored document holds file `name` marked `consume` (not one a user-data part
+    /// brought, which no pointer names); `true` when the metadata came from no MMDS.
+    async fn stored_one_time(&self, name: &str) -> bool {
+        let Some(reader) = &self.reader else {
+            return true;
+        };
+        let Ok((files, _)) = reader.get_json("/files").await else {
+            return false;
+        };
+        files.get(name).and_then(|f| f.get("consume")) == Some(&serde_json::Value::Bool(true))
+    }
+
+    /// The index in the stored document's `section` (`users`, `files`) of the element whose
+    /// `field` is `value` and that has `needs`: the merged metadata's index `merged` differs
+    /// when elements also came from user-data parts. `None` when the stored document has no
+    /// such element (it came from a user-data part, which no pointer names) or cannot be read;
+    /// `merged` when the metadata came from no MMDS.
+    async fn stored_index(
+        &self,
+        (section, field, needs): (&str, &str, &str),
+        value: &str,
+        merged: usize,
+    ) -> Option<usize> {
         let Some(reader) = &self.reader else {
             return Some(merged);
         };
-        let (users, _) = reader.get_json("/users").await.ok()?;
-        users.as_array()?.iter().position(|u| {
-            u.get("name").and_then(|n| n.as_str()) == Some(name) && u.get("password").is_some()
+        let (list, _) = reader.get_json(&format!("/{section}")).await.ok()?;
+        list.as_array()?.iter().position(|u| {
+            u.get(field).and_then(|n| n.as_str()) == Some(value) && u.get(needs).is_some()
         })
+    }
+
+    /// Deletes `pointer` (a consumed value) through the MMDS, or lists it for the host to
+    /// delete when a vsock channel carries the status; records it in the status.
+    async fn consume_pointer(&mut self, pointer: String, what: &str) {
+        let refused = match &self.client {
+            Some(client) => match client.delete(&pointer).await {
+                Ok(()) => {
+                    tracing::info!("{what} consumed and deleted from the metadata");
+                    self.status.consumed.push(pointer);
+                    return;
+                }
+                Err(e) => Some(e),
+            },
+            None => None,
+        };
+        if self.vsock.is_some() {
+            tracing::info!("{what} consumed; the host deletes it (status over vsock)");
+            self.status.consumed.push(pointer);
+        } else if let Some(e) = refused {
+            tracing::warn!("could not delete the consumed {what} ({e}); the host must delete it");
+        }
     }
 
     async fn write(&mut self) {
@@ -181,12 +222,16 @@ mod tests {
     use firebuild_guest::config::StepReport;
 
     #[tokio::test]
-    async fn a_consumed_hash_is_deleted_where_the_stored_document_holds_it() {
+    async fn consumed_values_are_deleted_where_the_stored_document_holds_them() {
         // The stored document has two users; the merged metadata a third one first (from a
         // user-data part), so the merged index of `b` (2) is not its stored index (1).
         let hash = "$6$salt$hash";
         let stored = serde_json::json!({
-            "users": [{"name": "a"}, {"name": "b", "password": {"hash": hash}}]
+            "users": [{"name": "a"}, {"name": "b", "password": {"hash": hash}}],
+            "files": {
+                "conf": {"path": "/etc/app.conf", "content": {"base64": "eAo="}},
+                "join/token": {"path": "/run/join", "content": {"base64": "eAo="}, "consume": true}
+            }
         });
         let server = firebuild_mmds::server::Server::builder()
             .initial_data(stored)
@@ -199,16 +244,22 @@ mod tests {
                 {"name": "x", "password": {"hash": hash}},
                 {"name": "a"},
                 {"name": "b", "password": {"hash": hash}}
-            ]
+            ],
+            "files": {
+                "conf": {"path": "/etc/app.conf", "content": {"base64": "eAo="}},
+                "join/token": {"path": "/run/join", "content": {"base64": "eAo="}, "consume": true},
+                "from-user-data": {"path": "/run/x", "content": {"base64": "eAo="}, "consume": true}
+            }
         }))
         .unwrap();
         let url = format!("http://{}", server.local_addr());
         let mut writer = StatusWriter::new(Some(&url), None);
+        let applied = |name| StepReport {
+            name,
+            outcome: Outcome::Applied,
+        };
         let report = Report {
-            steps: vec![StepReport {
-                name: "users",
-                outcome: Outcome::Applied,
-            }],
+            steps: vec![applied("users"), applied("files")],
             new_instance: false,
         };
         writer.consume(&merged, &report).await;
@@ -218,7 +269,16 @@ mod tests {
             serde_json::json!([{"name": "a"}, {"name": "b"}]),
             "only b's hash went"
         );
-        // x's hash came from a user-data part: no pointer names it, nothing was deleted for it.
-        assert_eq!(writer.status.consumed, ["/users/1/password"]);
+        // The one-time file went; the other file stays. What came from user-data parts (x's
+        // hash, `from-user-data`) is in no stored entry: nothing was deleted for it.
+        let files = server.get_at("/files").unwrap().0;
+        assert_eq!(
+            files.as_object().unwrap().keys().collect::<Vec<_>>(),
+            ["conf"]
+        );
+        assert_eq!(
+            writer.status.consumed,
+            ["/users/1/password", "/files/join~1token"]
+        );
     }
 }

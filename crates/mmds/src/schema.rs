@@ -505,6 +505,12 @@ pub struct File {
     pub owner: Option<String>,
     /// The bytes.
     pub content: FileContent,
+    /// A one-time value (a join token, a credential): the guest writes the file once, then
+    /// deletes the entry from the metadata (`DELETE /files/NAME` on a server that allows guest
+    /// writes, or listed as consumed for the host to delete), so no later reader of the
+    /// metadata sees it.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub consume: bool,
 }
 
 impl File {
@@ -1314,16 +1320,37 @@ pub const GUEST_STATUS_POINTER: &str = "/guest/status";
 /// Largest guest status document, serialised.
 pub const MAX_GUEST_STATUS_BYTES: usize = 4096;
 
-/// Whether the guest consumes the value at `pointer` once applied, then deletes it: a user's
-/// password hash (`/users/N/password`). The guest keeps what it applied; an existing user's
-/// password is never changed by later metadata.
+/// Whether the value at `pointer` may be consumed by the guest, by its path alone: a user's
+/// password hash (`/users/N/password`) or an injected file (`/files/NAME`). Which files is the
+/// document's to say: see [`is_consumable_in`].
 pub fn is_consumable(pointer: &str) -> bool {
     let mut parts = pointer.split('/');
-    matches!(
-        (parts.next(), parts.next(), parts.next(), parts.next(), parts.next()),
-        (Some(""), Some("users"), Some(n), Some("password"), None)
-            if !n.is_empty() && n.len() <= 6 && n.bytes().all(|b| b.is_ascii_digit())
-    )
+    let index = |n: &str| !n.is_empty() && n.len() <= 6 && n.bytes().all(|b| b.is_ascii_digit());
+    match (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) {
+        (Some(""), Some("users"), Some(n), Some("password"), None) => index(n),
+        (Some(""), Some("files"), Some(name), None, None) => !name.is_empty() && name.len() <= 255,
+        _ => false,
+    }
+}
+
+/// Whether the guest consumes the value at `pointer` of `doc` once applied, then deletes it:
+/// a user's password hash, or a file the document marks `"consume": true`. The guest keeps
+/// what it applied; an existing user's password is never changed by later metadata.
+pub fn is_consumable_in(doc: &serde_json::Value, pointer: &str) -> bool {
+    if !is_consumable(pointer) {
+        return false;
+    }
+    if pointer.starts_with("/files/") {
+        let marked = doc.pointer(&format!("{pointer}/consume"));
+        return marked == Some(&serde_json::Value::Bool(true));
+    }
+    true
 }
 
 /// Where a guest is in its boot, as written back to the metadata service.
@@ -1652,9 +1679,28 @@ mod tests {
     }
 
     #[test]
-    fn consumable_pointers_are_user_passwords_only() {
+    fn consumable_files_are_those_the_document_marks() {
+        let doc = serde_json::json!({"files": {
+            "conf": {"path": "/etc/a", "content": {"base64": ""}},
+            "token": {"path": "/run/token", "content": {"base64": ""}, "consume": true}
+        }});
+        assert!(is_consumable_in(&doc, "/files/token"));
+        assert!(!is_consumable_in(&doc, "/files/conf"), "not marked");
+        assert!(!is_consumable_in(&doc, "/files/other"), "absent");
+        assert!(
+            !is_consumable_in(&doc, "/files/token/content"),
+            "the whole entry or nothing"
+        );
+        assert!(is_consumable_in(&doc, "/users/0/password"));
+        let f: File = serde_json::from_value(doc["files"]["token"].clone()).unwrap();
+        assert!(f.consume);
+    }
+
+    #[test]
+    fn consumable_pointers_are_user_passwords_and_files_only() {
         assert!(is_consumable("/users/0/password"));
         assert!(is_consumable("/users/12/password"));
+        assert!(is_consumable("/files/join-token"));
         for not in [
             "/users/0",
             "/users/x/password",
@@ -1665,6 +1711,9 @@ mod tests {
             "",
             "/",
             "/users/1234567/password",
+            "/files",
+            "/files/",
+            "/files/x/content",
         ] {
             assert!(!is_consumable(not), "{not}");
         }

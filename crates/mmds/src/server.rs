@@ -769,7 +769,9 @@ async fn guest_inner(shared: &Shared, req: Request<Incoming>) -> Resp {
     if shared.guest_writes {
         let pointer = pointer_of(&path);
         let writable = match parts.method {
-            Method::DELETE => crate::schema::is_consumable(pointer),
+            Method::DELETE => {
+                crate::schema::is_consumable_in(&shared.store.snapshot().data, pointer)
+            }
             Method::PUT => pointer == crate::schema::GUEST_STATUS_POINTER,
             _ => false,
         };

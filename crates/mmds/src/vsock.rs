@@ -183,13 +183,24 @@ pub trait HostStore: Send + Sync {
 
 impl HostStore for crate::firecracker::FirecrackerApi {
     fn delete<'a>(&'a self, pointer: &'a str) -> StoreFuture<'a, bool> {
-        Box::pin(async move { Ok(self.delete_pointer(pointer).await?) })
+        Box::pin(async move {
+            // A file is consumable only where the document marks it (`consume`).
+            if pointer.starts_with("/files/")
+                && !crate::schema::is_consumable_in(&self.get().await?, pointer)
+            {
+                return Ok(false);
+            }
+            Ok(self.delete_pointer(pointer).await?)
+        })
     }
 }
 
 impl HostStore for ServerHandle {
     fn delete<'a>(&'a self, pointer: &'a str) -> StoreFuture<'a, bool> {
         Box::pin(async move {
+            if !crate::schema::is_consumable_in(&self.get().data, pointer) {
+                return Ok(false);
+            }
             match ServerHandle::delete(self, pointer) {
                 Ok(_) => Ok(true),
                 Err(StoreError::NotFound { .. }) => Ok(false),

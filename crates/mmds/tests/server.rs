@@ -773,6 +773,10 @@ async fn guest_writes_consume_credentials_and_report_status_only() {
     let doc = json!({
         "hostname": "vm1",
         "users": [{"name": "ops", "password": {"hash": "$6$salt$hash"}}],
+        "files": {
+            "conf": {"path": "/etc/app.conf", "content": {"base64": "eAo="}},
+            "token": {"path": "/run/join", "content": {"base64": "eAo="}, "consume": true},
+        },
     });
     let s = Server::builder()
         .initial_data(doc)
@@ -803,10 +807,17 @@ async fn guest_writes_consume_credentials_and_report_status_only() {
         s.get().data.pointer("/users/0/name").is_some(),
         "only the password went"
     );
+    // A one-time file (`consume`) goes whole; a file not marked stays.
+    let r = raw(addr, b"", &req("DELETE", "/files/token", &t, "")).await;
+    assert!(r.starts_with("HTTP/1.1 204"), "{r}");
+    assert!(s.get().data.pointer("/files/token").is_none());
+    assert_eq!(s.consumed()[1].pointer, "/files/token");
     // Host-owned keys stay read-only, answered as Firecracker does (405; PUT: 404).
     for (method, path, code) in [
         ("DELETE", "/hostname", "405"),
         ("DELETE", "/users/0", "405"),
+        ("DELETE", "/files/conf", "405"),
+        ("DELETE", "/files/conf/content", "405"),
         ("PUT", "/hostname", "404"),
         ("PUT", "/guest", "404"),
     ] {
