@@ -26,6 +26,7 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     tracing::info!(sources = ?sources.names(), "reading metadata");
     let started = Instant::now();
     let outcome = sources.resolve(started + args.metadata_deadline()).await?;
+    let mut notes = Vec::new();
     let (metadata, revision, why, from) = match outcome {
         Outcome::Found(found) => {
             tracing::info!(
@@ -37,6 +38,7 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
                 "metadata read in {:?}", started.elapsed()
             );
             let found = *found;
+            notes = found.notes;
             (
                 Some(found.metadata),
                 found.document.revision,
@@ -70,6 +72,9 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
             .filter(|_| !args.no_mmds),
         metadata.as_ref().and_then(|m| m.status_channel.as_ref()),
     );
+    // What another cloud's layout held that was not applied (`#cloud-config`...): in the status
+    // for the host, not only in the log.
+    status.note(&notes);
     if !args.no_configure {
         status.phase(GuestPhase::Configuring).await;
         let report = match configure::apply(root, metadata.as_ref(), why).await {

@@ -70,14 +70,16 @@ impl StatusWriter {
 
     /// The agent failed.
     pub async fn failed(&mut self, message: &str) {
-        self.status.message = Some(
-            message
-                .chars()
-                .filter(|c| !c.is_control())
-                .take(512)
-                .collect(),
-        );
+        self.status.message = Some(bounded(message));
         self.phase(GuestPhase::Failed).await;
+    }
+
+    /// Notes on the metadata (what another cloud's layout held that was not applied), shown in
+    /// the status's `message` from the next write on.
+    pub fn note(&mut self, notes: &[String]) {
+        if !notes.is_empty() {
+            self.status.message = Some(bounded(&notes.join("; ")));
+        }
     }
 
     /// Deletes each password hash the `users` step applied, so it is readable in the guest only
@@ -206,6 +208,15 @@ impl StatusWriter {
     }
 }
 
+/// `message` for the status: no control characters, at most 512 of them.
+fn bounded(message: &str) -> String {
+    message
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(512)
+        .collect()
+}
+
 fn outcome_word(o: &Outcome) -> &'static str {
     match o {
         Outcome::Applied => "applied",
@@ -280,5 +291,10 @@ mod tests {
             writer.status.consumed,
             ["/users/1/password", "/files/join~1token"]
         );
+        // Layout notes reach the status, bounded.
+        writer.note(&["user-data is #cloud-config:\n unsupported".to_owned()]);
+        writer.phase(GuestPhase::Configured).await;
+        let written = server.get_at("/guest/status/message").unwrap().0;
+        assert_eq!(written, "user-data is #cloud-config: unsupported");
     }
 }
