@@ -299,3 +299,49 @@ async fn a_newer_guest_connection_supersedes_the_older_one() {
     }
     assert_eq!(connected(&seen), 2, "{seen:#?}");
 }
+
+/// The step cache's hook: `Commands` tells the guest to freeze at each step's end, a successful
+/// `StepFinished` is answered only once the hook is done, and a failed step does not run it.
+#[tokio::test]
+async fn a_step_hook_holds_a_successful_step_end_until_it_is_done() {
+    let ctx = context(0);
+    let (tx, mut done) = tokio::sync::mpsc::unbounded_channel();
+    let hook: firebuild_bootstrap::StepHook = Arc::new(move |at| {
+        let tx = tx.clone();
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let _ = tx.send(at);
+        })
+    });
+    let h = start(plan(&[]), ctx.path(), |b| b.step_hook(hook)).await;
+    let client = h.client().await;
+    assert!(client.commands().await.unwrap().snapshot_steps);
+    let first = firebuild_bootstrap::StepRef { stage: 0, step: 0 };
+    client.step_started(first).await.unwrap();
+    client
+        .step_finished_snapshot(first, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(
+        done.try_recv().unwrap(),
+        first,
+        "answered before the hook ended"
+    );
+    let second = firebuild_bootstrap::StepRef { stage: 0, step: 1 };
+    client.step_started(second).await.unwrap();
+    client.step_finished(second, 2).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(done.try_recv().is_err(), "the hook ran for a failed step");
+
+    // Without a hook the guest is not asked to freeze.
+    let plain = start(plan(&[]), ctx.path(), |b| b).await;
+    assert!(
+        !plain
+            .client()
+            .await
+            .commands()
+            .await
+            .unwrap()
+            .snapshot_steps
+    );
+}
