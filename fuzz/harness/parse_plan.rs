@@ -1,6 +1,10 @@
 //! The `parse_plan` fuzz harness, shared by the cargo-fuzz target and the stable replay test
 //! (`crates/dockerfile/tests/fuzz_corpus.rs`): parse, type the instructions and resolve a
 //! plan against an empty context. Errors are fine; panics and broken invariants are not.
+//!
+//! `plan` parses and types the instructions itself, so a UTF-8 input goes through it alone
+//! (parsing it first as well doubled the work per input for no new code reached); other
+//! inputs go through `parse_bytes`, which must reject them.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -10,11 +14,11 @@ use firebuild_plan::Source;
 
 /// Runs one input. `ctx` is an empty directory used as the build context.
 pub fn run(data: &[u8], ctx: &Path) {
-    let Ok(ast) = firebuild_dockerfile::parse_bytes(data) else {
-        return;
-    };
-    let _ = firebuild_dockerfile::instructions::from_ast(&ast);
     let Ok(text) = std::str::from_utf8(data) else {
+        assert!(
+            firebuild_dockerfile::parse_bytes(data).is_err(),
+            "parse_bytes accepted bytes that are not UTF-8"
+        );
         return;
     };
     let build_args = [("A".to_owned(), "1".to_owned())];
@@ -34,14 +38,10 @@ pub fn run(data: &[u8], ctx: &Path) {
     );
     let mut ids = HashSet::new();
     for (_, step) in p.steps() {
+        // An absolute WORKDIR is kept as written (`/a/../b`, `/.`), as buildkit's
+        // `normalizeWorkdirUnix` does; the guest normalises it when it makes or enters it
+        // (`firebuild_guest::step`); a relative one is joined to the current one and cleaned.
         assert!(step.context.workdir.starts_with('/'), "workdir is absolute");
-        assert!(
-            !step
-                .context
-                .workdir
-                .split('/')
-                .any(|c| c == ".." || c == ".")
-        );
         if let firebuild_plan::StepKind::Copy(t) | firebuild_plan::StepKind::Add(t) = &step.kind {
             assert!(t.dest.starts_with('/'), "dest is absolute");
             for s in &t.sources {
