@@ -15,20 +15,36 @@ if [ ! -d ../shared/conformance ]; then
     echo "note: ../shared/conformance not found: conformance tests will be skipped" >&2
 fi
 
-bash scripts/build-vminit.sh # static vminit for the VM tests (target/vminit/vminit)
-# The Debian 12 base the VM tests build FROM (mmdebstrap, cached in the XDG cache).
+# What the VM tests need besides the compiled code, made in the background while vminit compiles
+# (none of it needs much CPU): the Debian 12 and busybox bases they build FROM (mmdebstrap,
+# cached in the XDG cache), and the Docker engine the differential tests compare with
+# (crates/build/tests/reference), started when none answers and stopped again at exit.
 start=$(date +%s)
-bash scripts/debian-base.sh
-bash scripts/busybox-base.sh
-echo "bases ready in $(($(date +%s) - start)) s"
+(bash scripts/debian-base.sh >/dev/null && bash scripts/busybox-base.sh >/dev/null) &
+bases=$!
+engine_out=$(mktemp)
+bash scripts/docker-engine.sh start >"$engine_out" &
+engine_job=$!
+stop_engine() {
+    wait "$engine_job" 2>/dev/null || true
+    local engine
+    engine=$(cat "$engine_out" 2>/dev/null || true)
+    rm -f "$engine_out"
+    case "$engine" in started*) bash scripts/docker-engine.sh stop "${engine#started }" ;; esac
+}
+trap stop_engine EXIT
 
-# The Docker engine the differential tests compare with (crates/build/tests/reference): started
-# when none answers, and stopped again at exit. Under CI an engine that cannot start fails here.
-if engine=$(bash scripts/docker-engine.sh start); then
-    case "$engine" in started*) trap 'bash scripts/docker-engine.sh stop "${engine#started }"' EXIT ;; esac
-elif [ -n "${CI:-}" ]; then
-    exit 1
-else
+# The static vminit for the VM tests (target/vminit/vminit), in the `vminit-test` profile
+# (Cargo.toml: release optimised less, compiled with 17 % less CPU).
+FIREBUILD_VMINIT_PROFILE=${FIREBUILD_VMINIT_PROFILE:-vminit-test} bash scripts/build-vminit.sh
+
+wait "$bases"
+echo "bases ready $(($(date +%s) - start)) s after vminit's build started"
+# Under CI an engine that cannot start fails here.
+if ! wait "$engine_job"; then
+    if [ -n "${CI:-}" ]; then
+        exit 1
+    fi
     echo "note: no Docker engine: the differential tests will skip" >&2
 fi
 cargo test --workspace --locked "$@"
