@@ -22,6 +22,10 @@ fi
 start=$(date +%s)
 (bash scripts/debian-base.sh >/dev/null && bash scripts/busybox-base.sh >/dev/null) &
 bases=$!
+# rust-vmm's vhost-device-vsock for the vsock VM test (bins/vminit/tests/vsock_status.rs): built
+# once with `cargo install` into the XDG cache (a few minutes of CPU, then cached).
+bash scripts/vsock-tools.sh >/dev/null &
+vsock_tools=$!
 engine_out=$(mktemp)
 bash scripts/docker-engine.sh start >"$engine_out" &
 engine_job=$!
@@ -39,7 +43,8 @@ trap stop_engine EXIT
 FIREBUILD_VMINIT_PROFILE=${FIREBUILD_VMINIT_PROFILE:-vminit-test} bash scripts/build-vminit.sh
 
 wait "$bases"
-echo "bases ready $(($(date +%s) - start)) s after vminit's build started"
+wait "$vsock_tools"
+echo "bases and tools ready $(($(date +%s) - start)) s after vminit's build started"
 # Under CI an engine that cannot start fails here.
 if ! wait "$engine_job"; then
     if [ -n "${CI:-}" ]; then
