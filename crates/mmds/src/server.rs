@@ -310,7 +310,8 @@ async fn relay_key_matches(stream: &mut Stream, key: &[u8]) -> bool {
         && aws_lc_rs::constant_time::verify_slices_are_equal(&got, key).is_ok()
 }
 
-fn bind_unix(path: &Path) -> std::io::Result<UnixListener> {
+/// Binds a Unix socket at `path` (a stale socket there is replaced), mode 0600.
+pub(crate) fn bind_unix(path: &Path) -> std::io::Result<UnixListener> {
     use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
     if let Ok(meta) = std::fs::symlink_metadata(path)
         && meta.file_type().is_socket()

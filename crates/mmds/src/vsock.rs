@@ -268,7 +268,7 @@ impl StatusListenerBuilder {
     /// Binds the socket (a stale socket at the path is replaced; mode 0600) and serves it
     /// until the handle is shut down or dropped.
     pub async fn start(self) -> Result<StatusHandle, Error> {
-        let listener = bind(&self.path).map_err(|source| Error::Bind {
+        let listener = crate::server::bind_unix(&self.path).map_err(|source| Error::Bind {
             path: self.path.clone(),
             source,
         })?;
@@ -286,18 +286,6 @@ impl StatusListenerBuilder {
             task: Some(task),
         })
     }
-}
-
-fn bind(path: &Path) -> std::io::Result<UnixListener> {
-    use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
-    if let Ok(meta) = std::fs::symlink_metadata(path)
-        && meta.file_type().is_socket()
-    {
-        std::fs::remove_file(path)?;
-    }
-    let l = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(l)
 }
 
 /// A running [`StatusListener`]. Dropping it stops it and removes the socket.
