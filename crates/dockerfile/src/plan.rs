@@ -72,6 +72,7 @@
 //! assert!(err.to_string().starts_with("Dockerfile:2:1: COPY failed: source path \"../x\""));
 //! ```
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
@@ -91,6 +92,14 @@ use crate::instructions::{
     SourceArg, Transfer,
 };
 use crate::shell::{Env, Lexer};
+
+/// Most bytes a plan's variable expansions, and the variable scopes it copies into its steps and
+/// stages, may add up to. Each expanded word is bounded on its own ([`shell::MAX_WORD_BYTES`]);
+/// this bounds their sum, so that a Dockerfile cannot make a large value once and then copy it
+/// into a million steps. Real Dockerfiles use kilobytes.
+///
+/// [`shell::MAX_WORD_BYTES`]: crate::shell::MAX_WORD_BYTES
+pub const MAX_EXPANDED_BYTES: u64 = 256 * 1024 * 1024;
 
 /// Largest `.dockerignore` read, in bytes.
 pub const MAX_DOCKERIGNORE_BYTES: u64 = 1024 * 1024;
@@ -174,6 +183,11 @@ struct Vars {
 }
 
 impl Vars {
+    /// The bytes of every name and value.
+    fn bytes(&self) -> usize {
+        self.list.iter().map(|v| v.name.len() + v.value.len()).sum()
+    }
+
     fn set(&mut self, name: &str, value: String) {
         match self.index.get(name) {
             Some(&i) => self.list[i].value = value,
@@ -348,6 +362,8 @@ struct Resolver<'r> {
     consumed_global: BTreeSet<String>,
     context: Option<LoadedContext>,
     next_id: usize,
+    /// Bytes counted against [`MAX_EXPANDED_BYTES`] so far.
+    expanded: Cell<u64>,
 }
 
 fn go_arch() -> &'static str {
@@ -381,6 +397,7 @@ impl<'r> Resolver<'r> {
             consumed_global: BTreeSet::new(),
             context: None,
             next_id: 0,
+            expanded: Cell::new(0),
         }
     }
 
@@ -390,9 +407,46 @@ impl<'r> Resolver<'r> {
     }
 
     fn expand(&self, scope: &dyn Env, word: &str, ins: &Instruction) -> Result<String, Error> {
-        self.lexer
+        let value = self
+            .lexer
             .expand_word(word, scope)
-            .map_err(|e| self.err(ins.span, format!("{}: {e}", ins.kind.name())))
+            .map_err(|e| self.err(ins.span, format!("{}: {e}", ins.kind.name())))?;
+        self.charge(ins, value.len())?;
+        Ok(value)
+    }
+
+    /// Counts `bytes` of expanded or copied variables against [`MAX_EXPANDED_BYTES`].
+    fn charge(&self, ins: &Instruction, bytes: usize) -> Result<(), Error> {
+        let total = self.expanded.get().saturating_add(bytes as u64);
+        self.expanded.set(total);
+        if total > MAX_EXPANDED_BYTES {
+            return Err(self.err(
+                ins.span,
+                format!(
+                    "{}: variable expansion produces more than {MAX_EXPANDED_BYTES} bytes in all",
+                    ins.kind.name()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// What a step runs with: a copy of the stage's variables, counted against
+    /// [`MAX_EXPANDED_BYTES`].
+    fn step_context(
+        &self,
+        ins: &Instruction,
+        state: &Inherit,
+        args: &Vars,
+    ) -> Result<StepContext, Error> {
+        self.charge(ins, state.env.bytes() + args.bytes())?;
+        Ok(StepContext {
+            env: state.env.list.clone(),
+            args: args.list.clone(),
+            workdir: state.workdir.clone(),
+            user: state.user.clone(),
+            shell: state.shell.clone(),
+        })
     }
 
     fn run(&mut self, instructions: &[Instruction]) -> Result<BuildPlan, Error> {
@@ -643,6 +697,7 @@ impl<'r> Resolver<'r> {
             .lexer
             .process_word(src.image, &meta_scope)
             .map_err(|e| self.err(from.span, format!("FROM: {e}")))?;
+        self.charge(from, expansion.value.len())?;
         for name in &expansion.unmatched {
             warnings.push(format!(
                 "{}:{}: FROM uses {name:?}, which no global ARG declares (buildkit's UndefinedArgInFrom)",
@@ -681,7 +736,10 @@ impl<'r> Resolver<'r> {
             }
             deps.push(i);
             match &done[i] {
-                Outcome::Ok(d) => (Base::Stage { index: i }, d.state.clone()),
+                Outcome::Ok(d) => {
+                    self.charge(from, d.state.env.bytes())?;
+                    (Base::Stage { index: i }, d.state.clone())
+                }
                 Outcome::Failed(_) | Outcome::BaseFailed(_) => return Ok(Err(i)),
             }
         } else {
@@ -707,13 +765,6 @@ impl<'r> Resolver<'r> {
         let mut cmd_set = false;
 
         for ins in triggers.iter().chain(src.body) {
-            let ctx = |state: &Inherit, args: &Vars| StepContext {
-                env: state.env.list.clone(),
-                args: args.list.clone(),
-                workdir: state.workdir.clone(),
-                user: state.user.clone(),
-                shell: state.shell.clone(),
-            };
             match &ins.kind {
                 InstructionKind::From(_) => {}
                 InstructionKind::Arg(defs) => {
@@ -790,7 +841,7 @@ impl<'r> Resolver<'r> {
                         steps.push(Step {
                             index: steps.len(),
                             span: ins.span,
-                            context: ctx(&state, &args),
+                            context: self.step_context(ins, &state, &args)?,
                             kind: StepKind::Workdir,
                         });
                     }
@@ -926,7 +977,7 @@ impl<'r> Resolver<'r> {
                     steps.push(Step {
                         index: steps.len(),
                         span: ins.span,
-                        context: ctx(&state, &args),
+                        context: self.step_context(ins, &state, &args)?,
                         kind: StepKind::Run(step_run),
                     });
                 }
@@ -950,7 +1001,7 @@ impl<'r> Resolver<'r> {
                     steps.push(Step {
                         index: steps.len(),
                         span: ins.span,
-                        context: ctx(&state, &args),
+                        context: self.step_context(ins, &state, &args)?,
                         kind,
                     });
                 }
@@ -1051,9 +1102,11 @@ impl<'r> Resolver<'r> {
                 SourceArg::Heredoc(doc) => {
                     let content = if doc.expand {
                         let lexer = self.lexer.with_skip_process_quotes(true);
-                        lexer
+                        let content = lexer
                             .expand_word(&doc.body(), scope)
-                            .map_err(|e| self.err(ins.span, format!("{what} heredoc: {e}")))?
+                            .map_err(|e| self.err(ins.span, format!("{what} heredoc: {e}")))?;
+                        self.charge(ins, content.len())?;
+                        content
                     } else {
                         doc.body()
                     };

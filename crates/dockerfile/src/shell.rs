@@ -28,6 +28,11 @@ use std::hash::BuildHasher;
 
 use firebuild_plan::EnvVar;
 
+/// Longest word an expansion may produce: as long as the largest Dockerfile
+/// ([`crate::ast::MAX_DOCKERFILE_BYTES`]). Buildkit has no bound, so `ARG V=$V$V` repeated 28
+/// times in a 353-byte Dockerfile asks it for 4 GiB; here it fails at the line that crosses this.
+pub const MAX_WORD_BYTES: usize = crate::ast::MAX_DOCKERFILE_BYTES;
+
 /// A source of variables for expansion.
 ///
 /// Implemented for `HashMap<String, String>`, `BTreeMap<String, String>`, slices and vectors of
@@ -149,6 +154,14 @@ pub enum ExpandError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The expansion grew past [`MAX_WORD_BYTES`].
+    #[error("expansion at offset {offset} produces more than {limit} bytes")]
+    TooLong {
+        /// How far into the word the expansion had got.
+        offset: usize,
+        /// The limit in bytes.
+        limit: usize,
+    },
 }
 
 impl ExpandError {
@@ -160,7 +173,8 @@ impl ExpandError {
             | ExpandError::BadSubstitution { offset }
             | ExpandError::UnsupportedModifier { offset, .. }
             | ExpandError::Required { offset, .. }
-            | ExpandError::InvalidPattern { offset, .. } => *offset,
+            | ExpandError::InvalidPattern { offset, .. }
+            | ExpandError::TooLong { offset, .. } => *offset,
         }
     }
 }
@@ -315,7 +329,8 @@ fn shift(mut e: ExpandError, base: usize) -> ExpandError {
         | ExpandError::BadSubstitution { offset }
         | ExpandError::UnsupportedModifier { offset, .. }
         | ExpandError::Required { offset, .. }
-        | ExpandError::InvalidPattern { offset, .. } => *offset += base,
+        | ExpandError::InvalidPattern { offset, .. }
+        | ExpandError::TooLong { offset, .. } => *offset += base,
     }
     e
 }
@@ -477,6 +492,7 @@ impl<'l, 'a, E: Env + ?Sized> ShellWord<'l, 'a, E> {
                 }
                 result.push(ch);
             }
+            bounded(result.len(), self.sc.pos)?;
         }
         match stop {
             Some(expected) => Err(ExpandError::Unterminated {
@@ -536,6 +552,7 @@ impl<'l, 'a, E: Env + ?Sized> ShellWord<'l, 'a, E> {
                 Some('$') => {
                     let value = self.process_dollar()?;
                     result.push_str(&value);
+                    bounded(result.len(), self.sc.pos)?;
                 }
                 Some(mut ch) => {
                     self.sc.next();
@@ -920,6 +937,18 @@ fn find(toks: &[PTok], s: &str, from: usize) -> Option<(usize, usize)> {
     best
 }
 
+/// Fails with [`ExpandError::TooLong`] once an expansion's output is longer than
+/// [`MAX_WORD_BYTES`].
+fn bounded(len: usize, offset: usize) -> Result<(), ExpandError> {
+    if len > MAX_WORD_BYTES {
+        return Err(ExpandError::TooLong {
+            offset,
+            limit: MAX_WORD_BYTES,
+        });
+    }
+    Ok(())
+}
+
 /// `${X/p/r}` and `${X//p/r}`, with Go's `ReplaceAllString` rules for empty matches. The
 /// replacement is inserted literally.
 fn replace(
@@ -957,6 +986,7 @@ fn replace(
         // No replacement for an empty match right after another match.
         if e > last_end || s == 0 {
             out.push_str(replacement);
+            bounded(out.len(), at)?;
         }
         last_end = e;
         let width = value

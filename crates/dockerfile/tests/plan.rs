@@ -759,3 +759,48 @@ fn the_multistage_example_resolves() {
         "*.tmp is ignored"
     );
 }
+
+/// `ARG V=xxxxxxxxxxxxxxxx` and then `ARG V=$V$V` on each of `doublings` lines.
+fn doubling(first: &str, doublings: usize, then: &str) -> String {
+    let mut df = format!("{first}\nARG V=xxxxxxxxxxxxxxxx\n");
+    for _ in 0..doublings {
+        df.push_str("ARG V=$V$V\n");
+    }
+    df.push_str(then);
+    df
+}
+
+#[test]
+fn variable_expansion_is_bounded_per_word_and_in_all() {
+    let ctx = context(&[]);
+    // Each word is bounded: 16 bytes doubled 20 times is 16 MiB, the limit; the 21st doubling
+    // (line 23) fails, naming its line, instead of asking for gigabytes as buildkit does.
+    let msg = fail(&doubling("FROM scratch", 40, ""), ctx.path());
+    assert!(msg.starts_with("Dockerfile:23:"), "{msg}");
+    assert!(
+        msg.contains("ARG: expansion at offset") && msg.contains("more than 16777216 bytes"),
+        "{msg}"
+    );
+    // So is `${V//pattern/replacement}`, which multiplies rather than adds.
+    let msg = fail(
+        &doubling("FROM scratch", 10, "ARG W=${V//x/$V}\n"),
+        ctx.path(),
+    );
+    assert!(msg.starts_with("Dockerfile:13:"), "{msg}");
+    assert!(msg.contains("more than 16777216 bytes"), "{msg}");
+    // A value under the word limit copied into many steps is bounded in all: 8 MiB of ENV and
+    // 8 MiB of ARG in each of 40 RUN steps is 640 MiB, past the 256 MiB; the step that crosses
+    // it fails, some way into the RUN lines (23 to 62).
+    let runs = "ENV V=$V\n".to_owned() + &"RUN true\n".repeat(40);
+    let msg = fail(&doubling("FROM scratch", 19, &runs), ctx.path());
+    assert!(
+        msg.contains("RUN: variable expansion produces more than 268435456 bytes in all"),
+        "{msg}"
+    );
+    let line: usize = msg.split(':').nth(1).unwrap().parse().unwrap();
+    assert!((30..62).contains(&line), "{msg}");
+    // Below both limits the same shape plans: 1 MiB of ENV in 40 steps.
+    let plan = resolve(&doubling("FROM scratch", 16, &runs), ctx.path());
+    let step = plan.stages[0].steps.last().unwrap();
+    assert_eq!(env(step, "V").map(|v| v.len()), Some(1 << 20));
+}
