@@ -15,6 +15,9 @@
 //! In the child, before `exec`: `chroot(root)` when the root is not `/`, `chdir(workdir)`,
 //! `setgroups`, `setgid`, `setuid` (in that order, so privileges are dropped last and nothing of
 //! vminit's credentials leaks). The program is looked up in the step's `PATH` inside the root.
+//! When none of that needs code in the child (the root is `/`, the network is shared, and
+//! vminit already holds the step's uid, gid and groups: a root step as root) the child is
+//! started without a `pre_exec` hook, so std can use `posix_spawn` (see [`ChildSetup::in_place`]).
 //! With `RUN --network=none` ([`run_with_network`], [`run_step`]) the child first enters a new
 //! network namespace (`unshare(CLONE_NEWNET)`) and brings its loopback up, so the step sees only
 //! `lo`, as Docker's `--network=none` gives.
@@ -203,12 +206,77 @@ pub fn make_workdir(root: &Path, ctx: &StepContext) -> Result<()> {
 }
 
 /// Everything the child needs, prepared before `fork` (no allocation happens in the child).
+#[derive(Debug)]
 struct ChildSetup {
     chroot: Option<CString>,
     workdir: CString,
+    /// The credentials to switch to; `None` when vminit is not root (then it runs the step as
+    /// itself, its uid checked to be the step's).
     identity: Option<Identity>,
     /// `RUN --network=none`: a new network namespace with only `lo`, up.
     isolate_network: bool,
+}
+
+impl ChildSetup {
+    /// Whether the child needs nothing between fork and exec but the working directory (and the
+    /// process group, stdio and environment, which std sets itself): no chroot, no network
+    /// namespace, and credentials this process already has, so `setgroups`/`setgid`/`setuid`
+    /// would change nothing. `current` is this process's.
+    ///
+    /// Why it matters: a `pre_exec` hook makes std `fork` vminit (copying its page tables and
+    /// marking its memory copy-on-write, then faulting pages back in); without one, std uses
+    /// `posix_spawn` (glibc and musl: `clone(CLONE_VM|CLONE_VFORK)`, nothing copied), applying
+    /// the working directory with `posix_spawn_file_actions_addchdir_np` and the group with
+    /// `POSIX_SPAWN_SETPGROUP`. std still forks when the program has no `/` (it then searches
+    /// the step's `PATH` itself), which only costs time. std's own `uid`/`gid` force the fork
+    /// path too, so switching users keeps the hook.
+    fn in_place(&self, current: &Credentials) -> bool {
+        self.chroot.is_none()
+            && !self.isolate_network
+            && self.identity.as_ref().is_none_or(|id| current.are(id))
+    }
+}
+
+/// A process's real and effective ids and supplementary groups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Credentials {
+    uid: u32,
+    euid: u32,
+    gid: u32,
+    egid: u32,
+    /// Sorted, deduplicated.
+    groups: Vec<u32>,
+}
+
+impl Credentials {
+    /// This process's (the supplementary groups are the process's, shared by its threads).
+    fn current() -> std::io::Result<Self> {
+        use rustix::process::{getegid, geteuid, getgid, getgroups, getuid};
+        let mut groups: Vec<u32> = getgroups()?.into_iter().map(|g| g.as_raw()).collect();
+        groups.sort_unstable();
+        groups.dedup();
+        Ok(Credentials {
+            uid: getuid().as_raw(),
+            euid: geteuid().as_raw(),
+            gid: getgid().as_raw(),
+            egid: getegid().as_raw(),
+            groups,
+        })
+    }
+
+    /// Whether the child would have exactly these after `setgroups(id.groups)`, `setgid(id.gid)`,
+    /// `setuid(id.uid)` (as root those set the real, effective and saved ids; the saved ids are
+    /// not compared: a root vminit never sets them apart).
+    fn are(&self, id: &Identity) -> bool {
+        let mut groups = id.groups.clone();
+        groups.sort_unstable();
+        groups.dedup();
+        self.uid == id.uid
+            && self.euid == id.uid
+            && self.gid == id.gid
+            && self.egid == id.gid
+            && self.groups == groups
+    }
 }
 
 /// Runs `req` under `root`, calling `on_line` with every output line (without its `\n`; a final
@@ -320,8 +388,14 @@ async fn spawn_and_wait(
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .process_group(0);
-    install_child_setup(&mut cmd, setup);
-    tracing::debug!(program = %program, uid = identity.uid, gid = identity.gid, workdir, "run");
+    // When reading this process's credentials fails, the hook does the switch as before.
+    let in_place = Credentials::current().is_ok_and(|c| setup.in_place(&c));
+    if in_place {
+        cmd.current_dir(workdir);
+    } else {
+        install_child_setup(&mut cmd, setup);
+    }
+    tracing::debug!(program = %program, uid = identity.uid, gid = identity.gid, workdir, in_place, "run");
     let mut child = cmd.spawn().map_err(|source| Error::Spawn {
         program: program.clone(),
         source,
@@ -591,6 +665,90 @@ mod tests {
         let r = RunRequest::from_step(&step(Command::Shell("cat <<EOF".into()), vec![doc("x\n")]))
             .unwrap();
         assert_eq!(r.argv[2], "cat <<EOF\nx\nEOF");
+    }
+
+    fn setup(chroot: bool, isolate_network: bool, identity: Option<Identity>) -> ChildSetup {
+        ChildSetup {
+            chroot: chroot.then(|| CString::new("/r").unwrap()),
+            workdir: CString::new("/w").unwrap(),
+            identity,
+            isolate_network,
+        }
+    }
+
+    fn identity(uid: u32, gid: u32, groups: &[u32]) -> Identity {
+        Identity {
+            uid,
+            gid,
+            groups: groups.to_vec(),
+            name: None,
+            home: "/".into(),
+            shell: None,
+        }
+    }
+
+    #[test]
+    fn only_a_step_needing_no_child_code_skips_the_hook() {
+        let root = Credentials {
+            uid: 0,
+            euid: 0,
+            gid: 0,
+            egid: 0,
+            groups: vec![],
+        };
+        let user = Credentials {
+            uid: 1000,
+            euid: 1000,
+            ..root.clone()
+        };
+        let in_groups = Credentials {
+            groups: vec![4, 10],
+            ..root.clone()
+        };
+        let setuid = Credentials {
+            euid: 1000,
+            ..root.clone()
+        };
+        let as_root = || Some(identity(0, 0, &[]));
+        #[rustfmt::skip]
+        let cases = [
+            ("a root step as root under /", setup(false, false, as_root()), &root, true),
+            ("vminit not root runs the step as itself", setup(false, false, None), &user, true),
+            ("groups are a set", setup(false, false, Some(identity(0, 0, &[10, 4]))), &in_groups, true),
+            ("chroot", setup(true, false, as_root()), &root, false),
+            ("--network=none", setup(false, true, as_root()), &root, false),
+            ("another uid", setup(false, false, Some(identity(1000, 0, &[]))), &root, false),
+            ("another gid", setup(false, false, Some(identity(0, 100, &[]))), &root, false),
+            // Alpine lists root in bin, daemon, ...: setgroups is needed.
+            ("root's groups", setup(false, false, Some(identity(0, 0, &[1, 2]))), &root, false),
+            ("groups vminit must not pass on", setup(false, false, as_root()), &in_groups, false),
+            ("effective uid differs", setup(false, false, as_root()), &setuid, false),
+        ];
+        for (what, setup, current, in_place) in cases {
+            assert_eq!(setup.in_place(current), in_place, "{what}");
+        }
+    }
+
+    #[test]
+    fn current_credentials_are_what_the_kernel_shows() {
+        let c = Credentials::current().unwrap();
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let field = |name: &str| -> Vec<u32> {
+            let line = status.lines().find(|l| l.starts_with(name)).unwrap();
+            line[name.len()..]
+                .split_whitespace()
+                .map(|v| v.parse().unwrap())
+                .collect()
+        };
+        let (uids, gids) = (field("Uid:"), field("Gid:"));
+        let mut groups = field("Groups:");
+        groups.sort_unstable();
+        groups.dedup();
+        assert_eq!(
+            (c.uid, c.euid, c.gid, c.egid),
+            (uids[0], uids[1], gids[0], gids[1])
+        );
+        assert_eq!(c.groups, groups);
     }
 
     #[test]

@@ -329,3 +329,61 @@ async fn processes_a_step_started_die_with_it() {
         "child {pid} of a dropped step is still running"
     );
 }
+
+/// Under the real `/` a step with vminit's own credentials needs no code in the child, so it is
+/// spawned without a `pre_exec` hook (std's posix_spawn); it must still get exactly its
+/// environment, its workdir (created), its own process group, `/dev/null` as stdin and both
+/// output pipes. Runs as whoever runs the tests.
+#[tokio::test]
+async fn under_the_real_root_a_step_as_vminit_gets_workdir_env_group_and_stdin() {
+    let t = tempfile::tempdir().unwrap();
+    let workdir = t.path().join("a/b");
+    let mut req = RunRequest::new(sh(concat!(
+        "pwd; echo \"A=$A\"; echo \"CARGO=${CARGO-unset}\"; ",
+        "echo \"$$ $(cut -d' ' -f5 /proc/$$/stat)\"; readlink /proc/$$/fd/0; echo err >&2",
+    )));
+    req.workdir = workdir.to_str().unwrap().to_owned();
+    req.env = vec![("A".into(), "1".into())];
+    req.user = Some(rustix::process::geteuid().as_raw().to_string());
+    let (exit, lines) = run(Path::new("/"), &req).await;
+    assert_eq!(exit, Exit::Code(0), "{lines:?}");
+    let out = stdout(&lines);
+    assert_eq!(out.len(), 5, "{lines:?}");
+    assert_eq!(out[0], req.workdir);
+    assert_eq!(out[1], "A=1");
+    // Nothing of the test process's environment leaks (cargo sets CARGO for tests).
+    assert_eq!(out[2], "CARGO=unset");
+    let (pid, pgid) = out[3].split_once(' ').unwrap();
+    assert_eq!(pid, pgid, "the step leads its own process group");
+    assert_eq!(out[4], "/dev/null");
+    assert!(
+        lines.contains(&(Stream::Stderr, "err".to_owned())),
+        "{lines:?}"
+    );
+    assert!(workdir.is_dir());
+}
+
+/// Under the real `/`, a step as another user (the credentials switched in the child) runs
+/// with exactly that uid, gid and no other group, in its workdir created owned by the user.
+#[tokio::test]
+async fn under_the_real_root_a_step_as_another_user_runs_as_that_user() {
+    if rustix::process::geteuid().as_raw() != 0 {
+        assert!(std::env::var_os("CI").is_none(), "this test needs root");
+        eprintln!("skipped: switching users needs root");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let workdir = t.path().join("w");
+    let mut req = RunRequest::new(sh("id -u; id -g; id -G; pwd; touch f"));
+    req.workdir = workdir.to_str().unwrap().to_owned();
+    req.user = Some("65534:65534".into());
+    let (exit, lines) = run(Path::new("/"), &req).await;
+    assert_eq!(exit, Exit::Code(0), "{lines:?}");
+    assert_eq!(
+        stdout(&lines),
+        ["65534", "65534", "65534", req.workdir.as_str()]
+    );
+    let m = fs::metadata(workdir.join("f")).unwrap();
+    assert_eq!((m.uid(), m.gid()), (65534, 65534));
+    assert_eq!(fs::metadata(&workdir).unwrap().uid(), 65534);
+}
