@@ -92,28 +92,64 @@ async fn build(root: &Path, client: &BootstrapClient) -> anyhow::Result<bool> {
             stage: stage.index,
             step: step.index,
         };
-        client
-            .step_started(at)
-            .await
-            .context("reporting step start")?;
         tracing::info!("step {}/{total} ({at}): {}", n + 1, describe(step));
         let result = match &step.kind {
+            // `StepStarted` goes out as the step's process is spawned, not before, so its round
+            // trip overlaps the spawn. The host still hears it first: the step's lines wait for
+            // its answer (`run_step`'s `started`), and `StepFinished` goes after both. A failed
+            // `StepStarted` ends the build as before, killing the step (dropped with `work`).
+            // With `--mount`s it is awaited first: the host serves secrets to the running step
+            // only.
+            StepKind::Run(run) if run.mounts.is_empty() => {
+                let (acked, ack) = tokio::sync::oneshot::channel();
+                let started = async {
+                    client
+                        .step_started(at)
+                        .await
+                        .context("reporting step start")?;
+                    let _ = acked.send(());
+                    anyhow::Ok(())
+                };
+                let work = async {
+                    let reporter = client.output(OutputOptions::default());
+                    let started = async {
+                        let _ = ack.await;
+                    };
+                    let result = run_step(root, step, at, &reporter, started).await;
+                    anyhow::Ok(flushed(reporter, result).await)
+                };
+                // `started` polled first (`biased`): its request is queued before the spawn
+                // blocks this thread.
+                let ((), result) = tokio::try_join!(biased; started, work)?;
+                result
+            }
             StepKind::Run(run) => {
-                // One reporter per step, finished before `StepFinished`: the server has
-                // handled every line of the step when it hears the step ended.
+                client
+                    .step_started(at)
+                    .await
+                    .context("reporting step start")?;
                 let reporter = client.output(OutputOptions::default());
                 let result = run_with_mounts(root, client, step, run, at, &reporter).await;
-                match reporter.finish().await {
-                    Ok(_) => result,
-                    Err(e) => result.and(Err(e).context("flushing step output")),
-                }
+                flushed(reporter, result).await
             }
-            StepKind::Copy(t) | StepKind::Add(t) => place(root, client, t)
-                .await
-                .map(|()| (Exit::Code(0), VecDeque::new())),
-            StepKind::Workdir => firebuild_guest::step::make_workdir(root, &step.context)
-                .map(|()| (Exit::Code(0), VecDeque::new()))
-                .map_err(anyhow::Error::from),
+            StepKind::Copy(t) | StepKind::Add(t) => {
+                client
+                    .step_started(at)
+                    .await
+                    .context("reporting step start")?;
+                place(root, client, t)
+                    .await
+                    .map(|()| (Exit::Code(0), VecDeque::new()))
+            }
+            StepKind::Workdir => {
+                client
+                    .step_started(at)
+                    .await
+                    .context("reporting step start")?;
+                firebuild_guest::step::make_workdir(root, &step.context)
+                    .map(|()| (Exit::Code(0), VecDeque::new()))
+                    .map_err(anyhow::Error::from)
+            }
         };
         let (exit, last) = match result {
             Ok(r) => r,
@@ -226,6 +262,18 @@ fn truncate(mut s: String, max: usize) -> String {
     s
 }
 
+/// Finishes a RUN step's output reporter (one per step, finished before `StepFinished`: the
+/// server has handled every line of the step when it hears the step ended).
+async fn flushed(
+    reporter: OutputReporter,
+    result: anyhow::Result<(Exit, VecDeque<String>)>,
+) -> anyhow::Result<(Exit, VecDeque<String>)> {
+    match reporter.finish().await {
+        Ok(_) => result,
+        Err(e) => result.and(Err(e).context("flushing step output")),
+    }
+}
+
 /// Sets up a RUN step's `--mount`s, runs it, and takes them down whatever happened.
 async fn run_with_mounts(
     root: &Path,
@@ -235,29 +283,31 @@ async fn run_with_mounts(
     at: StepRef,
     reporter: &OutputReporter,
 ) -> anyhow::Result<(Exit, VecDeque<String>)> {
+    let started = std::future::ready(());
     if run.mounts.is_empty() {
-        return run_step(root, step, at, reporter).await;
+        return run_step(root, step, at, reporter, started).await;
     }
     let mut mounts = crate::mounts::StepMounts::setup(root, client, &run.mounts).await?;
     let result = if mounts.env.is_empty() {
-        run_step(root, step, at, reporter).await
+        run_step(root, step, at, reporter, started).await
     } else {
         // Secret `env=` values reach the step's environment only, never the plan or a log.
         let mut with_env = step.clone();
         with_env.context.env.extend(std::mem::take(&mut mounts.env));
-        run_step(root, &with_env, at, reporter).await
+        run_step(root, &with_env, at, reporter, started).await
     };
     mounts.teardown();
     result
 }
 
-/// Runs a RUN step, streaming its lines to the server as they come; returns the exit and the
-/// last lines.
+/// Runs a RUN step, streaming its lines to the server as they come once `started` is ready (the
+/// host has taken `StepStarted`); returns the exit and the last lines.
 async fn run_step(
     root: &Path,
     step: &Step,
     at: StepRef,
     reporter: &OutputReporter,
+    started: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<(Exit, VecDeque<String>)> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(OutputStream, String)>();
     let run = async move {
@@ -271,6 +321,8 @@ async fn run_step(
         .await
     };
     let forward = async {
+        // Lines queue in `rx` meanwhile; the host must see the step start before its output.
+        started.await;
         let mut last = VecDeque::with_capacity(LAST_LINES);
         let mut result = Ok(());
         while let Some((stream, line)) = rx.recv().await {
@@ -284,7 +336,9 @@ async fn run_step(
         }
         (last, result)
     };
-    let (exit, (last, sent)) = tokio::join!(run, forward);
+    // `forward` polled first (`biased`): it sends nothing before `started`, and polling `run`
+    // spawns the step, which blocks this thread for the spawn.
+    let ((last, sent), exit) = tokio::join!(biased; forward, run);
     sent.context("streaming step output")?;
     Ok((exit?, last))
 }
