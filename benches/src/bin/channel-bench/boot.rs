@@ -166,9 +166,10 @@ pub fn pull(pki: Loaded, addr: &str, out: &Path) -> anyhow::Result<(u64, Duratio
     })
 }
 
-/// The guest side of the step bench: connect, `Commands`, then per step `StepStarted`, (spawn of
-/// the step's argv), one output line, `StepFinished`; then `Success`. Returns the steps run, the
-/// time of the step loop and the whole time from connect to the acknowledged `Success`.
+/// The guest side of the step bench: connect, `Commands`, then per step `StepStarted`, (the
+/// step's argv run per `mode`), one output line, `StepFinished`; then `Success`. Returns the
+/// steps run, the time of the step loop and the whole time from connect to the acknowledged
+/// `Success`.
 async fn run_steps(
     config: &BootstrapConfig,
     mode: StepMode,
@@ -179,11 +180,19 @@ async fn run_steps(
     let output = client.output(OutputOptions::default());
     let loop_start = Instant::now();
     let mut ran = 0usize;
+    let mut lines = 0u64;
     for (stage, step) in commands.plan.steps() {
         let at = StepRef {
             stage: stage.index,
             step: step.index,
         };
+        if mode == StepMode::Guest {
+            let (exit, taken) = guest_step(&client, step, at).await?;
+            anyhow::ensure!(exit == 0, "step {at} exited with {exit}");
+            lines += taken;
+            ran += 1;
+            continue;
+        }
         client.step_started(at).await?;
         let exit_code = match (mode, &step.kind) {
             (StepMode::Spawn, StepKind::Run(run)) => {
@@ -199,17 +208,13 @@ async fn run_steps(
             _ => 0,
         };
         output
-            .line(
-                at,
-                OutputStream::Stdout,
-                format!("step {} done", step.index),
-            )
+            .line(at, OutputStream::Stdout, done_line(step))
             .await?;
         client.step_finished(at, exit_code).await?;
         ran += 1;
     }
     let loop_time = loop_start.elapsed();
-    let lines = output.finish().await?;
+    lines += output.finish().await?;
     client.success().await?;
     anyhow::ensure!(
         lines == ran as u64,
@@ -218,9 +223,63 @@ async fn run_steps(
     Ok((ran, loop_time, start.elapsed()))
 }
 
+/// The bench's one output line per step.
+fn done_line(step: &Step) -> String {
+    format!("step {} done", step.index)
+}
+
+/// One RUN step the way vminit runs it (`bins/vminit/src/build.rs`, `build` and `run_step` for a
+/// RUN without `--mount`s; keep the two in step): `StepStarted` sent as the step is spawned, a
+/// reporter for the step, the step run by `firebuild_guest::step::run_step` under `/` with its
+/// lines (plus the bench's one line) forwarded once `StepStarted` is answered, the reporter
+/// finished, then `StepFinished`. Returns the exit code and the lines the server took.
+async fn guest_step(
+    client: &BootstrapClient,
+    step: &Step,
+    at: StepRef,
+) -> anyhow::Result<(i32, u64)> {
+    let (acked, ack) = tokio::sync::oneshot::channel();
+    let started = async {
+        client.step_started(at).await?;
+        let _ = acked.send(());
+        anyhow::Ok(())
+    };
+    let work = async {
+        let reporter = client.output(OutputOptions::default());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(OutputStream, Vec<u8>)>();
+        let run = async move {
+            firebuild_guest::step::run_step(Path::new("/"), step, |stream, line| {
+                let stream = match stream {
+                    firebuild_guest::step::Stream::Stdout => OutputStream::Stdout,
+                    firebuild_guest::step::Stream::Stderr => OutputStream::Stderr,
+                };
+                let _ = tx.send((stream, line.to_vec()));
+            })
+            .await
+        };
+        let forward = async {
+            let _ = ack.await;
+            while let Some((stream, line)) = rx.recv().await {
+                reporter.line(at, stream, line).await?;
+            }
+            anyhow::Ok(())
+        };
+        let (sent, exit) = tokio::join!(biased; forward, run);
+        sent?;
+        reporter
+            .line(at, OutputStream::Stdout, done_line(step))
+            .await?;
+        let taken = reporter.finish().await?;
+        anyhow::Ok((exit?.code(), taken))
+    };
+    let ((), (exit, taken)) = tokio::try_join!(biased; started, work)?;
+    client.step_finished(at, exit).await?;
+    Ok((exit, taken))
+}
+
 /// Starts `boot-serve --steps n` as a child process, then runs the n steps against it: per step
-/// `StepStarted`, (spawn of the step's argv `/bin/sh -c true`), one output line, `StepFinished`;
-/// then `Success`. Reports the whole client time and the step loop alone.
+/// `StepStarted`, (the step's argv `/bin/sh -c true` run per `mode`), one output line,
+/// `StepFinished`; then `Success`. Reports the whole client time and the step loop alone.
 pub fn steps(
     pki_dir: &Path,
     n: usize,
@@ -255,6 +314,7 @@ pub fn steps(
     let mode = match mode {
         StepMode::NoSpawn => "no-spawn",
         StepMode::Spawn => "spawn",
+        StepMode::Guest => "guest",
     };
     crate::report::append(
         report,
@@ -333,7 +393,12 @@ mod tests {
 
     #[test]
     fn steps_run_every_step_and_the_server_sees_success() {
-        for mode in [StepMode::NoSpawn, StepMode::Spawn] {
+        for mode in [StepMode::NoSpawn, StepMode::Spawn, StepMode::Guest] {
+            // The plan's steps run as root, as vminit runs them; a non-root runner cannot switch.
+            if mode == StepMode::Guest && !running_as_root() {
+                eprintln!("skipping --mode guest: the steps run as root and this test is not root");
+                continue;
+            }
             let (_dir, addr, pki, server) = served(None, Some(5));
             let config = client_config(&pki, &addr);
             let (ran, _, _) = runtime()
@@ -344,6 +409,13 @@ mod tests {
             // The step server exits Ok only on `Outcome::Succeeded`.
             server.join().unwrap().unwrap();
         }
+    }
+
+    fn running_as_root() -> bool {
+        std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
     }
 
     #[test]

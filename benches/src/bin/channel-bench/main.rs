@@ -6,7 +6,8 @@
 //! - `boot-serve` / `boot-pull`: the same file through the bootstrap channel
 //!   (`firebuild-bootstrap` server serving it as a COPY resource, client pulling it to disk).
 //! - `boot-steps`: N no-op RUN steps through the bootstrap client/server (spawn of `true`
-//!   excluded or included), against a `boot-serve --steps N` child process.
+//!   excluded, included as a bare spawn, or run the way vminit runs a step), against a
+//!   `boot-serve --steps N` child process.
 //!
 //! Each client appends one JSON line (bytes, seconds, its own peak RSS) to `--report`; servers
 //! publish their port in `--port-file` and are killed by the script, which reads their `VmHWM`.
@@ -31,13 +32,19 @@ struct Cli {
     cmd: Cmd,
 }
 
-/// Whether a no-op step spawns `true`.
+/// How a no-op step runs `/bin/sh -c true`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum StepMode {
     /// The step's process is not spawned: protocol round trips only.
     NoSpawn,
-    /// Each step spawns `true` and waits for it.
+    /// Each step spawns its argv with a bare `tokio::process::Command` (std's posix_spawn) and
+    /// waits for it: a lower bound, without the step runner's setup.
     Spawn,
+    /// Each step runs as vminit runs it: the sequencing of `bins/vminit/src/build.rs` (a
+    /// reporter per step) and `firebuild_guest::step::run_step` under `/` (user resolved in
+    /// `/etc/passwd`, workdir created, env built, credentials and workdir set in the child,
+    /// process group, output pipes read line by line).
+    Guest,
 }
 
 #[derive(Subcommand)]
@@ -117,7 +124,7 @@ enum Cmd {
         /// Number of steps.
         #[arg(long, default_value_t = 1000)]
         steps: usize,
-        /// Spawn `true` per step or not.
+        /// Spawn `true` per step or not, and how.
         #[arg(long, value_enum)]
         mode: StepMode,
         /// JSON lines file to append the result to (stderr when absent).
