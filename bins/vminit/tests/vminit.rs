@@ -97,6 +97,17 @@ async fn build_mode_runs_run_add_copy_as_the_right_users() {
         "{seen:?}"
     );
     assert!(seen.iter().any(|e| matches!(e, Event::Output { stream: OutputStream::Stderr, line, .. } if line == "to-stderr")));
+    // The host hears each step start before its output and its end (vminit sends `StepStarted`
+    // while the step spawns; the step's lines wait for its answer).
+    for (i, e) in seen.iter().enumerate() {
+        let (Event::Output { step, .. } | Event::StepFinished { step, .. }) = e else {
+            continue;
+        };
+        assert!(
+            seen[..i].contains(&Event::StepStarted { step: *step }),
+            "{e:?} before its StepStarted: {seen:?}"
+        );
+    }
     assert_eq!(
         seen.iter()
             .filter(|e| matches!(e, Event::StepFinished { exit_code: 0, .. }))
