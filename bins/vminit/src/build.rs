@@ -67,9 +67,24 @@ pub async fn run(root: &Path, bootstrap: &Bootstrap) -> anyhow::Result<bool> {
     }
 }
 
+/// How this guest's boot went, for the host's timings: `None` when a point is unknown.
+fn guest_boot() -> Option<firebuild_bootstrap::GuestBoot> {
+    let agent = crate::init::vminit_started()?;
+    Some(firebuild_bootstrap::GuestBoot {
+        // PID 1's start is in clock ticks, rounded: it may read a little after vminit's own
+        // start when vminit is the initramfs's first program.
+        init: firebuild_guest::boot::init_started()?.min(agent),
+        agent,
+        request: firebuild_guest::boot::uptime(),
+    })
+}
+
 /// The build proper: plan, environment, steps, outcome.
 async fn build(root: &Path, client: &BootstrapClient) -> anyhow::Result<bool> {
-    let commands = client.commands().await.context("fetching the build plan")?;
+    let commands = client
+        .commands_reporting(guest_boot())
+        .await
+        .context("fetching the build plan")?;
     let total = commands.plan.steps().count();
     tracing::info!(build = %commands.build_id, steps = total, "build plan received");
     if commands.plan.schema_version > firebuild_plan::SCHEMA_VERSION {

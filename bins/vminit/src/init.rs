@@ -36,6 +36,25 @@ pub const EXIT_MARKER: &str = "firebuild: exit code ";
 /// The API file systems' mount points created when the image lacks them (BuildKit's rule).
 const STUBS: &[&str] = &["/proc", "/sys", "/dev"];
 
+/// Set in the agent's environment by PID 1: when vminit started as PID 1, in microseconds of
+/// the guest's boot clock (the end of the initramfs's share of the boot).
+const STARTED_ENV: &str = "VMINIT_STARTED_US";
+
+static STARTED: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+
+/// Notes when this process started on the boot clock; the first thing `main` does.
+pub fn mark_started() {
+    STARTED.get_or_init(firebuild_guest::boot::uptime);
+}
+
+/// When vminit started as PID 1 (passed down by it), or, outside PID 1, when this process did.
+pub fn vminit_started() -> Option<Duration> {
+    match std::env::var(STARTED_ENV) {
+        Ok(us) => us.parse().ok().map(Duration::from_micros),
+        Err(_) => STARTED.get().copied(),
+    }
+}
+
 pub fn is_pid1() -> bool {
     rustix::process::getpid().is_init()
 }
@@ -240,6 +259,9 @@ fn supervise(image_config: Option<&[u8]>) -> anyhow::Result<u8> {
         let mut int = signal(SignalKind::interrupt())?;
         let mut cmd = std::process::Command::new("/proc/self/exe");
         cmd.args(agent_args()).env(AGENT_ENV, "1");
+        if let Some(started) = STARTED.get() {
+            cmd.env(STARTED_ENV, started.as_micros().to_string());
+        }
         // Kept open until the agent is gone.
         let _memfd = match image_config.map(image_config_memfd).transpose() {
             Ok(Some((file, path))) => {

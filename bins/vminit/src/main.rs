@@ -89,6 +89,7 @@ impl Args {
 }
 
 fn main() -> ExitCode {
+    init::mark_started();
     logging::init();
     let args = match Args::try_parse() {
         Ok(args) => args,

@@ -20,6 +20,7 @@ use tonic::transport::{Channel, Endpoint, Uri};
 use tracing::{debug, warn};
 use zeroize::Zeroizing;
 
+use crate::GuestBoot;
 use crate::pb;
 use crate::pb::bootstrap_client::BootstrapClient as GrpcClient;
 use crate::secret::{MAX_SECRET_BYTES, SecretBytes};
@@ -455,8 +456,18 @@ impl BootstrapClient {
 
     /// Fetches the plan. Must be the first call.
     pub async fn commands(&self) -> Result<Commands, ClientError> {
+        self.commands_reporting(None).await
+    }
+
+    /// [`BootstrapClient::commands`], reporting how the guest's boot went (the server emits it
+    /// as [`crate::Event::GuestBooted`]).
+    pub async fn commands_reporting(
+        &self,
+        boot: Option<GuestBoot>,
+    ) -> Result<Commands, ClientError> {
         let req = pb::CommandsRequest {
             max_message_size: u32::try_from(self.options.max_message_size).unwrap_or(u32::MAX),
+            boot: boot.map(Into::into),
         };
         let resp = self
             .unary(

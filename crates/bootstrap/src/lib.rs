@@ -73,6 +73,7 @@ pub mod pb {
     tonic::include_proto!("firebuild.bootstrap.v1");
 }
 
+mod boot;
 mod client;
 mod convert;
 mod secret;
@@ -80,6 +81,7 @@ mod server;
 mod source;
 mod tuning;
 
+pub use boot::GuestBoot;
 pub use client::{
     BootstrapClient, BootstrapConfig, ClientError, ClientKey, ClientOptions, Commands,
     HeartbeatTask, HostLost, OutputOptions, OutputReporter,

@@ -156,6 +156,8 @@ pub enum Event {
         /// Why (the TLS or identity error, or the refused request; never a secret's value).
         reason: String,
     },
+    /// The guest reported how its boot went (with its first `Commands`).
+    GuestBooted(crate::GuestBoot),
     /// The plan was served (`Commands`).
     CommandsServed,
     /// A step began.
@@ -829,6 +831,10 @@ impl Bootstrap for State {
         self.negotiated.store(negotiated, Ordering::Release);
         let first = !self.commands_served.swap(true, Ordering::AcqRel);
         if first {
+            // A malformed report is dropped: it only feeds the host's timings.
+            if let Some(boot) = request.get_ref().boot.and_then(|b| b.try_into().ok()) {
+                self.emit(Event::GuestBooted(boot)).await;
+            }
             self.emit(Event::CommandsServed).await;
         }
         Ok(Response::new(pb::CommandsResponse {

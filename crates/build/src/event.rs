@@ -32,6 +32,8 @@ pub enum Phase {
     Kernel,
     /// VM start until the agent connected over mutual TLS.
     Boot,
+    /// The agent's first request (the plan) until the first step started.
+    Setup,
     /// The steps, from the first start to the last finish.
     Steps,
     /// Check, shrink and write the image, manifest and VM config.
@@ -61,6 +63,16 @@ pub enum Event {
         phase: Phase,
         /// How long it took.
         elapsed: Duration,
+    },
+    /// How the guest's boot went, by its own clock, reported with its first request: the
+    /// host's [`Phase::Boot`] also holds the VMM's start and the connection.
+    GuestBoot {
+        /// The kernel's start until PID 1 (the initramfs).
+        kernel: Duration,
+        /// PID 1 until the agent (modules, root mount, switch).
+        initramfs: Duration,
+        /// The agent's start until its first request (metadata, configuration, connection).
+        agent: Duration,
     },
     /// A stage's build started (its base, then its steps).
     StageStarted {

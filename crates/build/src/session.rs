@@ -233,6 +233,7 @@ async fn forward(
     let total = steps.len();
     let mut started: HashMap<StepRef, Instant> = HashMap::new();
     let mut first_step: Option<Instant> = None;
+    let mut served: Option<Instant> = None;
     let connected_at = Instant::now();
     let number = |at: &StepRef| steps.get(at).map_or(0, |s| s.number);
     while let Some(event) = rx.recv().await {
@@ -254,7 +255,23 @@ async fn forward(
             ServerEvent::Rejected { peer, reason } => events(Event::Warning {
                 message: format!("refused a request from the guest ({peer}): {reason}"),
             }),
+            ServerEvent::GuestBooted(boot) => events(Event::GuestBoot {
+                kernel: boot.kernel(),
+                initramfs: boot.initramfs(),
+                agent: boot.agent_share(),
+            }),
+            ServerEvent::CommandsServed => {
+                served.get_or_insert_with(Instant::now);
+            }
             ServerEvent::StepStarted { step } => {
+                if first_step.is_none()
+                    && let Some(t) = served
+                {
+                    events(Event::PhaseFinished {
+                        phase: Phase::Setup,
+                        elapsed: t.elapsed(),
+                    });
+                }
                 first_step.get_or_insert_with(Instant::now);
                 started.insert(step, Instant::now());
                 let info = steps.get(&step);

@@ -58,6 +58,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod boot;
 pub mod config;
 pub mod copy_from;
 mod error;
