@@ -17,14 +17,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
-ensure_apt hyperfine jq e2fsprogs busybox-static qemu-system-x86 slirp4netns mmdebstrap
+vm_bench_setup
 which=${1:-all}
 runs=${2:-3}
-cargo build --locked -q -p firebuild-host
-[ -x target/vminit/vminit ] || bash scripts/build-vminit.sh
-host=$PWD/target/debug/firebuild-host
-vminit=$PWD/target/vminit/vminit
-"$host" kernel prepare >/dev/null
 probe=$(dirname "$("$host" kernel prepare | awk '/^vmlinuz /{print $2}')")/kvm-probe
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -49,3 +49,14 @@ oci_layout() {
     printf '%s' '{"imageLayoutVersion":"1.0.0"}' >"$work/layout/oci-layout"
     printf '%s' '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:'"$manifest_sha"'","size":'"$manifest_size"',"annotations":{"org.opencontainers.image.ref.name":"'"$tag"'"}}]}' >"$work/layout/index.json"
 }
+
+# What the VM benches (benches/cache.sh, benches/phases.sh) share: their tools, the dev-profile
+# host binary and the static vminit built, the kernel prepared; sets `host` and `vminit`.
+vm_bench_setup() {
+    ensure_apt hyperfine jq e2fsprogs busybox-static qemu-system-x86 slirp4netns mmdebstrap
+    cargo build --locked -q -p firebuild-host
+    [ -x target/vminit/vminit ] || bash scripts/build-vminit.sh
+    host=$PWD/target/debug/firebuild-host
+    vminit=$PWD/target/vminit/vminit
+    "$host" kernel prepare >/dev/null
+}
