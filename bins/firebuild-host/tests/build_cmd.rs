@@ -550,8 +550,13 @@ fn a_step_timeout_or_an_interrupt_stops_the_vm_and_leaves_nothing_behind() {
     let started = Instant::now();
     // 20 s, not less: the COPY before it (a 2 MiB transfer and its step-cache snapshot) took
     // over 3 s on a loaded 2-core machine and timed out instead.
-    let (code, stdout, stderr) =
-        build("sleepy", &["--step-timeout", "20s"], &vminit, &out_dir, &ctx);
+    let (code, stdout, stderr) = build(
+        "sleepy",
+        &["--step-timeout", "20s"],
+        &vminit,
+        &out_dir,
+        &ctx,
+    );
     assert_eq!(code, Some(1), "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(started.elapsed() < bound, "{:?}", started.elapsed());
     assert!(
