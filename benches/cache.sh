@@ -11,9 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
-vm_bench_setup
-which=${1:-all}
-runs=${2:-3}
+vm_bench_setup "$@"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 

@@ -17,9 +17,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
-vm_bench_setup
-which=${1:-all}
-runs=${2:-3}
+vm_bench_setup "$@"
 probe=$(dirname "$("$host" kernel prepare | awk '/^vmlinuz /{print $2}')")/kvm-probe
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

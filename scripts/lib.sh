@@ -50,9 +50,12 @@ oci_layout() {
     printf '%s' '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:'"$manifest_sha"'","size":'"$manifest_size"',"annotations":{"org.opencontainers.image.ref.name":"'"$tag"'"}}]}' >"$work/layout/index.json"
 }
 
-# What the VM benches (benches/cache.sh, benches/phases.sh) share: their tools, the dev-profile
-# host binary and the static vminit built, the kernel prepared; sets `host` and `vminit`.
+# What the VM benches (benches/cache.sh, benches/phases.sh) share: their arguments
+# `[busybox|debian|all] [RUNS]` (sets `which` and `runs`), their tools, the dev-profile host
+# binary and the static vminit built, the kernel prepared (sets `host` and `vminit`).
 vm_bench_setup() {
+    which=${1:-all}
+    runs=${2:-3}
     ensure_apt hyperfine jq e2fsprogs busybox-static qemu-system-x86 slirp4netns mmdebstrap
     cargo build --locked -q -p firebuild-host
     [ -x target/vminit/vminit ] || bash scripts/build-vminit.sh

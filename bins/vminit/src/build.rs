@@ -108,6 +108,13 @@ async fn build(root: &Path, client: &BootstrapClient) -> anyhow::Result<bool> {
             step: step.index,
         };
         tracing::info!("step {}/{total} ({at}): {}", n + 1, describe(step));
+        let overlap = matches!(&step.kind, StepKind::Run(run) if run.mounts.is_empty());
+        if !overlap {
+            client
+                .step_started(at)
+                .await
+                .context("reporting step start")?;
+        }
         let result = match &step.kind {
             // `StepStarted` goes out as the step's process is spawned, not before, so its round
             // trip overlaps the spawn. The host still hears it first: the step's lines wait for
@@ -115,7 +122,7 @@ async fn build(root: &Path, client: &BootstrapClient) -> anyhow::Result<bool> {
             // `StepStarted` ends the build as before, killing the step (dropped with `work`).
             // With `--mount`s it is awaited first: the host serves secrets to the running step
             // only.
-            StepKind::Run(run) if run.mounts.is_empty() => {
+            StepKind::Run(_) if overlap => {
                 let (acked, ack) = tokio::sync::oneshot::channel();
                 let started = async {
                     client
@@ -139,32 +146,16 @@ async fn build(root: &Path, client: &BootstrapClient) -> anyhow::Result<bool> {
                 result
             }
             StepKind::Run(run) => {
-                client
-                    .step_started(at)
-                    .await
-                    .context("reporting step start")?;
                 let reporter = client.output(OutputOptions::default());
                 let result = run_with_mounts(root, client, step, run, at, &reporter).await;
                 flushed(reporter, result).await
             }
-            StepKind::Copy(t) | StepKind::Add(t) => {
-                client
-                    .step_started(at)
-                    .await
-                    .context("reporting step start")?;
-                place(root, client, t)
-                    .await
-                    .map(|()| (Exit::Code(0), VecDeque::new()))
-            }
-            StepKind::Workdir => {
-                client
-                    .step_started(at)
-                    .await
-                    .context("reporting step start")?;
-                firebuild_guest::step::make_workdir(root, &step.context)
-                    .map(|()| (Exit::Code(0), VecDeque::new()))
-                    .map_err(anyhow::Error::from)
-            }
+            StepKind::Copy(t) | StepKind::Add(t) => place(root, client, t)
+                .await
+                .map(|()| (Exit::Code(0), VecDeque::new())),
+            StepKind::Workdir => firebuild_guest::step::make_workdir(root, &step.context)
+                .map(|()| (Exit::Code(0), VecDeque::new()))
+                .map_err(anyhow::Error::from),
         };
         let (exit, last) = match result {
             Ok(r) => r,

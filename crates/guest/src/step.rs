@@ -252,31 +252,39 @@ impl Credentials {
     /// This process's (the supplementary groups are the process's, shared by its threads).
     fn current() -> std::io::Result<Self> {
         use rustix::process::{getegid, geteuid, getgid, getgroups, getuid};
-        let mut groups: Vec<u32> = getgroups()?.into_iter().map(|g| g.as_raw()).collect();
-        groups.sort_unstable();
-        groups.dedup();
         Ok(Credentials {
             uid: getuid().as_raw(),
             euid: geteuid().as_raw(),
             gid: getgid().as_raw(),
             egid: getegid().as_raw(),
-            groups,
+            groups: group_set(getgroups()?.into_iter().map(|g| g.as_raw()).collect()),
         })
+    }
+
+    /// [`Credentials::current`], read once: nothing in vminit changes its own credentials, and
+    /// every step's spawn asks. `None` when reading them failed.
+    fn of_this_process() -> Option<&'static Self> {
+        static CURRENT: std::sync::OnceLock<Option<Credentials>> = std::sync::OnceLock::new();
+        CURRENT.get_or_init(|| Credentials::current().ok()).as_ref()
     }
 
     /// Whether the child would have exactly these after `setgroups(id.groups)`, `setgid(id.gid)`,
     /// `setuid(id.uid)` (as root those set the real, effective and saved ids; the saved ids are
     /// not compared: a root vminit never sets them apart).
     fn are(&self, id: &Identity) -> bool {
-        let mut groups = id.groups.clone();
-        groups.sort_unstable();
-        groups.dedup();
         self.uid == id.uid
             && self.euid == id.uid
             && self.gid == id.gid
             && self.egid == id.gid
-            && self.groups == groups
+            && self.groups == group_set(id.groups.clone())
     }
+}
+
+/// Group ids as a set: sorted, deduplicated.
+fn group_set(mut groups: Vec<u32>) -> Vec<u32> {
+    groups.sort_unstable();
+    groups.dedup();
+    groups
 }
 
 /// Runs `req` under `root`, calling `on_line` with every output line (without its `\n`; a final
@@ -389,7 +397,7 @@ async fn spawn_and_wait(
         .kill_on_drop(true)
         .process_group(0);
     // When reading this process's credentials fails, the hook does the switch as before.
-    let in_place = Credentials::current().is_ok_and(|c| setup.in_place(&c));
+    let in_place = Credentials::of_this_process().is_some_and(|c| setup.in_place(c));
     if in_place {
         cmd.current_dir(workdir);
     } else {

@@ -629,6 +629,13 @@ mod tests {
         assert!(err.to_string().contains("user networking"), "{err}");
     }
 
+    fn kernel_without_initrd(dir: &Path) -> KernelFiles {
+        KernelFiles {
+            kernel: dir.join("vmlinuz"),
+            initrd: None,
+        }
+    }
+
     /// A stand-in QEMU that writes the initramfs's probe line to its `-serial file:` and exits.
     fn fake_qemu(dir: &Path) -> PathBuf {
         use std::os::unix::fs::PermissionsExt;
@@ -658,10 +665,7 @@ mod tests {
     #[test]
     fn the_boot_probe_reads_the_initramfs_line() {
         let dir = tempfile::tempdir().unwrap();
-        let kernel = KernelFiles {
-            kernel: dir.path().join("vmlinuz"),
-            initrd: None,
-        };
+        let kernel = kernel_without_initrd(dir.path());
         assert!(run_probe(&fake_qemu(dir.path()), &kernel, dir.path()));
         assert!(
             !dir.path().join("kvm-probe.log").exists(),
@@ -676,10 +680,7 @@ mod tests {
     #[test]
     fn qemu_is_not_asked_when_the_kvm_check_fails() {
         let dir = tempfile::tempdir().unwrap();
-        let kernel = KernelFiles {
-            kernel: dir.path().join("vmlinuz"),
-            initrd: None,
-        };
+        let kernel = kernel_without_initrd(dir.path());
         let qemu = fake_qemu(dir.path());
         // The stand-in would say yes: only the ioctl check can answer these.
         let missing = dir.path().join("kvm");
