@@ -831,9 +831,11 @@ impl Bootstrap for State {
         self.negotiated.store(negotiated, Ordering::Release);
         let first = !self.commands_served.swap(true, Ordering::AcqRel);
         if first {
-            // A malformed report is dropped: it only feeds the host's timings.
-            if let Some(boot) = request.get_ref().boot.and_then(|b| b.try_into().ok()) {
-                self.emit(Event::GuestBooted(boot)).await;
+            // A malformed report is dropped (logged): it only feeds the host's timings.
+            match request.get_ref().boot.map(crate::GuestBoot::try_from) {
+                Some(Ok(boot)) => self.emit(Event::GuestBooted(boot)).await,
+                Some(Err(e)) => tracing::warn!("Commands: ignoring the guest's boot report: {e}"),
+                None => {}
             }
             self.emit(Event::CommandsServed).await;
         }
