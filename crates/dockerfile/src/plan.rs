@@ -364,6 +364,11 @@ struct Resolver<'r> {
     next_id: usize,
     /// Bytes counted against [`MAX_EXPANDED_BYTES`] so far.
     expanded: Cell<u64>,
+    /// Pattern-matching steps the plan's expansions have left, all words together
+    /// ([`shell::MAX_MATCH_STEPS`]).
+    ///
+    /// [`shell::MAX_MATCH_STEPS`]: crate::shell::MAX_MATCH_STEPS
+    match_steps: Cell<u64>,
 }
 
 fn go_arch() -> &'static str {
@@ -398,6 +403,7 @@ impl<'r> Resolver<'r> {
             context: None,
             next_id: 0,
             expanded: Cell::new(0),
+            match_steps: Cell::new(crate::shell::MAX_MATCH_STEPS),
         }
     }
 
@@ -408,11 +414,18 @@ impl<'r> Resolver<'r> {
 
     fn expand(&self, scope: &dyn Env, word: &str, ins: &Instruction) -> Result<String, Error> {
         let value = self
-            .lexer
-            .expand_word(word, scope)
+            .within_match_steps(|steps| self.lexer.expand_word_within(word, scope, steps))
             .map_err(|e| self.err(ins.span, format!("{}: {e}", ins.kind.name())))?;
         self.charge(ins, value.len())?;
         Ok(value)
+    }
+
+    /// Runs one expansion on the plan's shared budget of pattern-matching steps.
+    fn within_match_steps<T>(&self, expand: impl FnOnce(&mut u64) -> T) -> T {
+        let mut steps = self.match_steps.get();
+        let out = expand(&mut steps);
+        self.match_steps.set(steps);
+        out
     }
 
     /// Counts `bytes` of expanded or copied variables against [`MAX_EXPANDED_BYTES`].
@@ -694,8 +707,10 @@ impl<'r> Resolver<'r> {
         };
         let mut warnings = Vec::new();
         let expansion = self
-            .lexer
-            .process_word(src.image, &meta_scope)
+            .within_match_steps(|steps| {
+                self.lexer
+                    .process_word_within(src.image, &meta_scope, steps)
+            })
             .map_err(|e| self.err(from.span, format!("FROM: {e}")))?;
         self.charge(from, expansion.value.len())?;
         for name in &expansion.unmatched {
@@ -1102,8 +1117,11 @@ impl<'r> Resolver<'r> {
                 SourceArg::Heredoc(doc) => {
                     let content = if doc.expand {
                         let lexer = self.lexer.with_skip_process_quotes(true);
-                        let content = lexer
-                            .expand_word(&doc.body(), scope)
+                        let body = doc.body();
+                        let content = self
+                            .within_match_steps(|steps| {
+                                lexer.expand_word_within(&body, scope, steps)
+                            })
                             .map_err(|e| self.err(ins.span, format!("{what} heredoc: {e}")))?;
                         self.charge(ins, content.len())?;
                         content

@@ -33,6 +33,15 @@ use firebuild_plan::EnvVar;
 /// times in a 353-byte Dockerfile asks it for 4 GiB; here it fails at the line that crosses this.
 pub const MAX_WORD_BYTES: usize = crate::ast::MAX_DOCKERFILE_BYTES;
 
+/// Most pattern-matching steps one expansion may take: a step is one character of a value read
+/// against one position of a `#`, `%` or `/` pattern, plus one per character, so this is a
+/// 1 MiB value against a 15-character pattern, or 64 KiB against 255, and about 50 ms of work
+/// in a release build. Real Dockerfiles (`${VERSION%%.*}`, `${PATH//:/ }`) take thousands.
+/// Output alone is no bound on the work: `${V%%*x}` on a 16 MiB value produces nothing, and
+/// `${V//p/r}` rescans the value after each match. Callers that expand many words share one
+/// budget with [`Lexer::expand_word_within`]; a plan does. Buildkit has no bound.
+pub const MAX_MATCH_STEPS: u64 = 1 << 24;
+
 /// A source of variables for expansion.
 ///
 /// Implemented for `HashMap<String, String>`, `BTreeMap<String, String>`, slices and vectors of
@@ -162,6 +171,15 @@ pub enum ExpandError {
         /// The limit in bytes.
         limit: usize,
     },
+    /// Pattern matching used up its budget of steps ([`MAX_MATCH_STEPS`], or what the caller
+    /// gave [`Lexer::expand_word_within`]).
+    #[error(
+        "pattern matching at offset {offset} takes more than its budget of {MAX_MATCH_STEPS} steps (a value's characters times the pattern's length)"
+    )]
+    TooMuchMatching {
+        /// Offset of the `$` that opened the substitution.
+        offset: usize,
+    },
 }
 
 impl ExpandError {
@@ -174,7 +192,8 @@ impl ExpandError {
             | ExpandError::UnsupportedModifier { offset, .. }
             | ExpandError::Required { offset, .. }
             | ExpandError::InvalidPattern { offset, .. }
-            | ExpandError::TooLong { offset, .. } => *offset,
+            | ExpandError::TooLong { offset, .. }
+            | ExpandError::TooMuchMatching { offset } => *offset,
         }
     }
 }
@@ -253,10 +272,23 @@ impl Lexer {
 
     /// Expands `word` into one string (buildkit `ProcessWord`).
     pub fn expand_word<E: Env + ?Sized>(&self, word: &str, env: &E) -> Result<String, ExpandError> {
+        let mut steps = MAX_MATCH_STEPS;
+        self.expand_word_within(word, env, &mut steps)
+    }
+
+    /// [`Lexer::expand_word`] with pattern matching taken out of `steps`, a budget the caller
+    /// shares between words (see [`MAX_MATCH_STEPS`]); what the word used is subtracted, and
+    /// the expansion fails with [`ExpandError::TooMuchMatching`] once it would go below zero.
+    pub fn expand_word_within<E: Env + ?Sized>(
+        &self,
+        word: &str,
+        env: &E,
+        steps: &mut u64,
+    ) -> Result<String, ExpandError> {
         if self.is_plain(word) {
             return Ok(word.to_owned());
         }
-        self.run(word, env, false, false).map(|e| e.value)
+        self.run(word, env, false, false, steps).map(|e| e.value)
     }
 
     /// Whether `word` has nothing to expand: no `$`, quote, escape character or leading
@@ -276,7 +308,9 @@ impl Lexer {
         word: &str,
         env: &E,
     ) -> Result<Vec<String>, ExpandError> {
-        self.run(word, env, true, false).map(|e| e.words)
+        let mut steps = MAX_MATCH_STEPS;
+        self.run(word, env, true, false, &mut steps)
+            .map(|e| e.words)
     }
 
     /// Expands `word`, returning the value, the fields and which variables were referenced
@@ -286,7 +320,19 @@ impl Lexer {
         word: &str,
         env: &E,
     ) -> Result<Expansion, ExpandError> {
-        self.run(word, env, true, true)
+        let mut steps = MAX_MATCH_STEPS;
+        self.process_word_within(word, env, &mut steps)
+    }
+
+    /// [`Lexer::process_word`] within a shared budget of pattern-matching steps, as
+    /// [`Lexer::expand_word_within`].
+    pub fn process_word_within<E: Env + ?Sized>(
+        &self,
+        word: &str,
+        env: &E,
+        steps: &mut u64,
+    ) -> Result<Expansion, ExpandError> {
+        self.run(word, env, true, true, steps)
     }
 
     fn run<E: Env + ?Sized>(
@@ -295,6 +341,7 @@ impl Lexer {
         env: &E,
         want_words: bool,
         track: bool,
+        steps: &mut u64,
     ) -> Result<Expansion, ExpandError> {
         // text/scanner skips a byte-order mark at the start of its input.
         let (src, base) = match word.strip_prefix('\u{feff}') {
@@ -309,10 +356,11 @@ impl Lexer {
             matched: BTreeSet::new(),
             unmatched: BTreeSet::new(),
             track,
+            steps: *steps,
         };
-        let (value, words) = sw
-            .process_stop_on(None, self.raw_escapes, want_words)
-            .map_err(|e| shift(e, base))?;
+        let result = sw.process_stop_on(None, self.raw_escapes, want_words);
+        *steps = sw.steps;
+        let (value, words) = result.map_err(|e| shift(e, base))?;
         Ok(Expansion {
             value,
             words,
@@ -330,7 +378,8 @@ fn shift(mut e: ExpandError, base: usize) -> ExpandError {
         | ExpandError::UnsupportedModifier { offset, .. }
         | ExpandError::Required { offset, .. }
         | ExpandError::InvalidPattern { offset, .. }
-        | ExpandError::TooLong { offset, .. } => *offset += base,
+        | ExpandError::TooLong { offset, .. }
+        | ExpandError::TooMuchMatching { offset } => *offset += base,
     }
     e
 }
@@ -431,6 +480,8 @@ struct ShellWord<'l, 'a, E: Env + ?Sized> {
     unmatched: BTreeSet<String>,
     /// Whether to record variable names in `matched`/`unmatched`.
     track: bool,
+    /// Pattern-matching steps left ([`MAX_MATCH_STEPS`]).
+    steps: u64,
 }
 
 impl<'l, 'a, E: Env + ?Sized> ShellWord<'l, 'a, E> {
@@ -712,9 +763,26 @@ impl<'l, 'a, E: Env + ?Sized> ShellWord<'l, 'a, E> {
                     if self.lexer.skip_unset_env {
                         return Ok(Cow::Owned(format!("${{{name}/{pattern}/{replacement}}}")));
                     }
-                    return replace(at, &pattern, "", &replacement, replace_all).map(Cow::Owned);
+                    let value = "";
+                    return replace(
+                        at,
+                        &pattern,
+                        value,
+                        &replacement,
+                        replace_all,
+                        &mut self.steps,
+                    )
+                    .map(Cow::Owned);
                 };
-                replace(at, &pattern, &value, &replacement, replace_all).map(Cow::Owned)
+                replace(
+                    at,
+                    &pattern,
+                    &value,
+                    &replacement,
+                    replace_all,
+                    &mut self.steps,
+                )
+                .map(Cow::Owned)
             }
             other => Err(ExpandError::UnsupportedModifier {
                 offset: at,
@@ -726,7 +794,7 @@ impl<'l, 'a, E: Env + ?Sized> ShellWord<'l, 'a, E> {
     /// Applies a `-`, `+`, `?`, `#` or `%` modifier to `value` (`None` when unset).
     #[allow(clippy::too_many_arguments)]
     fn apply(
-        &self,
+        &mut self,
         at: usize,
         name: &str,
         op: Option<char>,
@@ -770,13 +838,18 @@ impl<'l, 'a, E: Env + ?Sized> ShellWord<'l, 'a, E> {
                         pattern: pattern.to_owned(),
                         reason,
                     })?;
+                let exhausted = |_| ExpandError::TooMuchMatching { offset: at };
+                let steps = &mut self.steps;
                 if c == '#' {
-                    let n = match_prefix(&toks, value.char_indices(), value.len(), greedy, false);
+                    let chars = value.char_indices();
+                    let n = match_prefix(&toks, chars, value.len(), greedy, false, steps)
+                        .map_err(exhausted)?;
                     Ok(value.get(n.unwrap_or(0)..).unwrap_or("").to_owned())
                 } else {
                     let rev: Vec<PTok> = toks.into_iter().rev().collect();
-                    let n =
-                        match_prefix(&rev, value.char_indices().rev(), value.len(), greedy, true);
+                    let chars = value.char_indices().rev();
+                    let n = match_prefix(&rev, chars, value.len(), greedy, true, steps)
+                        .map_err(exhausted)?;
                     Ok(value
                         .get(..value.len() - n.unwrap_or(0))
                         .unwrap_or("")
@@ -849,6 +922,16 @@ fn step(toks: &[PTok], cur: &[bool], next: &mut [bool], c: char) {
     close(toks, next);
 }
 
+/// The budget of pattern-matching steps ran out.
+struct Exhausted;
+
+/// Takes one step per automaton state (`states`) out of `steps`: the cost of reading one
+/// character.
+fn spend(steps: &mut u64, states: usize) -> Result<(), Exhausted> {
+    *steps = steps.checked_sub(states as u64).ok_or(Exhausted)?;
+    Ok(())
+}
+
 /// Length in bytes of the shortest (or longest) prefix of a string matched by `toks`, reading
 /// characters from `chars` (forward `char_indices`, or reversed for suffixes).
 fn match_prefix(
@@ -857,7 +940,8 @@ fn match_prefix(
     len: usize,
     longest: bool,
     reversed: bool,
-) -> Option<usize> {
+    steps: &mut u64,
+) -> Result<Option<usize>, Exhausted> {
     let m = toks.len();
     let mut cur = vec![false; m + 1];
     let mut next = vec![false; m + 1];
@@ -865,9 +949,10 @@ fn match_prefix(
     close(toks, &mut cur);
     let mut best = cur[m].then_some(0);
     if best.is_some() && !longest {
-        return best;
+        return Ok(best);
     }
     for (i, c) in chars {
+        spend(steps, m + 1)?;
         step(toks, &cur, &mut next, c);
         std::mem::swap(&mut cur, &mut next);
         if !cur.iter().any(|b| *b) {
@@ -881,11 +966,16 @@ fn match_prefix(
             }
         }
     }
-    best
+    Ok(best)
 }
 
 /// The leftmost, then longest, match of `toks` in `s` starting at or after byte `from`.
-fn find(toks: &[PTok], s: &str, from: usize) -> Option<(usize, usize)> {
+fn find(
+    toks: &[PTok],
+    s: &str,
+    from: usize,
+    steps: &mut u64,
+) -> Result<Option<(usize, usize)>, Exhausted> {
     let m = toks.len();
     // For each automaton state, the smallest start offset of a thread in it.
     let mut cur: Vec<Option<usize>> = vec![None; m + 1];
@@ -920,6 +1010,7 @@ fn find(toks: &[PTok], s: &str, from: usize) -> Option<(usize, usize)> {
             }
         }
         let Some((_, c)) = chars.next() else { break };
+        spend(steps, m + 1)?;
         next.iter_mut().for_each(|x| *x = None);
         for (i, t) in toks.iter().enumerate() {
             let Some(st) = cur[i] else { continue };
@@ -934,7 +1025,7 @@ fn find(toks: &[PTok], s: &str, from: usize) -> Option<(usize, usize)> {
         std::mem::swap(&mut cur, &mut next);
         pos += c.len_utf8();
     }
-    best
+    Ok(best)
 }
 
 /// Fails with [`ExpandError::TooLong`] once an expansion's output is longer than
@@ -957,14 +1048,18 @@ fn replace(
     value: &str,
     replacement: &str,
     all: bool,
+    steps: &mut u64,
 ) -> Result<String, ExpandError> {
     let toks = parse_shell_pattern(pattern).map_err(|reason| ExpandError::InvalidPattern {
         offset: at,
         pattern: pattern.to_owned(),
         reason,
     })?;
+    let mut find = |from| {
+        find(&toks, value, from, steps).map_err(|_| ExpandError::TooMuchMatching { offset: at })
+    };
     if !all {
-        return Ok(match find(&toks, value, 0) {
+        return Ok(match find(0)? {
             Some((s, e)) => {
                 let mut out = String::with_capacity(value.len() + replacement.len());
                 out.push_str(value.get(..s).unwrap_or(""));
@@ -979,7 +1074,7 @@ fn replace(
     let mut last_end = 0;
     let mut search = 0;
     while search <= value.len() {
-        let Some((s, e)) = find(&toks, value, search) else {
+        let Some((s, e)) = find(search)? else {
             break;
         };
         out.push_str(value.get(last_end..s).unwrap_or(""));
@@ -1122,6 +1217,26 @@ mod tests {
         assert_eq!(Lexer::new('\\').expand_word(&word, &env).unwrap(), value);
     }
 
+    #[test]
+    fn pattern_matching_takes_its_steps_from_the_callers_budget() {
+        let env = vec![("V", "abcabc")];
+        let lexer = Lexer::new('\\');
+        // `${V%%c*}` reads the six characters (reversed) against three states each.
+        let mut steps = 100;
+        assert_eq!(lexer.expand_word_within("${V%%c*}", &env, &mut steps).unwrap(), "ab");
+        assert_eq!(steps, 100 - 6 * 3);
+        // Words without a pattern take nothing.
+        assert_eq!(lexer.expand_word_within("$V-x", &env, &mut steps).unwrap(), "abcabc-x");
+        assert_eq!(steps, 82);
+        // Once the budget cannot pay for a character, the word fails at its `$`.
+        let mut steps = 10;
+        let err = lexer
+            .expand_word_within("x ${V//b/B}", &env, &mut steps)
+            .unwrap_err();
+        assert_eq!(err, ExpandError::TooMuchMatching { offset: 2 });
+        assert!(err.to_string().contains("budget of 16777216 steps"), "{err}");
+    }
+
     proptest::proptest! {
         #[test]
         fn plain_words_skip_the_scanner_with_the_same_result(
@@ -1131,7 +1246,8 @@ mod tests {
             let lexer = Lexer::new(escape);
             let env: HashMap<String, String> =
                 [("a".to_owned(), "x y".to_owned())].into_iter().collect();
-            let slow = lexer.run(&word, &env, false, false).map(|e| e.value);
+            let mut steps = MAX_MATCH_STEPS;
+            let slow = lexer.run(&word, &env, false, false, &mut steps).map(|e| e.value);
             proptest::prop_assert_eq!(lexer.expand_word(&word, &env), slow);
         }
     }

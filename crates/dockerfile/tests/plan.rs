@@ -804,3 +804,34 @@ fn variable_expansion_is_bounded_per_word_and_in_all() {
     let step = plan.stages[0].steps.last().unwrap();
     assert_eq!(env(step, "V").map(|v| v.len()), Some(1 << 20));
 }
+
+#[test]
+fn pattern_matching_work_is_bounded_in_all() {
+    let ctx = context(&[]);
+    // `${V#*y}` on 64 KiB reads every character against two pattern positions before it
+    // finds no `y`: 196,608 steps a line, so the plan's 16,777,216 steps run out at the 86th
+    // such line (line 100), long before the output (5.5 MiB) nears its own bound.
+    let trims = "ENV W=${V#*y}
+"
+    .repeat(100);
+    let msg = fail(&doubling("FROM scratch", 12, &trims), ctx.path());
+    assert!(msg.starts_with("Dockerfile:100:"), "{msg}");
+    assert!(
+        msg.contains(
+            "ENV: pattern matching at offset 0 takes more than its budget of 16777216 steps"
+        ),
+        "{msg}"
+    );
+    // One `${V//p/r}` on a large value runs out on its own (buildkit would scan 16 MiB).
+    let msg = fail(
+        &doubling("FROM scratch", 20, "ARG W=${V//*y/z}\n"),
+        ctx.path(),
+    );
+    assert!(msg.starts_with("Dockerfile:23:"), "{msg}");
+    assert!(msg.contains("ARG: pattern matching at offset 0"), "{msg}");
+    // Below the budget the same shape plans, and matches as buildkit does.
+    let plan = resolve(&doubling("FROM scratch", 12, &trims[..14 * 80]), ctx.path());
+    let step_env = &plan.stages[0].config.env;
+    // No match: `#` leaves the value as it was.
+    assert!(step_env.iter().any(|e| e.name == "W" && e.value.len() == 1 << 16));
+}
