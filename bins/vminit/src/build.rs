@@ -71,9 +71,8 @@ pub async fn run(root: &Path, bootstrap: &Bootstrap) -> anyhow::Result<bool> {
 fn guest_boot() -> Option<firebuild_bootstrap::GuestBoot> {
     let agent = crate::init::vminit_started()?;
     Some(firebuild_bootstrap::GuestBoot {
-        // PID 1's start is in clock ticks, rounded: it may read a little after vminit's own
-        // start when vminit is the initramfs's first program.
-        init: firebuild_guest::boot::init_started()?.min(agent),
+        // Without the initramfs's word, vminit was the first program the kernel ran.
+        init: firebuild_guest::boot::init_started().map_or(agent, |init| init.min(agent)),
         agent,
         request: firebuild_guest::boot::uptime(),
     })

@@ -65,7 +65,10 @@ pub fn add_vsock(config: &mut Value, vsock: &Vsock<'_>) {
 /// The kernel command line: the image's root, the console, and either the network the MMDS is
 /// reached through or `firebuild.metadata=off` (start the workload at once).
 pub fn boot_args(tap: bool) -> String {
-    let base = "console=ttyS0 reboot=k panic=1 pci=off root=/dev/vda rw";
+    let base = format!(
+        "console=ttyS0 {} reboot=k panic=1 pci=off root=/dev/vda rw",
+        firebuild_vmm::kernel::FAST_BOOT_ARGS
+    );
     if tap {
         format!("{base} ip=169.254.0.15::169.254.0.1:255.255.0.0::eth0:off")
     } else {

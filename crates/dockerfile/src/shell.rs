@@ -1223,10 +1223,18 @@ mod tests {
         let lexer = Lexer::new('\\');
         // `${V%%c*}` reads the six characters (reversed) against three states each.
         let mut steps = 100;
-        assert_eq!(lexer.expand_word_within("${V%%c*}", &env, &mut steps).unwrap(), "ab");
+        assert_eq!(
+            lexer
+                .expand_word_within("${V%%c*}", &env, &mut steps)
+                .unwrap(),
+            "ab"
+        );
         assert_eq!(steps, 100 - 6 * 3);
         // Words without a pattern take nothing.
-        assert_eq!(lexer.expand_word_within("$V-x", &env, &mut steps).unwrap(), "abcabc-x");
+        assert_eq!(
+            lexer.expand_word_within("$V-x", &env, &mut steps).unwrap(),
+            "abcabc-x"
+        );
         assert_eq!(steps, 82);
         // Once the budget cannot pay for a character, the word fails at its `$`.
         let mut steps = 10;
@@ -1234,7 +1242,10 @@ mod tests {
             .expand_word_within("x ${V//b/B}", &env, &mut steps)
             .unwrap_err();
         assert_eq!(err, ExpandError::TooMuchMatching { offset: 2 });
-        assert!(err.to_string().contains("budget of 16777216 steps"), "{err}");
+        assert!(
+            err.to_string().contains("budget of 16777216 steps"),
+            "{err}"
+        );
     }
 
     proptest::proptest! {

@@ -833,5 +833,9 @@ fn pattern_matching_work_is_bounded_in_all() {
     let plan = resolve(&doubling("FROM scratch", 12, &trims[..14 * 80]), ctx.path());
     let step_env = &plan.stages[0].config.env;
     // No match: `#` leaves the value as it was.
-    assert!(step_env.iter().any(|e| e.name == "W" && e.value.len() == 1 << 16));
+    assert!(
+        step_env
+            .iter()
+            .any(|e| e.name == "W" && e.value.len() == 1 << 16)
+    );
 }

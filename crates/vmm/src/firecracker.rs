@@ -33,7 +33,11 @@ use crate::spec::{KernelFiles, Metadata, Network, TapConfig, VmSpec};
 ///
 /// No `init=`: the initramfs starts vminit from itself when it holds one
 /// ([`crate::kernel::agent_initramfs`]).
-pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off ip=169.254.0.15::169.254.0.2:255.255.0.0::eth0:off root=/dev/vda";
+pub const DEFAULT_CMDLINE: &str = concat!(
+    "console=ttyS0 ",
+    fast_boot_args!(),
+    " reboot=k panic=1 pci=off ip=169.254.0.15::169.254.0.2:255.255.0.0::eth0:off root=/dev/vda"
+);
 
 /// The `ip=` part of [`DEFAULT_CMDLINE`], dropped when the VM has no network.
 const DEFAULT_IP: &str = " ip=169.254.0.15::169.254.0.2:255.255.0.0::eth0:off";

@@ -27,6 +27,14 @@
 //! // driver.run(Duration::from_secs(120)) boots it (needs a prepared kernel and the image).
 //! ```
 
+/// The kernel parameters every firebuild guest boots with, as a literal for `concat!`: see
+/// [`kernel::FAST_BOOT_ARGS`].
+macro_rules! fast_boot_args {
+    () => {
+        "quiet audit=0 cryptomgr.notests 8250.nr_uarts=1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd"
+    };
+}
+
 mod driver;
 mod error;
 pub mod firecracker;

@@ -41,7 +41,12 @@ pub const DNS_IP: &str = "169.254.0.3";
 /// No `init=`: the initramfs starts vminit from itself when it holds one
 /// ([`crate::kernel::agent_initramfs`]). `ip=`'s `dns0` field is QEMU user networking's DNS
 /// forwarder ([`DNS_IP`], pinned with `dns=` on the netdev), the build's name server.
-pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 ip=169.254.0.15::169.254.0.2:255.255.0.0::eth0:off:169.254.0.3 root=/dev/vda";
+/// [`crate::kernel::FAST_BOOT_ARGS`] come after the console.
+pub const DEFAULT_CMDLINE: &str = concat!(
+    "console=ttyS0 ",
+    fast_boot_args!(),
+    " reboot=k panic=-1 ip=169.254.0.15::169.254.0.2:255.255.0.0::eth0:off:169.254.0.3 root=/dev/vda"
+);
 
 /// The `ip=` part of [`DEFAULT_CMDLINE`], dropped when the VM has no network.
 const DEFAULT_IP: &str = " ip=169.254.0.15::169.254.0.2:255.255.0.0::eth0:off:169.254.0.3";

@@ -13,6 +13,9 @@ die() { echo "firebuild-initramfs: error: $*"; sleep 1; poweroff -f; exit 1; }
 
 mount -t devtmpfs devtmpfs /dev 2>/dev/null || say "devtmpfs mount failed"
 mount -t proc proc /proc || die "cannot mount /proc"
+# When the kernel handed over, for vminit's boot report (firebuild_guest::boot::INIT_UPTIME_ENV).
+read -r FIREBUILD_INIT_UPTIME _ < /proc/uptime
+export FIREBUILD_INIT_UPTIME
 mount -t sysfs sysfs /sys || die "cannot mount /sys"
 case " $(cat /proc/cmdline) " in
     *" firebuild.probe "*) say "probe ok"; poweroff -f; exit 0 ;;
@@ -31,7 +34,7 @@ for arg in $(cat /proc/cmdline); do
     esac
 done
 
-say "loading modules"
+say "uptime ${FIREBUILD_INIT_UPTIME}s: loading modules"
 while read -r m; do
     [ -n "$m" ] || continue
     insmod "/lib/modules/$m.ko" || die "insmod $m failed"

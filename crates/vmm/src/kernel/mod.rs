@@ -43,6 +43,14 @@ pub const AGENT_PATH: &str = "firebuild/vminit";
 /// switches root (the image's `etc/firebuild/image.json` is its fallback).
 pub const IMAGE_CONFIG_PATH: &str = "firebuild/image.json";
 
+/// Kernel parameters for a faster boot, in every default command line: `quiet` (only warnings
+/// and errors on the console, whose every character is an exit to the VMM), no audit, no
+/// self-tests of the kernel's crypto, one serial port, no probing for a PS/2 controller (the
+/// last two as Firecracker recommends). Together they cut ~1.1 s of a 3.7 s TCG boot to the
+/// agent (`crates/vmm/tests/vminit_boot.rs`, 4 runs each, interleaved: 3.53-3.89 s without,
+/// 2.18-2.90 s with).
+pub const FAST_BOOT_ARGS: &str = fast_boot_args!();
+
 /// The modules the initramfs loads, with their dependencies added from the modules' `.modinfo`.
 pub const MODULES: &[&str] = &[
     "virtio_mmio",

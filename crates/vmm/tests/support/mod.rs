@@ -364,25 +364,16 @@ pub fn ext4_cat(image: &Path, path: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Guest uptime (seconds) at which the initramfs handed over to init, and the kernel's
-/// timestamp of running the initramfs `/init`, from a console log.
+/// Guest uptime (seconds) at which the initramfs handed over to init, and at which the kernel
+/// ran the initramfs `/init`, from the lines `/init` prints on the console.
 pub fn boot_times(log: &str) -> (Option<f64>, Option<f64>) {
-    let switch = log.lines().find_map(|l| {
-        let rest = l.split("firebuild-initramfs: uptime ").nth(1)?;
-        rest.split('s').next()?.parse().ok()
-    });
-    let run_init = log.lines().find_map(|l| {
-        if !l.contains("Run /init as init process") {
-            return None;
-        }
-        l.split(']')
-            .next()?
-            .trim_start_matches('[')
-            .trim()
-            .parse()
-            .ok()
-    });
-    (switch, run_init)
+    let uptime = |marker: &str| {
+        log.lines().filter(|l| l.contains(marker)).find_map(|l| {
+            let rest = l.split("firebuild-initramfs: uptime ").nth(1)?;
+            rest.split('s').next()?.parse().ok()
+        })
+    };
+    (uptime(": starting "), uptime(": loading modules"))
 }
 
 /// A one-step plan (`RUN echo hi > /built`), its bootstrap server (PKI with SAN 169.254.0.2) and
