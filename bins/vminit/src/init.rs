@@ -313,9 +313,7 @@ fn shutdown(stubs: &Stubs) {
     rustix::fs::sync();
     // Every remaining process gets SIGTERM, then SIGKILL.
     for sig in [Signal::TERM, Signal::KILL] {
-        let _ = rustix::process::kill_process_group(Pid::INIT, sig);
-        std::thread::sleep(Duration::from_millis(200));
-        while let Ok(Some(_)) = rustix::process::waitpid(None, WaitOptions::NOHANG) {}
+        stop_all(sig, Duration::from_millis(200));
     }
     rustix::fs::sync();
     // A swap file on / keeps it busy: off before the read-only remount.
@@ -331,6 +329,25 @@ fn shutdown(stubs: &Stubs) {
         tracing::warn!("remounting / read-only: {e}");
     }
     rustix::fs::sync();
+}
+
+/// Sends `sig` to every process but PID 1 and reaps them for at most `grace`, returning as soon
+/// as none is left (a build's guest usually has none once its agent exited: no wait at all).
+fn stop_all(sig: Signal, grace: Duration) {
+    // `kill(-1, sig)`; ESRCH: nothing to signal.
+    if rustix::process::kill_process_group(Pid::INIT, sig).is_err() {
+        return;
+    }
+    let deadline = std::time::Instant::now() + grace;
+    loop {
+        match rustix::process::waitpid(None, WaitOptions::NOHANG) {
+            Ok(Some(_)) | Err(rustix::io::Errno::INTR) => {}
+            // ECHILD: every process left was a child of PID 1 (orphans are re-parented to it).
+            Err(_) => return,
+            Ok(None) if std::time::Instant::now() >= deadline => return,
+            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
 }
 
 /// Writes [`EXIT_MARKER`] with `code` on the console (stderr, bypassing the log formatter) and

@@ -36,6 +36,9 @@ pub enum Phase {
     Setup,
     /// The steps, from the first start to the last finish.
     Steps,
+    /// The agent's outcome until the VM exited: the guest restores what the build changed,
+    /// unmounts and syncs the root and powers off.
+    Shutdown,
     /// Check, shrink and write the image, manifest and VM config.
     Image,
 }

@@ -66,7 +66,7 @@ pub fn add_vsock(config: &mut Value, vsock: &Vsock<'_>) {
 /// reached through or `firebuild.metadata=off` (start the workload at once).
 pub fn boot_args(tap: bool) -> String {
     let base = format!(
-        "console=ttyS0 {} reboot=k panic=1 pci=off root=/dev/vda rw",
+        "console=ttyS0 {} reboot=k panic=1 root=/dev/vda rw",
         firebuild_vmm::kernel::FAST_BOOT_ARGS
     );
     if tap {

@@ -101,6 +101,9 @@ pub struct Session {
     mmds: Arc<firebuild_mmds::server::ServerHandle>,
     forwarder: JoinHandle<()>,
     scrub: Arc<Mutex<Option<std::result::Result<(), String>>>>,
+    /// When the agent reported its outcome (success or abort), for [`Phase::Shutdown`].
+    outcome_at: Arc<Mutex<Option<Instant>>>,
+    events: EventSink,
 }
 
 impl std::fmt::Debug for Session {
@@ -167,18 +170,24 @@ impl Session {
         );
         let steps = step_table(planned);
         let scrub = Arc::new(Mutex::new(None));
+        let outcome_at = Arc::new(Mutex::new(None));
         let forwarder = tokio::spawn(forward(
             server_events,
             Arc::clone(&mmds),
             steps,
-            Arc::clone(&scrub),
-            events,
+            Shared {
+                scrub: Arc::clone(&scrub),
+                outcome_at: Arc::clone(&outcome_at),
+            },
+            Arc::clone(&events),
         ));
         Ok(Self {
             server,
             mmds,
             forwarder,
             scrub,
+            outcome_at,
+            events,
         })
     }
 
@@ -201,6 +210,13 @@ impl Session {
     /// Waits briefly for the outcome after the VM ended, then stops both servers. Returns the
     /// outcome and whether the credentials were scrubbed (`None`: the guest never connected).
     pub async fn finish(mut self) -> (Option<Outcome>, Option<std::result::Result<(), String>>) {
+        let outcome_at = self.outcome_at.lock().ok().and_then(|t| *t);
+        if let Some(t) = outcome_at {
+            (self.events)(Event::PhaseFinished {
+                phase: Phase::Shutdown,
+                elapsed: t.elapsed(),
+            });
+        }
         let outcome = tokio::time::timeout(Duration::from_secs(5), self.server.wait())
             .await
             .ok()
@@ -223,11 +239,17 @@ fn stream(s: OutputStream) -> Stream {
 
 /// Translates the server's events; scrubs `/bootstrap` from the metadata on the first
 /// connection and checks it is gone.
+/// What the event forwarder records for [`Session`].
+struct Shared {
+    scrub: Arc<Mutex<Option<std::result::Result<(), String>>>>,
+    outcome_at: Arc<Mutex<Option<Instant>>>,
+}
+
 async fn forward(
     mut rx: Events,
     mmds: Arc<firebuild_mmds::server::ServerHandle>,
     steps: HashMap<StepRef, StepInfo>,
-    scrub: Arc<Mutex<Option<std::result::Result<(), String>>>>,
+    shared: Shared,
     events: EventSink,
 ) {
     let total = steps.len();
@@ -248,7 +270,7 @@ async fn forward(
                 if result.is_ok() {
                     events(Event::CredentialsScrubbed);
                 }
-                if let Ok(mut s) = scrub.lock() {
+                if let Ok(mut s) = shared.scrub.lock() {
                     s.get_or_insert(result);
                 }
             }
@@ -301,6 +323,9 @@ async fn forward(
                 events(Event::Transferred { id, bytes });
             }
             ServerEvent::Succeeded | ServerEvent::Aborted { .. } => {
+                if let Ok(mut at) = shared.outcome_at.lock() {
+                    at.get_or_insert_with(Instant::now);
+                }
                 if let Some(t) = first_step {
                     events(Event::PhaseFinished {
                         phase: Phase::Steps,

@@ -48,7 +48,7 @@ pub struct VmResult {
 fn spec(guest: &GuestOptions, req: &VmRequest<'_>, cmdline: String) -> VmSpec {
     let mut spec = VmSpec::new(req.name.clone(), req.dir, req.rootfs);
     spec.kernel = Some(KernelFiles {
-        kernel: req.boot.kernel.bzimage(),
+        kernel: req.boot.kernel.vmlinux(),
         initrd: Some(req.boot.initramfs.clone()),
     });
     spec.cmdline = Some(cmdline);

@@ -36,7 +36,7 @@ use crate::spec::{KernelFiles, Metadata, Network, TapConfig, VmSpec};
 pub const DEFAULT_CMDLINE: &str = concat!(
     "console=ttyS0 ",
     fast_boot_args!(),
-    " reboot=k panic=1 pci=off ip=169.254.0.15::169.254.0.2:255.255.0.0::eth0:off root=/dev/vda"
+    " reboot=k panic=1 ip=169.254.0.15::169.254.0.2:255.255.0.0::eth0:off root=/dev/vda"
 );
 
 /// The `ip=` part of [`DEFAULT_CMDLINE`], dropped when the VM has no network.

@@ -31,7 +31,7 @@
 /// [`kernel::FAST_BOOT_ARGS`].
 macro_rules! fast_boot_args {
     () => {
-        "quiet audit=0 cryptomgr.notests 8250.nr_uarts=1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd"
+        "quiet audit=0 cryptomgr.notests pci=off 8250.nr_uarts=1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd"
     };
 }
 

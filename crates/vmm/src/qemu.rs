@@ -314,7 +314,7 @@ impl Driver for QemuDriver {
             None => {
                 let k = Kernel::find_default()?;
                 KernelFiles {
-                    kernel: k.bzimage(),
+                    kernel: k.vmlinux(),
                     initrd: Some(k.initramfs()),
                 }
             }
@@ -541,7 +541,7 @@ mod tests {
     fn driver(dir: &Path, network: Network, metadata: Metadata) -> QemuDriver {
         let mut spec = VmSpec::new("t", dir, dir.join("root.ext4"));
         spec.kernel = Some(KernelFiles {
-            kernel: dir.join("vmlinuz"),
+            kernel: dir.join("vmlinux"),
             initrd: Some(dir.join("initrd")),
         });
         spec.network = network;
@@ -636,7 +636,7 @@ mod tests {
 
     fn kernel_without_initrd(dir: &Path) -> KernelFiles {
         KernelFiles {
-            kernel: dir.join("vmlinuz"),
+            kernel: dir.join("vmlinux"),
             initrd: None,
         }
     }

@@ -205,11 +205,13 @@ fn run_mode_without_metadata_runs_the_initramfs_image_config_and_reports_its_exi
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let root = support::merged_usr_root(dir.path(), &busybox, &["echo", "pwd", "id"]);
+    let root = support::merged_usr_root(dir.path(), &busybox, &["echo", "pwd", "id", "sleep"]);
     let image = dir.path().join("rootfs.ext4");
     support::make_ext4(&root, &image, 32);
+    // A daemon left behind that ignores SIGTERM and holds a file on / open for writing: PID 1
+    // must SIGKILL it before the read-only remount, or the remount fails (EBUSY).
     let config = serde_json::json!({
-        "cmd": {"form": "shell", "value": "echo run-$MODE-$(pwd)-$(id -u) && echo x > /tmp/run-tmp; exit 7"},
+        "cmd": {"form": "shell", "value": "(trap '' TERM; exec sleep 600 >> /held) & echo run-$MODE-$(pwd)-$(id -u) && echo x > /tmp/run-tmp; exit 7"},
         "env": [{"name": "MODE", "value": "m"}],
         "workdir": "/srv",
     })

@@ -62,7 +62,7 @@ pub fn qemu_driver(
 ) -> firebuild_vmm::QemuDriver {
     let mut spec = firebuild_vmm::VmSpec::new(name, dir, image);
     spec.kernel = Some(firebuild_vmm::KernelFiles {
-        kernel: kernel.bzimage(),
+        kernel: kernel.vmlinux(),
         initrd: Some(kernel.initramfs()),
     });
     spec.network = firebuild_vmm::Network::User;
@@ -92,7 +92,7 @@ pub fn qemu_driver_with(
 ) -> firebuild_vmm::QemuDriver {
     let mut spec = firebuild_vmm::VmSpec::new(name, dir, image);
     spec.kernel = Some(firebuild_vmm::KernelFiles {
-        kernel: kernel.bzimage(),
+        kernel: kernel.vmlinux(),
         initrd: Some(initrd.map_or_else(|| kernel.initramfs(), Path::to_path_buf)),
     });
     spec.network = firebuild_vmm::Network::User;
