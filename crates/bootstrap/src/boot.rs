@@ -11,7 +11,7 @@ use crate::pb;
 /// first connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GuestBoot {
-    /// PID 1 started: the kernel handed over to the initramfs.
+    /// The kernel handed over to its first program (the initramfs's `/init`, or vminit).
     pub init: Duration,
     /// The agent started (after the initramfs switched to the root).
     pub agent: Duration,
