@@ -969,17 +969,39 @@ fn match_prefix(
     Ok(best)
 }
 
+/// What one [`find`] call costs on top of the characters it reads: its set-up, so that
+/// `${V//""/r}` (a match at every position, each found by a call that reads one character)
+/// pays for its calls.
+const FIND_CALL_STEPS: usize = 16;
+
+/// The automaton's state sets for [`find`], allocated once per `${V//p/r}`: for each state, the
+/// smallest start offset of a thread in it.
+struct Threads {
+    cur: Vec<Option<usize>>,
+    next: Vec<Option<usize>>,
+}
+
+impl Threads {
+    fn new(toks: &[PTok]) -> Self {
+        Threads {
+            cur: vec![None; toks.len() + 1],
+            next: vec![None; toks.len() + 1],
+        }
+    }
+}
+
 /// The leftmost, then longest, match of `toks` in `s` starting at or after byte `from`.
 fn find(
     toks: &[PTok],
     s: &str,
     from: usize,
+    threads: &mut Threads,
     steps: &mut u64,
 ) -> Result<Option<(usize, usize)>, Exhausted> {
     let m = toks.len();
-    // For each automaton state, the smallest start offset of a thread in it.
-    let mut cur: Vec<Option<usize>> = vec![None; m + 1];
-    let mut next: Vec<Option<usize>> = vec![None; m + 1];
+    spend(steps, FIND_CALL_STEPS + m)?;
+    let Threads { cur, next } = threads;
+    cur.iter_mut().for_each(|x| *x = None);
     let mut best: Option<(usize, usize)> = None;
     let mut chars = s.get(from..).unwrap_or("").char_indices();
     let mut pos = from;
@@ -1022,7 +1044,7 @@ fn find(
             };
             next[target] = Some(next[target].map_or(st, |o| o.min(st)));
         }
-        std::mem::swap(&mut cur, &mut next);
+        std::mem::swap(cur, next);
         pos += c.len_utf8();
     }
     Ok(best)
@@ -1055,8 +1077,10 @@ fn replace(
         pattern: pattern.to_owned(),
         reason,
     })?;
+    let mut threads = Threads::new(&toks);
     let mut find = |from| {
-        find(&toks, value, from, steps).map_err(|_| ExpandError::TooMuchMatching { offset: at })
+        find(&toks, value, from, &mut threads, steps)
+            .map_err(|_| ExpandError::TooMuchMatching { offset: at })
     };
     if !all {
         return Ok(match find(0)? {
@@ -1243,6 +1267,22 @@ mod tests {
             .unwrap_err();
         assert_eq!(err, ExpandError::TooMuchMatching { offset: 2 });
         assert!(err.to_string().contains("budget of 4194304 steps"), "{err}");
+    }
+
+    #[test]
+    fn every_search_of_a_replacement_pays_for_its_set_up() {
+        // An empty pattern matches at every position, each found by its own search that reads
+        // one character: seven searches of 17 steps and more do not fit in 100.
+        let env = vec![("V", "abcdef")];
+        let lexer = Lexer::new('\\');
+        assert_eq!(
+            lexer.expand_word("${V///-}", &env).unwrap(),
+            "-a-b-c-d-e-f-"
+        );
+        let err = lexer
+            .expand_word_within("${V///-}", &env, &mut 100)
+            .unwrap_err();
+        assert_eq!(err, ExpandError::TooMuchMatching { offset: 0 });
     }
 
     proptest::proptest! {
