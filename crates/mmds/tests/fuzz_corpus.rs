@@ -47,6 +47,7 @@ fn metadata_decode_corpus() {
             "empty.json",
             "file_digest.json",
             "full.json",
+            "guest-namespace-in-part.json",
             "guest-namespace.json",
             "merged_dup_uid.json",
             "network.json",
