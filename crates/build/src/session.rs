@@ -100,9 +100,7 @@ pub struct Session {
     server: ServerHandle,
     mmds: Arc<firebuild_mmds::server::ServerHandle>,
     forwarder: JoinHandle<()>,
-    scrub: Arc<Mutex<Option<std::result::Result<(), String>>>>,
-    /// When the agent reported its outcome (success or abort), for [`Phase::Shutdown`].
-    outcome_at: Arc<Mutex<Option<Instant>>>,
+    shared: Shared,
     events: EventSink,
 }
 
@@ -169,24 +167,19 @@ impl Session {
                 .map_err(Error::Metadata)?,
         );
         let steps = step_table(planned);
-        let scrub = Arc::new(Mutex::new(None));
-        let outcome_at = Arc::new(Mutex::new(None));
+        let shared = Shared::default();
         let forwarder = tokio::spawn(forward(
             server_events,
             Arc::clone(&mmds),
             steps,
-            Shared {
-                scrub: Arc::clone(&scrub),
-                outcome_at: Arc::clone(&outcome_at),
-            },
+            shared.clone(),
             Arc::clone(&events),
         ));
         Ok(Self {
             server,
             mmds,
             forwarder,
-            scrub,
-            outcome_at,
+            shared,
             events,
         })
     }
@@ -210,7 +203,7 @@ impl Session {
     /// Waits briefly for the outcome after the VM ended, then stops both servers. Returns the
     /// outcome and whether the credentials were scrubbed (`None`: the guest never connected).
     pub async fn finish(mut self) -> (Option<Outcome>, Option<std::result::Result<(), String>>) {
-        let outcome_at = self.outcome_at.lock().ok().and_then(|t| *t);
+        let outcome_at = self.shared.outcome_at.lock().ok().and_then(|t| *t);
         if let Some(t) = outcome_at {
             (self.events)(Event::PhaseFinished {
                 phase: Phase::Shutdown,
@@ -225,7 +218,7 @@ impl Session {
         // The forwarder ends when the server's event stream closes.
         let _ = tokio::time::timeout(Duration::from_secs(2), &mut self.forwarder).await;
         self.forwarder.abort();
-        let scrub = self.scrub.lock().ok().and_then(|s| s.clone());
+        let scrub = self.shared.scrub.lock().ok().and_then(|s| s.clone());
         (outcome, scrub)
     }
 }
@@ -237,14 +230,17 @@ fn stream(s: OutputStream) -> Stream {
     }
 }
 
-/// Translates the server's events; scrubs `/bootstrap` from the metadata on the first
-/// connection and checks it is gone.
 /// What the event forwarder records for [`Session`].
+#[derive(Clone, Default)]
 struct Shared {
+    /// The scrub's result, from the first connection.
     scrub: Arc<Mutex<Option<std::result::Result<(), String>>>>,
+    /// When the agent reported its outcome (success or abort), for [`Phase::Shutdown`].
     outcome_at: Arc<Mutex<Option<Instant>>>,
 }
 
+/// Translates the server's events; scrubs `/bootstrap` from the metadata on the first
+/// connection and checks it is gone.
 async fn forward(
     mut rx: Events,
     mmds: Arc<firebuild_mmds::server::ServerHandle>,

@@ -758,21 +758,12 @@ impl<'l, 'a, E: Env + ?Sized> ShellWord<'l, 'a, E> {
                         });
                     }
                 };
-                let value = self.get_env(name);
-                let Some(value) = value else {
-                    if self.lexer.skip_unset_env {
+                let value = match self.get_env(name) {
+                    Some(value) => value,
+                    None if self.lexer.skip_unset_env => {
                         return Ok(Cow::Owned(format!("${{{name}/{pattern}/{replacement}}}")));
                     }
-                    let value = "";
-                    return replace(
-                        at,
-                        &pattern,
-                        value,
-                        &replacement,
-                        replace_all,
-                        &mut self.steps,
-                    )
-                    .map(Cow::Owned);
+                    None => Cow::Borrowed(""),
                 };
                 replace(
                     at,
@@ -838,7 +829,7 @@ impl<'l, 'a, E: Env + ?Sized> ShellWord<'l, 'a, E> {
                         pattern: pattern.to_owned(),
                         reason,
                     })?;
-                let exhausted = |_| ExpandError::TooMuchMatching { offset: at };
+                let exhausted = |e: Exhausted| e.at(at);
                 let steps = &mut self.steps;
                 if c == '#' {
                     let chars = value.char_indices();
@@ -924,6 +915,13 @@ fn step(toks: &[PTok], cur: &[bool], next: &mut [bool], c: char) {
 
 /// The budget of pattern-matching steps ran out.
 struct Exhausted;
+
+impl Exhausted {
+    /// The error for the substitution whose `$` is at `offset`.
+    fn at(self, offset: usize) -> ExpandError {
+        ExpandError::TooMuchMatching { offset }
+    }
+}
 
 /// Takes one step per automaton state (`states`) out of `steps`: the cost of reading one
 /// character.
@@ -1078,10 +1076,7 @@ fn replace(
         reason,
     })?;
     let mut threads = Threads::new(&toks);
-    let mut find = |from| {
-        find(&toks, value, from, &mut threads, steps)
-            .map_err(|_| ExpandError::TooMuchMatching { offset: at })
-    };
+    let mut find = |from| find(&toks, value, from, &mut threads, steps).map_err(|e| e.at(at));
     if !all {
         return Ok(match find(0)? {
             Some((s, e)) => {
