@@ -11,8 +11,14 @@ use firebuild_bootstrap::BootstrapClient;
 use firebuild_guest::place::Placer;
 use firebuild_plan::{Source, Transfer};
 use firebuild_transfer::{DirSink, Ownership};
+use futures::{StreamExt as _, TryStreamExt as _};
 
 const STAGING: &str = ".firebuild-staging";
+
+/// Resources of one COPY/ADD source in flight at once. Each is its own `ResourceChunk` stream on
+/// the one HTTP/2 connection (the server's flow-control windows bound the memory); the window
+/// hides the round trips that dominate small files.
+const PULL_WINDOW: usize = 16;
 
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
@@ -26,12 +32,19 @@ pub async fn transfer(root: &Path, client: &BootstrapClient, t: &Transfer) -> an
     let placer = Placer::new(root, t).context("preparing COPY/ADD")?;
     let staging = root.join(STAGING);
     std::fs::create_dir_all(&staging).with_context(|| format!("creating {}", staging.display()))?;
+    let staging = staging.as_path();
     let result = async {
         for source in &t.sources {
             match source {
                 Source::Path { resources, .. } => {
-                    for r in resources {
-                        let staged = pull(client, &staging, &r.id).await?;
+                    // Pulled `PULL_WINDOW` at a time, placed one by one in the plan's order (a
+                    // later entry may replace an earlier one; a directory comes before what it
+                    // holds): one round trip per resource, one after the other, made a
+                    // 200-file `COPY` take 15 s under TCG.
+                    let mut pulled = futures::stream::iter(resources)
+                        .map(|r| async move { pull(client, staging, &r.id).await.map(|s| (r, s)) })
+                        .buffered(PULL_WINDOW);
+                    while let Some((r, staged)) = pulled.try_next().await? {
                         placer
                             .place_resource(r, &staged)
                             .with_context(|| format!("placing {} at {}", r.path, r.target))?;
@@ -41,7 +54,7 @@ pub async fn transfer(root: &Path, client: &BootstrapClient, t: &Transfer) -> an
                 Source::Url {
                     id, target, url, ..
                 } => {
-                    let staged = pull(client, &staging, id).await?;
+                    let staged = pull(client, staging, id).await?;
                     let name = target.rsplit('/').next().unwrap_or("download");
                     placer
                         .place(&staged, target, name)
@@ -60,7 +73,7 @@ pub async fn transfer(root: &Path, client: &BootstrapClient, t: &Transfer) -> an
         anyhow::Ok(())
     }
     .await;
-    let _ = std::fs::remove_dir_all(&staging);
+    let _ = std::fs::remove_dir_all(staging);
     result
 }
 
