@@ -758,26 +758,9 @@ impl BootstrapClient {
             .max_batch_bytes
             .min(self.options.max_message_size.saturating_sub(1024))
             .max(1);
-        let (out_tx, out_rx) = mpsc::channel::<pb::OutputBatch>(4);
-        let (err_tx, err_rx) = mpsc::channel::<pb::OutputBatch>(4);
-        let mut c1 = self.grpc.clone();
-        let mut c2 = self.grpc.clone();
-        let out_call = tokio::spawn(async move {
-            c1.std_out(tokio_stream::wrappers::ReceiverStream::new(out_rx))
-                .await
-                .map(|r| r.into_inner().lines)
-        });
-        let err_call = tokio::spawn(async move {
-            c2.std_err(tokio_stream::wrappers::ReceiverStream::new(err_rx))
-                .await
-                .map(|r| r.into_inner().lines)
-        });
         let task = tokio::spawn(batcher(
             rx,
-            out_tx,
-            err_tx,
-            out_call,
-            err_call,
+            self.grpc.clone(),
             max_batch,
             options.flush_interval,
         ));
@@ -1006,8 +989,8 @@ impl Default for OutputOptions {
     }
 }
 
-/// Streams output lines to the server in batches (one `StdOut` and one `StdErr` call for the
-/// reporter's lifetime, not one RPC per line).
+/// Streams output lines to the server in batches (at most one `StdOut` and one `StdErr` call for
+/// the reporter's lifetime, each opened by its stream's first line; not one RPC per line).
 #[derive(Debug)]
 pub struct OutputReporter {
     tx: mpsc::Sender<(OutputStream, StepRef, Vec<u8>)>,
@@ -1035,12 +1018,69 @@ impl OutputReporter {
     }
 }
 
+/// One output stream's call (`StdOut` or `StdErr`), opened by the stream's first batch: a
+/// step that writes nothing to a stream costs no call (under TCG each call costs the guest tens
+/// of milliseconds).
+struct OutputCall {
+    stream: OutputStream,
+    open: Option<(
+        mpsc::Sender<pb::OutputBatch>,
+        JoinHandle<Result<u64, tonic::Status>>,
+    )>,
+}
+
+impl OutputCall {
+    fn new(stream: OutputStream) -> Self {
+        Self { stream, open: None }
+    }
+
+    /// Sends `batch`, opening the call first if needed. A closed stream surfaces as the call's
+    /// error in [`OutputCall::finish`].
+    async fn send(&mut self, grpc: &GrpcClient<Channel>, batch: pb::OutputBatch) {
+        let stream = self.stream;
+        let (tx, _) = self.open.get_or_insert_with(|| {
+            let (tx, rx) = mpsc::channel::<pb::OutputBatch>(4);
+            let mut grpc = grpc.clone();
+            let call = tokio::spawn(async move {
+                let batches = tokio_stream::wrappers::ReceiverStream::new(rx);
+                let answer = match stream {
+                    OutputStream::Stdout => grpc.std_out(batches).await,
+                    OutputStream::Stderr => grpc.std_err(batches).await,
+                };
+                answer.map(|r| r.into_inner().lines)
+            });
+            (tx, call)
+        });
+        let _ = tx.send(batch).await;
+    }
+
+    /// Ends the request stream (at once: the other call's end need not wait for this one's
+    /// answer) and returns the answer to come.
+    fn close(self) -> impl Future<Output = Result<u64, ClientError>> {
+        let rpc = match self.stream {
+            OutputStream::Stdout => "StdOut",
+            OutputStream::Stderr => "StdErr",
+        };
+        let call = self.open.map(|(_, call)| call);
+        async move {
+            let Some(call) = call else {
+                // Never opened: nothing was sent.
+                return Ok(0);
+            };
+            call.await
+                .map_err(|_| ClientError::Reporter)?
+                .map_err(|status| ClientError::Rpc {
+                    rpc,
+                    attempts: 1,
+                    status,
+                })
+        }
+    }
+}
+
 async fn batcher(
     mut rx: mpsc::Receiver<(OutputStream, StepRef, Vec<u8>)>,
-    out_tx: mpsc::Sender<pb::OutputBatch>,
-    err_tx: mpsc::Sender<pb::OutputBatch>,
-    out_call: JoinHandle<Result<u64, tonic::Status>>,
-    err_call: JoinHandle<Result<u64, tonic::Status>>,
+    grpc: GrpcClient<Channel>,
     max_batch: usize,
     interval: Duration,
 ) -> Result<u64, ClientError> {
@@ -1048,17 +1088,23 @@ async fn batcher(
         (pb::OutputBatch::default(), 0usize),
         (pb::OutputBatch::default(), 0usize),
     ];
-    let senders = [&out_tx, &err_tx];
+    let mut calls = [
+        OutputCall::new(OutputStream::Stdout),
+        OutputCall::new(OutputStream::Stderr),
+    ];
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    async fn flush(slot: &mut (pb::OutputBatch, usize), tx: &mpsc::Sender<pb::OutputBatch>) {
+    async fn flush(
+        slot: &mut (pb::OutputBatch, usize),
+        call: &mut OutputCall,
+        grpc: &GrpcClient<Channel>,
+    ) {
         if slot.0.lines.is_empty() {
             return;
         }
         let batch = std::mem::take(&mut slot.0);
         slot.1 = 0;
-        // A closed stream surfaces as the call's error in `finish`.
-        let _ = tx.send(batch).await;
+        call.send(grpc, batch).await;
     }
     loop {
         tokio::select! {
@@ -1067,36 +1113,24 @@ async fn batcher(
                 let i = usize::from(stream == OutputStream::Stderr);
                 let len = line.len() + 16;
                 if batches[i].1 + len > max_batch {
-                    flush(&mut batches[i], senders[i]).await;
+                    flush(&mut batches[i], &mut calls[i], &grpc).await;
                 }
                 batches[i].0.lines.push(pb::OutputLine { step: Some(step.into()), line });
                 batches[i].1 += len;
             }
             _ = ticker.tick() => {
-                for (slot, tx) in batches.iter_mut().zip(senders) {
-                    flush(slot, tx).await;
+                for (slot, call) in batches.iter_mut().zip(&mut calls) {
+                    flush(slot, call, &grpc).await;
                 }
             }
         }
     }
-    for (slot, tx) in batches.iter_mut().zip(senders) {
-        flush(slot, tx).await;
+    for (slot, call) in batches.iter_mut().zip(&mut calls) {
+        flush(slot, call, &grpc).await;
     }
-    drop(out_tx);
-    drop(err_tx);
-    let mut total = 0;
-    for (rpc, call) in [("StdOut", out_call), ("StdErr", err_call)] {
-        let lines = call
-            .await
-            .map_err(|_| ClientError::Reporter)?
-            .map_err(|status| ClientError::Rpc {
-                rpc,
-                attempts: 1,
-                status,
-            })?;
-        total += lines;
-    }
-    Ok(total)
+    let [out, err] = calls.map(OutputCall::close);
+    let (out, err) = tokio::join!(out, err);
+    Ok(out? + err?)
 }
 
 #[cfg(test)]

@@ -513,6 +513,15 @@ async fn thousands_of_lines_arrive_in_order_and_success_is_idempotent() {
     client.success().await.unwrap();
     let err = client.abort("late", None, None).await.unwrap_err();
     assert_eq!(status_of(&err).code(), Code::FailedPrecondition);
+    // The server refuses output once the build ended; a reporter given no line makes no call
+    // at all (each cost the guest tens of milliseconds per step under TCG), so it still
+    // finishes.
+    let late = client.output(OutputOptions::default());
+    late.line(step, OutputStream::Stdout, "late").await.unwrap();
+    let err = late.finish().await.unwrap_err();
+    assert_eq!(status_of(&err).code(), Code::FailedPrecondition);
+    let idle = client.output(OutputOptions::default());
+    assert_eq!(idle.finish().await.unwrap(), 0);
     assert_eq!(h.server.wait().await, Some(Outcome::Succeeded));
     h.server.shutdown().await.unwrap();
 }
