@@ -6,7 +6,8 @@
 #                                itself and stays PID 1 (firebuild adds nothing to the image);
 #   otherwise                 -> switch_root to /sbin/init.
 # Errors are printed to the console and the VM powers off.
-/bin/busybox --install -s /bin
+# The applets it runs are linked in the archive (kernel::INIT_APPLETS); an older one lacks them.
+[ -e /bin/mount ] || /bin/busybox --install -s /bin
 export PATH=/bin
 say() { echo "firebuild-initramfs: $*"; }
 die() { echo "firebuild-initramfs: error: $*"; sleep 1; poweroff -f; exit 1; }
