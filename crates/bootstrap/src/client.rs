@@ -1023,11 +1023,11 @@ impl OutputReporter {
 /// of milliseconds).
 struct OutputCall {
     stream: OutputStream,
-    open: Option<(
-        mpsc::Sender<pb::OutputBatch>,
-        JoinHandle<Result<u64, tonic::Status>>,
-    )>,
+    open: Option<(mpsc::Sender<pb::OutputBatch>, CallAnswer)>,
 }
+
+/// The answer to an output call: how many lines the server took.
+type CallAnswer = JoinHandle<Result<u64, tonic::Status>>;
 
 impl OutputCall {
     fn new(stream: OutputStream) -> Self {
