@@ -202,11 +202,16 @@ impl ResourceEncoder {
             let remaining = reading.size - reading.offset;
             let len = usize::try_from(remaining.min(self.planner.chunk_size() as u64))
                 .unwrap_or(usize::MAX);
-            let mut buf = vec![0u8; len];
-            let got = read_full(&mut reading.file, &mut buf).map_err(|source| Error::Source {
-                path: entry.source.clone(),
-                source,
-            })?;
+            // Read into spare capacity: `File` fills it without zeroing it first (`vec![0; len]`
+            // cost a memset of every chunk, ~4% of the server's CPU in the channel bench).
+            let mut buf = Vec::with_capacity(len);
+            let got = (&mut reading.file)
+                .take(len as u64)
+                .read_to_end(&mut buf)
+                .map_err(|source| Error::Source {
+                    path: entry.source.clone(),
+                    source,
+                })?;
             if got < len {
                 return Err(Error::SourceChanged {
                     path: entry.source.clone(),
