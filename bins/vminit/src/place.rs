@@ -15,10 +15,15 @@ use futures::{StreamExt as _, TryStreamExt as _};
 
 const STAGING: &str = ".firebuild-staging";
 
-/// Resources of one COPY/ADD source in flight at once. Each is its own `ResourceChunk` stream on
-/// the one HTTP/2 connection (the server's flow-control windows bound the memory); the window
-/// hides the round trips that dominate small files.
-const PULL_WINDOW: usize = 16;
+/// Resources of one COPY/ADD source in flight at once, each its own `ResourceChunk` stream on
+/// the one HTTP/2 connection. The bound is h2's budget for small DATA frames a client holds
+/// unread: 32 KiB until the adaptive window grows it (`h2::proto::DEFAULT_DATA_FRAME_BUDGET`,
+/// half the initial 64 KiB window), and a frame under 256 bytes costs 256 minus its size. A
+/// small file's stream brings at most three (header, chunk, end), so 32 streams cost at most
+/// 24 KiB. Past the budget h2 closes the connection (`too_many_data_frames`): 256 at once did,
+/// within a second. Measured under TCG, a `COPY` of 1,000 files of 1-4 KiB: 7.0 s with 16,
+/// 4.7 s with 64; one at a time, 76 ms a file.
+const PULL_WINDOW: usize = 32;
 
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
