@@ -60,8 +60,18 @@ fn busybox_context(dir: &Path) -> PathBuf {
         std::fs::copy(example.join(name), ctx.join(name)).unwrap();
     }
     std::fs::copy("/usr/bin/busybox", ctx.join("busybox")).unwrap();
+    // A source tree's worth of small files in nested directories for the directory COPY: the
+    // guest pulls them many at a time and must still place each directory before its files.
+    for i in 0..MANY_FILES {
+        let file = ctx.join(format!("files/many/d{}/f{i}", i % 10));
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(file, format!("{i}\n")).unwrap();
+    }
     ctx
 }
+
+/// Small files under `files/many` in [`busybox_context`].
+const MANY_FILES: usize = 300;
 
 /// A temporary directory holding `ctx/` with the host's static busybox and `dockerfile` (a
 /// `FROM scratch` build).
@@ -189,6 +199,18 @@ fn builds_the_busybox_example_in_a_vm() {
         listing.contains("readme.txt") && !listing.contains("secret.txt"),
         "{listing}"
     );
+    for d in 0..10 {
+        let names = debugfs(&image, &format!("ls /opt/files/many/d{d}"));
+        let files = names
+            .split_whitespace()
+            .filter(|w| w.starts_with('f'))
+            .count();
+        assert_eq!(files, MANY_FILES / 10, "/opt/files/many/d{d}: {names}");
+    }
+    for i in [0, 137, MANY_FILES - 1] {
+        let path = format!("/opt/files/many/d{}/f{i}", i % 10);
+        assert_eq!(debugfs(&image, &format!("cat {path}")), format!("{i}\n"));
+    }
     let motd = debugfs(&image, "cat /etc/motd");
     assert!(motd.starts_with("hi from the test (kernel "), "{motd:?}");
     assert!(stdout.contains(motd.trim_end()), "{stdout}");
