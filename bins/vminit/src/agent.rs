@@ -93,8 +93,7 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         .watch
         .then(|| from.as_deref().and_then(|name| sources.get(name)))
         .flatten();
-    let image_config =
-        std::env::var_os(crate::init::IMAGE_CONFIG_ENV).map(std::path::PathBuf::from);
+    let image_config = crate::init::image_config_path();
     let Some(workload) = crate::run::workload(root, metadata.as_ref(), image_config.as_deref())?
     else {
         tracing::info!(

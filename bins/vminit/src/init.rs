@@ -4,13 +4,17 @@
 
 use std::ffi::OsString;
 use std::io::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::Parser as _;
 use rustix::mount::{MountFlags, mount};
 use rustix::process::{Pid, Signal, WaitOptions};
+
+use firebuild_guest::fork::Forked;
 
 use crate::stubs::Stubs;
 
@@ -40,7 +44,7 @@ const STUBS: &[&str] = &["/proc", "/sys", "/dev"];
 /// the guest's boot clock (the end of the initramfs's share of the boot).
 const STARTED_ENV: &str = "VMINIT_STARTED_US";
 
-static STARTED: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+static STARTED: OnceLock<Duration> = OnceLock::new();
 
 /// Notes when this process started on the boot clock; the first thing `main` does.
 pub fn mark_started() {
@@ -59,8 +63,23 @@ pub fn is_pid1() -> bool {
     rustix::process::getpid().is_init()
 }
 
+/// Set in the agent PID 1 forked (the one it starts with `exec` has [`AGENT_ENV`]).
+static FORKED_AGENT: AtomicBool = AtomicBool::new(false);
+
+/// The image config file PID 1 hands to the agent it forks (see [`IMAGE_CONFIG_ENV`]).
+static HANDED_IMAGE_CONFIG: OnceLock<String> = OnceLock::new();
+
 pub fn is_agent_child() -> bool {
-    std::env::var_os(AGENT_ENV).is_some()
+    FORKED_AGENT.load(Ordering::Relaxed) || std::env::var_os(AGENT_ENV).is_some()
+}
+
+/// The image config file PID 1 handed to this agent, if any: its word to a forked agent, else
+/// [`IMAGE_CONFIG_ENV`].
+pub fn image_config_path() -> Option<PathBuf> {
+    HANDED_IMAGE_CONFIG
+        .get()
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os(IMAGE_CONFIG_ENV).map(PathBuf::from))
 }
 
 const NOSUID: MountFlags = MountFlags::NOSUID;
@@ -189,7 +208,7 @@ pub fn pid1(args: &crate::Args) -> ExitCode {
     }
     mount_api_filesystems();
     loopback_up();
-    let code = match supervise(image_config.as_deref()) {
+    let code = match supervise(args, image_config.as_deref()) {
         Ok(code) => code,
         Err(e) => {
             tracing::error!("supervising the agent: {e:#}");
@@ -245,10 +264,18 @@ fn image_config_memfd(bytes: &[u8]) -> anyhow::Result<(std::fs::File, String)> {
     Ok((file, path))
 }
 
-/// Starts the agent (this binary again through `/proc/self/exe`, which works after the root
-/// switch; marked by [`AGENT_ENV`]), reaps every child, forwards SIGTERM/SIGINT to the agent;
+/// Starts the agent ([`start_agent`]), reaps every child, forwards SIGTERM/SIGINT to the agent;
 /// returns the agent's exit code.
-fn supervise(image_config: Option<&[u8]>) -> anyhow::Result<u8> {
+fn supervise(args: &crate::Args, image_config: Option<&[u8]>) -> anyhow::Result<u8> {
+    // Kept open until the agent is gone.
+    let memfd = match image_config.map(image_config_memfd).transpose() {
+        Ok(memfd) => memfd,
+        Err(e) => {
+            tracing::warn!("passing the image config to the agent: {e:#}");
+            None
+        }
+    };
+    let agent = start_agent(args, memfd.as_ref().map(|(_, path)| path.as_str()))?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -257,28 +284,6 @@ fn supervise(image_config: Option<&[u8]>) -> anyhow::Result<u8> {
         let mut chld = signal(SignalKind::child())?;
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
-        let mut cmd = std::process::Command::new("/proc/self/exe");
-        cmd.args(agent_args()).env(AGENT_ENV, "1");
-        if let Some(started) = STARTED.get() {
-            cmd.env(STARTED_ENV, started.as_micros().to_string());
-        }
-        // Kept open until the agent is gone.
-        let _memfd = match image_config.map(image_config_memfd).transpose() {
-            Ok(Some((file, path))) => {
-                cmd.env(IMAGE_CONFIG_ENV, path);
-                Some(file)
-            }
-            Ok(None) => None,
-            Err(e) => {
-                tracing::warn!("passing the image config to the agent: {e:#}");
-                None
-            }
-        };
-        let child = cmd.spawn()?;
-        let agent = Pid::from_raw(i32::try_from(child.id())?)
-            .ok_or_else(|| anyhow::anyhow!("agent has pid 0"))?;
-        // `child` is never waited through std: the loop below reaps it with the orphans.
-        std::mem::forget(child);
         loop {
             // Reap everything that has exited (orphans reparented to PID 1, and the agent).
             while let Ok(Some((pid, status))) = rustix::process::waitpid(None, WaitOptions::NOHANG)
@@ -300,6 +305,42 @@ fn supervise(image_config: Option<&[u8]>) -> anyhow::Result<u8> {
             }
         }
     })
+}
+
+/// Starts the agent: a fork of PID 1 while it has one thread (no `exec`: under TCG the agent's
+/// first log line came ~0.13 s after PID 1's last), else this binary again through
+/// `/proc/self/exe` (which works after the root switch), marked by [`AGENT_ENV`]. Either way
+/// it gets the image config file and PID 1's start time. An agent that exits before PID 1
+/// watches for SIGCHLD is reaped by the loop's first look.
+fn start_agent(args: &crate::Args, image_config: Option<&str>) -> anyhow::Result<Pid> {
+    if let Some(path) = image_config {
+        let _ = HANDED_IMAGE_CONFIG.set(path.to_owned());
+    }
+    match firebuild_guest::fork::fork_single_threaded()? {
+        Forked::Parent(agent) => return Ok(agent),
+        Forked::Child => {
+            FORKED_AGENT.store(true, Ordering::Relaxed);
+            let mut args = args.clone();
+            args.switch_root = None;
+            std::process::exit(i32::from(crate::run_agent(args)));
+        }
+        Forked::MultiThreaded => {}
+    }
+    tracing::info!("PID 1 has several threads: starting the agent with exec");
+    let mut cmd = std::process::Command::new("/proc/self/exe");
+    cmd.args(agent_args()).env(AGENT_ENV, "1");
+    if let Some(started) = STARTED.get() {
+        cmd.env(STARTED_ENV, started.as_micros().to_string());
+    }
+    if let Some(path) = image_config {
+        cmd.env(IMAGE_CONFIG_ENV, path);
+    }
+    let child = cmd.spawn()?;
+    let agent = Pid::from_raw(i32::try_from(child.id())?)
+        .ok_or_else(|| anyhow::anyhow!("agent has pid 0"))?;
+    // `child` is never waited through std: the supervisor reaps it with the orphans.
+    std::mem::forget(child);
+    Ok(agent)
 }
 
 fn forward(pid: Pid, sig: Signal) {

@@ -104,6 +104,12 @@ fn main() -> ExitCode {
     if init::is_pid1() && !init::is_agent_child() {
         return init::pid1(&args);
     }
+    ExitCode::from(run_agent(args))
+}
+
+/// The agent (configure the guest, then build or run); its exit code. Run by `main`, or by the
+/// copy of PID 1 it forked (`init::pid1`).
+fn run_agent(args: Args) -> u8 {
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -112,14 +118,14 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!("starting the runtime: {e}");
-            return ExitCode::from(1);
+            return 1;
         }
     };
     match rt.block_on(agent::run(args)) {
-        Ok(code) => ExitCode::from(code),
+        Ok(code) => code,
         Err(e) => {
             tracing::error!("{e:#}");
-            ExitCode::from(1)
+            1
         }
     }
 }

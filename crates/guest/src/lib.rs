@@ -62,6 +62,7 @@ pub mod boot;
 pub mod config;
 pub mod copy_from;
 mod error;
+pub mod fork;
 pub mod live;
 pub mod netlink;
 pub mod passwd;

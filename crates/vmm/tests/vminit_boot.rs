@@ -91,8 +91,9 @@ fn boot_run_mode_with(
 }
 
 /// PID 1's shutdown went through: stubs removed, `/` remounted read-only (nothing mounted or
-/// open for writing was left on it).
+/// open for writing was left on it). And PID 1 had forked the agent (no second `exec`).
 fn assert_clean_shutdown(log: &str) {
+    assert!(!log.contains("starting the agent with exec"), "{log}");
     assert!(!log.contains("remounting / read-only:"), "{log}");
     assert!(!log.contains("removing the mount point"), "{log}");
     assert!(
