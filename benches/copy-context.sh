@@ -36,13 +36,8 @@ fb_step=$(jq -r 'select(.event == "step-finished" and .number == 1)
 fb_boot=$(jq -r 'select(.event == "phase-finished" and .phase == "boot")
     | .elapsed.secs + .elapsed.nanos / 1e9' "$work/fb.json")
 
-start=$(date +%s.%N)
-DOCKER_BUILDKIT=1 /usr/bin/docker build --no-cache --progress=plain -t firebuild-bench/cc \
-    "$work/ctx" 2>"$work/docker.log"
-docker_total=$(echo "$(date +%s.%N) - $start" | bc)
-vertex=$(grep -oE '^#[0-9]+ \[[0-9]+/[0-9]+\] COPY tree/' "$work/docker.log" | head -1 | cut -d' ' -f1)
-docker_step=$(grep -E "^$vertex DONE" "$work/docker.log" | grep -oE '[0-9.]+s' | tr -d s)
-/usr/bin/docker rmi -f firebuild-bench/cc >/dev/null
+read -r docker_total docker_step < <(docker_build_timed "$work/ctx" firebuild-bench/cc \
+    '\[[0-9]+/[0-9]+\] COPY tree/' "$work/docker.log")
 
 printf '| COPY of %s small files | firebuild | docker | ratio |\n|---|---|---|---|\n' "$files"
 printf '| the COPY step | %.2f s | %.2f s | %.1fx |\n' "$fb_step" "$docker_step" \

@@ -39,13 +39,8 @@ for line in open(sys.argv[1]):
         d = e["elapsed"]; print(d["secs"] + d["nanos"] / 1e9)
 ' "$work/fb.json")
 
-start=$(date +%s.%N)
-DOCKER_BUILDKIT=1 /usr/bin/docker build --no-cache --progress=plain -t firebuild-bench/cf \
-    "$work/ctx" 2>"$work/docker.log"
-docker_total=$(echo "$(date +%s.%N) - $start" | bc)
-vertex=$(grep -oE '^#[0-9]+ \[stage-1 [0-9]+/[0-9]+\] COPY --from=src' "$work/docker.log" | head -1 | cut -d' ' -f1)
-docker_step=$(grep -E "^$vertex DONE" "$work/docker.log" | grep -oE '[0-9.]+s' | tr -d s)
-/usr/bin/docker rmi -f firebuild-bench/cf >/dev/null
+read -r docker_total docker_step < <(docker_build_timed "$work/ctx" firebuild-bench/cf \
+    '\[stage-1 [0-9]+/[0-9]+\] COPY --from=src' "$work/docker.log")
 
 printf '| COPY --from, 100 MiB | firebuild | docker | ratio |\n|---|---|---|---|\n'
 printf '| the COPY step | %.2f s | %.2f s | %.1fx |\n' "$fb_step" "$docker_step" "$(echo "$fb_step / $docker_step" | bc -l)"

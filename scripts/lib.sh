@@ -63,3 +63,18 @@ vm_bench_setup() {
     vminit=$PWD/target/vminit/vminit
     "$host" kernel prepare >/dev/null
 }
+
+# Builds CONTEXT with `docker build --no-cache` (BuildKit) as TAG, then removes the image; prints
+# two numbers: the whole build's seconds, and the seconds BuildKit's `DONE` line gives the step
+# whose vertex line matches STEP_RE (an extended regex for what follows `#N `). BuildKit's log
+# goes to LOG. For the benches that put firebuild beside Docker.
+docker_build_timed() { # CONTEXT TAG STEP_RE LOG
+    local ctx=$1 tag=$2 step_re=$3 log=$4 start total vertex step
+    start=$(date +%s.%N)
+    DOCKER_BUILDKIT=1 /usr/bin/docker build --no-cache --progress=plain -t "$tag" "$ctx" 2>"$log"
+    total=$(echo "$(date +%s.%N) - $start" | bc)
+    vertex=$(grep -oE "^#[0-9]+ $step_re" "$log" | head -1 | cut -d' ' -f1)
+    step=$(grep -E "^$vertex DONE" "$log" | grep -oE '[0-9.]+s' | tr -d s)
+    /usr/bin/docker rmi -f "$tag" >/dev/null
+    echo "$total $step"
+}
