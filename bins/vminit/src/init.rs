@@ -164,6 +164,15 @@ fn loopback_up() {
     }
 }
 
+/// Unmounts the initramfs's own `/dev`, `/sys` and `/proc` before the root moves: its `/init`
+/// leaves them to vminit (three `umount` commands less, ~20 ms each under TCG). One that an
+/// older `/init` unmounted already is not mounted: ignored.
+fn unmount_initramfs_api() {
+    for target in ["/dev", "/sys", "/proc"] {
+        let _ = rustix::mount::unmount(target, rustix::mount::UnmountFlags::DETACH);
+    }
+}
+
 /// Moves the root file system mounted at `dir` onto `/` and enters it, as busybox `switch_root`
 /// does (minus deleting the initramfs, which stays in memory: vminit's own binary is there).
 fn switch_root(dir: &Path) -> rustix::io::Result<()> {
@@ -195,6 +204,7 @@ pub fn pid1(args: &crate::Args) -> ExitCode {
     let mut image_config = None;
     if let Some(dir) = &args.switch_root {
         image_config = read_initramfs_image_config();
+        unmount_initramfs_api();
         if let Err(e) = switch_root(dir) {
             tracing::error!("switching the root to {}: {e}", dir.display());
             power_off(1);

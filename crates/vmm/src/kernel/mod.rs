@@ -345,7 +345,6 @@ pub const INIT_APPLETS: &[&str] = &[
     "umount",
     "insmod",
     "ip",
-    "ipcalc",
     "hostname",
     "findfs",
     "sleep",
@@ -548,6 +547,45 @@ mod tests {
             assert!(
                 links.contains(&format!("bin/{applet}")),
                 "bin/{applet} in {links:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn init_script_reads_netmasks_without_ipcalc() {
+        let Some(bb) = process::which("busybox") else {
+            eprintln!("skipping: no busybox (install busybox-static)");
+            return;
+        };
+        let start = INIT_SCRIPT.find("mask_prefix() {").unwrap();
+        let end = start + INIT_SCRIPT[start..].find("\n}\n").unwrap() + 3;
+        let function = &INIT_SCRIPT[start..end];
+        let cases = [
+            ("255.255.0.0", "16"),
+            ("255.255.255.255", "32"),
+            ("255.255.254.0", "23"),
+            ("255.255.255.128", "25"),
+            ("0.0.0.0", "0"),
+            ("24", "24"),
+            ("255.0.255.0", "bad"),
+            ("255.255.0", "bad"),
+            ("33", "bad"),
+            ("a*.b.c.d", "bad"),
+            ("", "bad"),
+        ];
+        for (mask, want) in cases {
+            let out = std::process::Command::new(&bb)
+                .args(["sh", "-c"])
+                .arg(format!(
+                    "{function}\nmask_prefix \"$1\" && echo \"$prefix\" || echo bad"
+                ))
+                .args(["sh", mask])
+                .output()
+                .unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout).trim(),
+                want,
+                "{mask:?}"
             );
         }
     }
