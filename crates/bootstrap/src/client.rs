@@ -1035,7 +1035,7 @@ impl OutputCall {
     }
 
     /// Sends `batch`, opening the call first if needed. A closed stream surfaces as the call's
-    /// error in [`OutputCall::finish`].
+    /// error in [`OutputCall::close`].
     async fn send(&mut self, grpc: &GrpcClient<Channel>, batch: pb::OutputBatch) {
         let stream = self.stream;
         let (tx, _) = self.open.get_or_insert_with(|| {

@@ -352,6 +352,13 @@ pub const INIT_APPLETS: &[&str] = &[
     "poweroff",
 ];
 
+/// Writes `bin/<applet>` → `busybox` for each of [`INIT_APPLETS`].
+fn link_init_applets<W: std::io::Write>(w: &mut cpio::CpioWriter<W>) -> std::io::Result<()> {
+    INIT_APPLETS
+        .iter()
+        .try_for_each(|applet| w.symlink(&format!("bin/{applet}"), "busybox"))
+}
+
 /// Builds the initramfs: busybox (static), `/init` ([`INIT_SCRIPT`]), the modules in load order,
 /// `/dev/console`, and the mount points.
 pub fn build_initramfs(busybox: &Path, modules: &[modules::Module]) -> Result<Vec<u8>> {
@@ -379,9 +386,7 @@ pub fn build_initramfs(busybox: &Path, modules: &[modules::Module]) -> Result<Ve
     w.char_dev("dev/console", 0o600, 5, 1).map_err(io)?;
     w.char_dev("dev/null", 0o666, 1, 3).map_err(io)?;
     w.file("bin/busybox", 0o755, &bb).map_err(io)?;
-    for applet in INIT_APPLETS {
-        w.symlink(&format!("bin/{applet}"), "busybox").map_err(io)?;
-    }
+    link_init_applets(&mut w).map_err(io)?;
     w.file("init", 0o755, INIT_SCRIPT.as_bytes()).map_err(io)?;
     let mut order = String::new();
     for m in modules {
@@ -456,9 +461,7 @@ pub fn agent_initramfs(
     w.file("init", 0o755, INIT_SCRIPT.as_bytes()).map_err(io)?;
     // With the script they serve: a cached base may predate them (the kernel's unpacker
     // replaces an existing link).
-    for applet in INIT_APPLETS {
-        w.symlink(&format!("bin/{applet}"), "busybox").map_err(io)?;
-    }
+    link_init_applets(&mut w).map_err(io)?;
     for (path, data, mode) in extra {
         w.file(path, *mode, data).map_err(io)?;
     }
