@@ -11,6 +11,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_transport(false)
         .emit_rerun_if_changed(false)
         .btree_map(".")
+        // Chunk data as `Bytes`: prost then takes it out of tonic's receive buffer without a
+        // copy (1 GiB pulled = 1 GiB less memmove in the guest).
+        .bytes(".firebuild.bootstrap.v1.Chunk.data")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -66,7 +66,7 @@ pub fn chunk_frame_len(n: usize) -> usize {
             entry: u32::MAX,
             offset: u64::MAX,
             crc32c: u32::MAX,
-            data: vec![0; n],
+            data: vec![0; n].into(),
         })),
     }
     .encoded_len()
@@ -97,7 +97,7 @@ mod tests {
                 entry: u32::MAX,
                 offset: u64::MAX,
                 crc32c: u32::MAX,
-                data: vec![0xa5; n],
+                data: vec![0xa5; n].into(),
             })),
         }
         .encoded_len()

@@ -1,5 +1,7 @@
 //! The frames a resource travels as.
 
+use bytes::Bytes;
+
 /// What an entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EntryKind {
@@ -65,15 +67,17 @@ pub struct Chunk {
     pub entry: u32,
     /// Byte offset of `data` within the file.
     pub offset: u64,
-    /// The bytes, at most the negotiated chunk size and never empty.
-    pub data: Vec<u8>,
+    /// The bytes, at most the negotiated chunk size and never empty. [`Bytes`], so a receiver
+    /// that decodes frames from a shared buffer (prost with tonic) hands them on without a copy.
+    pub data: Bytes,
     /// CRC-32C (Castagnoli) of `data`.
     pub crc32c: u32,
 }
 
 impl Chunk {
     /// Builds a chunk and computes its checksum.
-    pub fn new(entry: u32, offset: u64, data: Vec<u8>) -> Self {
+    pub fn new(entry: u32, offset: u64, data: impl Into<Bytes>) -> Self {
+        let data = data.into();
         let crc32c = crc32c::crc32c(&data);
         Chunk {
             entry,

@@ -724,7 +724,9 @@ mod tests {
     fn bad_checksum_is_rejected_and_stream_can_continue() {
         let frames = stream(&tree(), 4);
         let mut bad = frames.clone();
-        chunk_mut(&mut bad, 1).data[0] ^= 1;
+        let mut data = chunk_mut(&mut bad, 1).data.to_vec();
+        data[0] ^= 1;
+        chunk_mut(&mut bad, 1).data = data.into();
         let mut r = Reassembler::new(Rec::default());
         for f in &frames[..3] {
             r.push_ref(f).unwrap();
@@ -970,7 +972,7 @@ mod tests {
     #[test]
     fn empty_and_past_end_chunks() {
         let mut frames = stream(&tree(), 4);
-        chunk_mut(&mut frames, 0).data.clear();
+        chunk_mut(&mut frames, 0).data = Default::default();
         chunk_mut(&mut frames, 0).crc32c = 0;
         assert!(matches!(
             run(&frames).unwrap_err(),

@@ -253,7 +253,9 @@ fn corrupted_chunk_then_resume_completes() {
     let Some(Frame::Chunk(c)) = frames.get_mut(8) else {
         panic!()
     };
-    c.data[10] ^= 0xff;
+    let mut data = c.data.to_vec();
+    data[10] ^= 0xff;
+    c.data = data.into();
     let dst = tempfile::tempdir().unwrap();
     let mut rx = Reassembler::new(sink(dst.path()));
     let mut err = None;
