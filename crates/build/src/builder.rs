@@ -573,7 +573,6 @@ impl Builder {
         boot: &Boot,
     ) -> Result<Built> {
         let work_image = result.image;
-        let size = image::size(&work_image, &self.options)?;
         let build_args = if self.options.record_build_args {
             req.build_args.clone()
         } else {
@@ -588,7 +587,7 @@ impl Builder {
             build_args,
             kernel: &boot.kernel,
         };
-        image::write(&work_image, size, outputs, &self.options)
+        image::write(&work_image, outputs, &self.options)
             .inspect_err(|_| remove_outputs(&req.out_dir, &req.name))
     }
 }

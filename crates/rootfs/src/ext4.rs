@@ -453,32 +453,97 @@ fn fs_bytes(image: &Path) -> Result<u64> {
 /// Shrinks the filesystem to its minimum (`resize2fs -M`) and truncates the file to match.
 /// Returns the new size.
 pub fn shrink(image: &Path) -> Result<u64> {
-    let p = path_str(image)?;
-    run("e2fsck", ["-fy", p.as_str()])?;
-    run("resize2fs", ["-M", p.as_str()])?;
-    let bytes = fs_bytes(image)?;
-    let f = fs::OpenOptions::new()
-        .write(true)
-        .open(image)
-        .map_err(Error::io("open", image))?;
-    f.set_len(bytes).map_err(Error::io("truncate", image))?;
-    fsck(image)?;
+    run("e2fsck", ["-fy", path_str(image)?.as_str()])?;
+    let checked = Checked(image);
+    let bytes = checked.shrink()?;
+    checked.verify()?;
     Ok(bytes)
+}
+
+/// An image whose file system a full `e2fsck` found clean, and that nothing has mounted since:
+/// the state in which a sequence of offline edits (journal, shrink, grow) needs no check between
+/// them, so each `resize2fs` runs with `-f` instead of after an `e2fsck -fy` of its own. (It
+/// refuses otherwise because the guest's mount left `s_mtime` after `s_lastcheck`, and a
+/// read-only `e2fsck -fn` does not update the latter.) [`Checked::verify`] checks the result.
+#[derive(Debug, Clone, Copy)]
+pub struct Checked<'a>(&'a Path);
+
+impl<'a> Checked<'a> {
+    /// Runs `e2fsck -fn`: any problem is an error, nothing is repaired.
+    pub fn new(image: &'a Path) -> Result<Self> {
+        fsck(image)?;
+        Ok(Self(image))
+    }
+
+    /// `resize2fs -M`, then truncates the file to the file system. Returns the new size.
+    pub fn shrink(&self) -> Result<u64> {
+        let p = path_str(self.0)?;
+        run("resize2fs", ["-f", "-M", p.as_str()])?;
+        let bytes = fs_bytes(self.0)?;
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(self.0)
+            .map_err(Error::io("open", self.0))?;
+        f.set_len(bytes).map_err(Error::io("truncate", self.0))?;
+        Ok(bytes)
+    }
+
+    /// Grows the file and its file system to `size` bytes (nothing when already that big).
+    /// Returns the file system's size, which can be a little under `size` when the last block
+    /// group would be too small to hold its own metadata; the file is `size` bytes.
+    pub fn grow(&self, size: u64) -> Result<u64> {
+        let cur = fs::metadata(self.0)
+            .map_err(Error::io("stat", self.0))?
+            .len();
+        if size <= cur {
+            return Ok(cur);
+        }
+        fs::OpenOptions::new()
+            .write(true)
+            .open(self.0)
+            .map_err(Error::io("open", self.0))?
+            .set_len(size)
+            .map_err(Error::io("truncate", self.0))?;
+        run("resize2fs", ["-f", path_str(self.0)?.as_str()])?;
+        fs_bytes(self.0)
+    }
+
+    /// Removes the journal (`tune2fs -O ^has_journal`): before [`Checked::shrink`], so the
+    /// minimum is the content's, not the content plus a journal sized for a larger image.
+    pub fn drop_journal(&self) -> Result<()> {
+        run(
+            "tune2fs",
+            ["-O", "^has_journal", path_str(self.0)?.as_str()],
+        )
+        .map(|_| ())
+    }
+
+    /// Adds a journal sized for an image of `size` bytes ([`journal_size`]). Returns its size.
+    pub fn add_journal(&self, size: u64) -> Result<u64> {
+        let bytes = journal_for(size);
+        let arg = format!("size={}", bytes / MIB);
+        run("tune2fs", ["-J", arg.as_str(), path_str(self.0)?.as_str()])?;
+        Ok(bytes)
+    }
+
+    /// The edits' result, checked again in full (`e2fsck -fn`).
+    pub fn verify(self) -> Result<()> {
+        fsck(self.0)
+    }
 }
 
 /// Removes the journal (`tune2fs -O ^has_journal`): before [`shrink`], so the minimum is the
 /// content's, not the content plus a journal sized for a larger work image.
 pub fn drop_journal(image: &Path) -> Result<()> {
-    run("tune2fs", ["-O", "^has_journal", path_str(image)?.as_str()]).map(|_| ())
+    Checked(image).drop_journal()
 }
 
 /// Adds a journal sized for an image of `size` bytes (4 MiB under 128 MiB, 16 MiB under
 /// 1 GiB, 64 MiB above: [`TreeSize::min_image_bytes`]'s rule). Returns its size in bytes.
 pub fn add_journal(image: &Path, size: u64) -> Result<u64> {
-    let bytes = journal_for(size);
-    let arg = format!("size={}", bytes / MIB);
-    run("tune2fs", ["-J", arg.as_str(), path_str(image)?.as_str()])?;
-    fsck(image)?;
+    let checked = Checked(image);
+    let bytes = checked.add_journal(size)?;
+    checked.verify()?;
     Ok(bytes)
 }
 
@@ -495,18 +560,11 @@ pub fn grow(image: &Path, size: u64) -> Result<u64> {
     if size <= cur {
         return Ok(cur);
     }
-    let f = fs::OpenOptions::new()
-        .write(true)
-        .open(image)
-        .map_err(Error::io("open", image))?;
-    f.set_len(size).map_err(Error::io("truncate", image))?;
-    drop(f);
-    let p = path_str(image)?;
-    run("e2fsck", ["-fy", p.as_str()])?;
-    run("resize2fs", [p.as_str()])?;
-    fsck(image)?;
-    // resize2fs may leave out a last block group too small for its metadata.
-    fs_bytes(image)
+    run("e2fsck", ["-fy", path_str(image)?.as_str()])?;
+    let checked = Checked(image);
+    let bytes = checked.grow(size)?;
+    checked.verify()?;
+    Ok(bytes)
 }
 
 #[cfg(test)]

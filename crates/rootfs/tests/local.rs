@@ -172,3 +172,57 @@ async fn dir_scratch_ext4_sources_shrink_and_grow() {
     assert!(fsck_clean(&s));
     assert_eq!(owner_mode(&s, "/"), (0, 0, "0755".into()));
 }
+
+/// [`ext4::Checked`]: one full check, then journal, shrink and grow without a check between
+/// them, on an image mounted after its last check (as a guest leaves a build's work image),
+/// where a plain `resize2fs` refuses to run.
+#[tokio::test]
+async fn checked_edits_run_on_an_image_mounted_since_its_check() {
+    if !tools_ok() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("tree");
+    fs::create_dir_all(tree.join("srv")).unwrap();
+    fs::write(tree.join("srv/data"), vec![9u8; 2 << 20]).unwrap();
+    let opts = PrepareOptions::new(work.path().join("cache"), work.path().join("w"));
+    let img = work.path().join("img.ext4");
+    prepare(&BaseSource::Dir(tree), &img, &opts).await.unwrap();
+    debugfs_w(&img, "ssv mtime 20300101000000");
+    let plain = std::process::Command::new("resize2fs")
+        .arg("-M")
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(!plain.status.success(), "resize2fs ran without a check");
+
+    let fs = ext4::Checked::new(&img).unwrap();
+    fs.drop_journal().unwrap();
+    let mut min = fs.shrink().unwrap();
+    min = min.min(fs.shrink().unwrap());
+    assert_eq!(fs::metadata(&img).unwrap().len(), min);
+    let want = min + (16 << 20);
+    let grown = fs.grow(want).unwrap();
+    assert!(
+        grown > min && grown <= want,
+        "{min} -> {grown}, asked {want}"
+    );
+    assert_eq!(fs::metadata(&img).unwrap().len(), want);
+    assert_eq!(fs.add_journal(grown).unwrap(), 4 << 20);
+    fs.verify().unwrap();
+    assert!(fsck_clean(&img));
+    assert!(debugfs(&img, "features").contains("has_journal"));
+    assert_eq!(
+        debugfs(&img, "cat /srv/data").as_bytes(),
+        &[9u8; 2 << 20][..]
+    );
+}
+
+fn debugfs_w(image: &std::path::Path, request: &str) {
+    let out = std::process::Command::new("debugfs")
+        .args(["-w", "-R", request])
+        .arg(image)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
