@@ -188,7 +188,9 @@ async fn checked_edits_run_on_an_image_mounted_since_its_check() {
     let opts = PrepareOptions::new(work.path().join("cache"), work.path().join("w"));
     let img = work.path().join("img.ext4");
     prepare(&BaseSource::Dir(tree), &img, &opts).await.unwrap();
-    debugfs_w(&img, "ssv mtime 20300101000000");
+    // Checked in 2020, mounted the day after (in the past, so e2fsck sees no clock problem).
+    debugfs_w(&img, "ssv lastcheck 20200101000000");
+    debugfs_w(&img, "ssv mtime 20200102000000");
     let plain = std::process::Command::new("resize2fs")
         .arg("-M")
         .arg(&img)
