@@ -480,11 +480,7 @@ impl<'a> Checked<'a> {
         let p = path_str(self.0)?;
         run("resize2fs", ["-f", "-M", p.as_str()])?;
         let bytes = fs_bytes(self.0)?;
-        let f = fs::OpenOptions::new()
-            .write(true)
-            .open(self.0)
-            .map_err(Error::io("open", self.0))?;
-        f.set_len(bytes).map_err(Error::io("truncate", self.0))?;
+        set_file_len(self.0, bytes)?;
         Ok(bytes)
     }
 
@@ -498,12 +494,7 @@ impl<'a> Checked<'a> {
         if size <= cur {
             return Ok(cur);
         }
-        fs::OpenOptions::new()
-            .write(true)
-            .open(self.0)
-            .map_err(Error::io("open", self.0))?
-            .set_len(size)
-            .map_err(Error::io("truncate", self.0))?;
+        set_file_len(self.0, size)?;
         run("resize2fs", ["-f", path_str(self.0)?.as_str()])?;
         fs_bytes(self.0)
     }
@@ -530,6 +521,16 @@ impl<'a> Checked<'a> {
     pub fn verify(self) -> Result<()> {
         fsck(self.0)
     }
+}
+
+/// Truncates or extends the image file to `bytes`.
+fn set_file_len(image: &Path, bytes: u64) -> Result<()> {
+    fs::OpenOptions::new()
+        .write(true)
+        .open(image)
+        .map_err(Error::io("open", image))?
+        .set_len(bytes)
+        .map_err(Error::io("truncate", image))
 }
 
 /// Removes the journal (`tune2fs -O ^has_journal`): before [`shrink`], so the minimum is the
