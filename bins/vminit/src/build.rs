@@ -204,7 +204,25 @@ async fn build(root: &Path, client: &BootstrapClient) -> anyhow::Result<bool> {
     if let Err(e) = env.restore() {
         return abort(client, format!("restoring the build environment: {e:#}")).await;
     }
-    client.success().await.context("reporting success")?;
+    // The host takes the disk at `Success` when it says so: frozen, it is clean as it is.
+    let frozen = if commands.freeze_at_success {
+        match firebuild_guest::live::Frozen::freeze(root) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                let message = format!("freezing {} for the host to take it: {e}", root.display());
+                return abort(client, message).await;
+            }
+        }
+    } else {
+        None
+    };
+    let reported = client.success().await;
+    if let Some(frozen) = frozen {
+        frozen
+            .thaw()
+            .with_context(|| format!("thawing {}", root.display()))?;
+    }
+    reported.context("reporting success")?;
     tracing::info!("build succeeded");
     Ok(true)
 }

@@ -228,6 +228,9 @@ pub struct Commands {
     /// The host snapshots the root filesystem at each successful step's end: freeze it before
     /// [`BootstrapClient::step_finished`], thaw it after (see `ServerBuilder::step_hook`).
     pub snapshot_steps: bool,
+    /// The host takes the disk when [`BootstrapClient::success`] arrives: freeze the root
+    /// filesystem before it, thaw it after (see `ServerBuilder::success_hook`).
+    pub freeze_at_success: bool,
 }
 
 /// A connected guest client. Cheap to clone (one HTTP/2 connection, reconnected on demand).
@@ -492,6 +495,7 @@ impl BootstrapClient {
             build_id: resp.build_id,
             max_message_size: resp.max_message_size as usize,
             snapshot_steps: resp.snapshot_steps,
+            freeze_at_success: resp.freeze_at_success,
         })
     }
 

@@ -90,7 +90,7 @@ pub use convert::ConversionError;
 pub use secret::{MAX_SECRET_BYTES, SecretBytes};
 pub use server::{
     BootstrapServer, Event, Events, Outcome, OutputStream, SHUTDOWN_GRACE, ServerBuilder,
-    ServerError, ServerHandle, ServerTls, StepHook, StepRef,
+    ServerError, ServerHandle, ServerTls, StepHook, StepRef, SuccessHook,
 };
 pub use source::{DirSource, EntryFilter, ResolvedResource, ResourceSource, SourceError};
 pub use tuning::{

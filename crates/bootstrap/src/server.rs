@@ -306,6 +306,7 @@ impl BootstrapServer {
             event_capacity: 1024,
             single_connection: true,
             step_hook: None,
+            success_hook: None,
         }
     }
 }
@@ -317,6 +318,11 @@ pub type StepHook = Arc<
         + Send
         + Sync,
 >;
+
+/// What [`ServerBuilder::success_hook`] runs when the guest reports success, with the guest's
+/// root filesystem frozen until the future completes.
+pub type SuccessHook =
+    Arc<dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + Sync>;
 
 /// Configures a [`BootstrapServer`].
 pub struct ServerBuilder {
@@ -330,6 +336,7 @@ pub struct ServerBuilder {
     event_capacity: usize,
     single_connection: bool,
     step_hook: Option<StepHook>,
+    success_hook: Option<SuccessHook>,
 }
 
 impl fmt::Debug for ServerBuilder {
@@ -384,6 +391,16 @@ impl ServerBuilder {
     /// cache snapshots the disk there). A repeated `StepFinished` (a retried call) runs it again.
     pub fn step_hook(mut self, hook: StepHook) -> Self {
         self.step_hook = Some(hook);
+        self
+    }
+
+    /// Runs `hook` when the guest reports success, after [`Event::Succeeded`] and before
+    /// `Success` is answered, and asks the guest to freeze its root filesystem for it
+    /// (`freeze_at_success` in `Commands`): the hook sees the guest's disk settled, so it may
+    /// take it and stop the VM without waiting for the guest's shutdown. A repeated `Success`
+    /// (a retried call) runs it again.
+    pub fn success_hook(mut self, hook: SuccessHook) -> Self {
+        self.success_hook = Some(hook);
         self
     }
 
@@ -500,6 +517,7 @@ impl ServerBuilder {
             generation: Arc::new(AtomicU64::new(0)),
             single_connection: self.single_connection,
             step_hook: self.step_hook,
+            success_hook: self.success_hook,
         });
 
         let (conn_tx, conn_rx) = mpsc::channel::<std::io::Result<GuestConn>>(16);
@@ -619,6 +637,7 @@ struct State {
     generation: Arc<AtomicU64>,
     single_connection: bool,
     step_hook: Option<StepHook>,
+    success_hook: Option<SuccessHook>,
 }
 
 impl State {
@@ -845,6 +864,7 @@ impl Bootstrap for State {
             build_id: self.build_id.as_str().to_owned(),
             max_message_size: u32::try_from(negotiated).unwrap_or(u32::MAX),
             snapshot_steps: self.step_hook.is_some(),
+            freeze_at_success: self.success_hook.is_some(),
         }))
     }
 
@@ -1037,13 +1057,17 @@ impl Bootstrap for State {
         &self,
         _request: Request<pb::SuccessRequest>,
     ) -> Result<Response<pb::Ack>, Status> {
-        if self.ended() == Some(Outcome::Succeeded) {
-            return Ok(Response::new(pb::Ack {}));
+        // A retried Success whose first answer was lost is fine, and waits for the hook too:
+        // the guest must not thaw while the host takes its disk.
+        if self.ended() != Some(Outcome::Succeeded) {
+            self.guard("Success")?;
+            if self.finish(Outcome::Succeeded) {
+                info!("guest reported success");
+                self.emit(Event::Succeeded).await;
+            }
         }
-        self.guard("Success")?;
-        if self.finish(Outcome::Succeeded) {
-            info!("guest reported success");
-            self.emit(Event::Succeeded).await;
+        if let Some(hook) = &self.success_hook {
+            hook().await;
         }
         Ok(Response::new(pb::Ack {}))
     }

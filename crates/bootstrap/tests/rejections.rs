@@ -345,3 +345,42 @@ async fn a_step_hook_holds_a_successful_step_end_until_it_is_done() {
             .snapshot_steps
     );
 }
+
+/// The hook that takes the disk at success: `Commands` tells the guest to freeze before
+/// `Success`, which is answered only once the hook is done (the event first, so the embedder
+/// knows the outcome while the hook stops the VM), and a retried `Success` waits for it too.
+#[tokio::test]
+async fn a_success_hook_holds_the_answer_to_success_until_it_is_done() {
+    let ctx = context(0);
+    let (tx, mut done) = tokio::sync::mpsc::unbounded_channel();
+    let hook: firebuild_bootstrap::SuccessHook = Arc::new(move || {
+        let tx = tx.clone();
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let _ = tx.send(());
+        })
+    });
+    let mut h = start(plan(&[]), ctx.path(), |b| b.success_hook(hook)).await;
+    let client = h.client().await;
+    let commands = client.commands().await.unwrap();
+    assert!(commands.freeze_at_success && !commands.snapshot_steps);
+    client.success().await.unwrap();
+    assert!(done.try_recv().is_ok(), "answered before the hook ended");
+    let mut seen = Vec::new();
+    while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(300), h.events.recv()).await
+    {
+        seen.push(ev);
+    }
+    assert!(
+        seen.iter()
+            .any(|e| matches!(e, firebuild_bootstrap::Event::Succeeded)),
+        "{seen:#?}"
+    );
+    client.success().await.unwrap();
+    assert!(done.try_recv().is_ok(), "a retried Success did not wait");
+
+    // Without a hook the guest is not asked to freeze.
+    let plain = start(plan(&[]), ctx.path(), |b| b).await;
+    let commands = plain.client().await.commands().await.unwrap();
+    assert!(!commands.freeze_at_success);
+}

@@ -19,7 +19,7 @@ use crate::options::{BuildOptions, BuildRequest, GuestOptions};
 use crate::plan::{self, Planned};
 use crate::session::{self, Session};
 use crate::stepcache::{self, Inputs, StageKeys, StageMeta, StartFrom, Store};
-use crate::vm::{self, VmRequest, VmResult};
+use crate::vm::{self, TakeAtSuccess, VmRequest, VmResult};
 use crate::watchdog::StepWatchdog;
 
 /// How long a cancelled build waits for its VM's thread to stop the VM before it removes the
@@ -523,7 +523,17 @@ impl Builder {
             s.steps.retain(|step| step.index >= done);
         }
         let events = ctx.events.clone();
-        let session = Session::start(planned, stage_plan, req, ctx.urls, events, hook);
+        // The VM is stopped as soon as the guest reports success, its root frozen.
+        let take = TakeAtSuccess::default();
+        let session = Session::start(
+            planned,
+            stage_plan,
+            req,
+            ctx.urls,
+            events,
+            hook,
+            Some(take.hook()),
+        );
         let session = ctx.run.cancel.race(session).await?;
         (ctx.events)(Event::VmStarting { driver: "qemu" });
         let vm_req = VmRequest {
@@ -536,6 +546,7 @@ impl Builder {
             host_ports: vec![session.bootstrap_addr().port()],
             metadata_key: session.metadata_key(),
             extra_cmdline: "",
+            take: Some(take),
         };
         let result = run_vm(ctx.run, &vm_req, self.options.timeout).await;
         // The console log is kept beside the outputs only when the build failed.
@@ -853,8 +864,10 @@ fn check_outcome(
     planned: &Planned,
     timeout: std::time::Duration,
 ) -> Result<()> {
+    let taken = result.taken;
     match (outcome, result.outcome) {
         (Some(Outcome::Succeeded), Ok(RunOutcome::Exited(_))) => Ok(()),
+        (Some(Outcome::Succeeded), Ok(RunOutcome::Cancelled)) if taken => Ok(()),
         (
             Some(Outcome::Aborted {
                 error,

@@ -193,6 +193,7 @@ impl Runner {
             } else {
                 "firebuild.metadata=off"
             },
+            take: None,
         };
         std::fs::create_dir_all(vm_req.dir).map_err(Error::io("create", vm_req.dir))?;
         events(Event::VmStarting { driver: "qemu" });

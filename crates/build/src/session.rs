@@ -123,6 +123,7 @@ impl Session {
         urls: &std::collections::BTreeMap<String, std::path::PathBuf>,
         events: EventSink,
         step_hook: Option<firebuild_bootstrap::StepHook>,
+        success_hook: Option<firebuild_bootstrap::SuccessHook>,
     ) -> Result<Self> {
         let (context, name) = (req.context.as_path(), req.name.as_str());
         let build_id = BuildId::new(name).map_err(Error::Pki)?;
@@ -134,6 +135,9 @@ impl Session {
         let mut builder = BootstrapServer::builder();
         if let Some(hook) = step_hook {
             builder = builder.step_hook(hook);
+        }
+        if let Some(hook) = success_hook {
+            builder = builder.success_hook(hook);
         }
         let (server, server_events) = builder
             .resources(
