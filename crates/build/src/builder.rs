@@ -291,13 +291,12 @@ impl Builder {
             Some(r) => (r.meta, r.done),
             None => {
                 let base = self.stage_start(ctx, stage, stages, &image).await?;
-                let mut meta = StageMeta {
-                    base,
-                    stubs: Vec::new(),
-                };
+                // Known with or without the step cache: a disk the host takes at `Success`
+                // still holds them (the guest skipped its shutdown).
+                let stubs = stepcache::missing_stubs(&image)
+                    .map_err(Error::io("read the root directory of", &image))?;
+                let meta = StageMeta { base, stubs };
                 if let Some(c) = &cache {
-                    meta.stubs = stepcache::missing_stubs(&image)
-                        .map_err(Error::io("read the root directory of", &image))?;
                     let what = format!("stage {} start", stage.index);
                     publish(c, &image, (0, 0), &meta, ctx.events, what).await;
                 }
@@ -312,8 +311,15 @@ impl Builder {
             let hook = cache
                 .as_ref()
                 .map(|c| snapshot_hook(c, ctx, stage, &image, &meta));
-            self.run_steps(ctx, stage, done, &image, disks, hook)
+            let taken = self
+                .run_steps(ctx, stage, done, &image, disks, hook)
                 .await?;
+            if taken {
+                // BuildKit's rule, which the guest's shutdown keeps when it runs: an image
+                // that had no `/proc`, `/sys` or `/dev` is left without them.
+                stepcache::remove_stubs(&image, &meta.stubs)
+                    .map_err(Error::io("remove the mount point stubs from", &image))?;
+            }
         }
         if let Some(last) = cache.as_ref().and_then(|c| c.keys.last(stage)) {
             stages.keys.insert(stage.index, last.clone());
@@ -503,7 +509,8 @@ impl Builder {
         Ok(prepared)
     }
 
-    /// Starts the servers and the VM for one stage, and waits for the guest's outcome.
+    /// Starts the servers and the VM for one stage, and waits for the guest's outcome; `true` when
+    /// the host took the disk at `Success` (the VM stopped, the guest's shutdown skipped).
     async fn run_steps(
         &self,
         ctx: &StageCtx<'_>,
@@ -512,7 +519,7 @@ impl Builder {
         image: &Path,
         disks: Vec<Drive>,
         hook: Option<firebuild_bootstrap::StepHook>,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let (req, planned) = (ctx.req, ctx.planned);
         let mut stage_plan = planned
             .plan
@@ -561,14 +568,14 @@ impl Builder {
         };
         let result = result?;
         let (outcome, scrub) = session.finish().await;
-        let console = result.console.clone();
+        let (console, taken) = (result.console.clone(), result.taken);
         let checked = check_outcome(outcome, result, kept.clone(), planned, self.options.timeout);
         if checked.is_err() {
             std::fs::copy(&console, &kept).map_err(Error::io("copy", &console))?;
         }
         checked?;
         match scrub {
-            Some(Ok(())) => Ok(()),
+            Some(Ok(())) => Ok(taken),
             Some(Err(e)) => Err(Error::Scrub(e)),
             None => Err(Error::Scrub("the guest never connected".to_owned())),
         }
