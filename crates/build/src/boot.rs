@@ -63,9 +63,25 @@ pub async fn prepare(
 ) -> Result<Boot> {
     let kernel = kernel(guest).await?;
     let path = dir.join("initramfs.cpio");
-    initramfs(&kernel, guest, config, &path)?;
+    match config {
+        None => build_initramfs(&kernel, guest, &path)?,
+        Some(_) => initramfs(&kernel, guest, config, &path)?,
+    }
     Ok(Boot {
         kernel,
         initramfs: path,
     })
+}
+
+/// A build's initramfs (no image config): linked from the one cached beside the kernel
+/// ([`firebuild_vmm::kernel::cached_agent_initramfs`]), or written afresh when the cache
+/// cannot hold it (a read-only cache directory).
+fn build_initramfs(kernel: &Kernel, guest: &GuestOptions, out: &Path) -> Result<()> {
+    match firebuild_vmm::kernel::cached_agent_initramfs(kernel, &guest.vminit) {
+        Ok(cached) => crate::image::link_or_copy(&cached, out),
+        Err(e) => {
+            tracing::debug!("the cached initramfs is not usable ({e}); writing one");
+            initramfs(kernel, guest, None, out)
+        }
+    }
 }

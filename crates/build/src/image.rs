@@ -99,7 +99,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Hard-links `src` to `dst` (same file system), or copies it.
-fn link_or_copy(src: &Path, dst: &Path) -> Result<()> {
+pub(crate) fn link_or_copy(src: &Path, dst: &Path) -> Result<()> {
     if same_file(src, dst) {
         // A rebuild into the same directory: `rename` of one link onto another of the same
         // file does nothing and would leave the temporary name behind.

@@ -484,6 +484,63 @@ pub fn agent_initramfs(
     Ok(())
 }
 
+/// How many agent initramfs files [`cached_agent_initramfs`] keeps in a kernel's directory
+/// (one per vminit build seen; the newest are kept).
+const CACHED_AGENT_INITRAMFS: usize = 4;
+
+/// The agent's initramfs without extra files (what every build boots), written once into
+/// the kernel's directory and found there again: a build writes, and syncs, 15 MiB less
+/// (0.07-0.14 s of a busybox build). The file name is a hash of what the content comes from:
+/// the identity of `vminit` and of the kernel's initramfs (device, inode, size and
+/// modification time, as `make` trusts them), the `/init` script and this crate's version.
+/// Writing a new one removes all but the newest [`CACHED_AGENT_INITRAMFS`]; link the returned
+/// file where it is used (a link outlives the removal).
+pub fn cached_agent_initramfs(kernel: &Kernel, vminit: &Path) -> Result<PathBuf> {
+    let path = kernel
+        .dir
+        .join(format!("agent-{:016x}.cpio", agent_key(kernel, vminit)?));
+    if path.is_file() {
+        return Ok(path);
+    }
+    agent_initramfs(kernel, vminit, &[], &path)?;
+    prune_agent_initramfs(&kernel.dir);
+    Ok(path)
+}
+
+fn agent_key(kernel: &Kernel, vminit: &Path) -> Result<u64> {
+    use std::hash::{Hash as _, Hasher as _};
+    use std::os::unix::fs::MetadataExt as _;
+    let mut h = std::hash::DefaultHasher::new();
+    for file in [vminit.to_path_buf(), kernel.initramfs()] {
+        let m = std::fs::metadata(&file).map_err(Error::io(&file))?;
+        (m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec()).hash(&mut h);
+    }
+    (INIT_SCRIPT, env!("CARGO_PKG_VERSION")).hash(&mut h);
+    Ok(h.finish())
+}
+
+/// Removes the cached agent initramfs files beyond the newest [`CACHED_AGENT_INITRAMFS`].
+fn prune_agent_initramfs(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut cached: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with("agent-") && n.ends_with(".cpio"))
+        })
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    cached.sort_by(|a, b| b.0.cmp(&a.0));
+    for (_, old) in cached.into_iter().skip(CACHED_AGENT_INITRAMFS) {
+        if let Err(e) = std::fs::remove_file(&old) {
+            tracing::debug!("removing the cached initramfs {}: {e}", old.display());
+        }
+    }
+}
+
 /// Whether `elf` is an x86-64 ELF executable without a `PT_INTERP` program header.
 pub fn is_static_elf(elf: &[u8]) -> bool {
     let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
@@ -678,6 +735,48 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(leftovers, ["agent.cpio"], "no temporary file left");
+    }
+
+    #[test]
+    fn the_cached_agent_initramfs_is_written_once_per_vminit_and_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = fake_kernel(dir.path());
+        let vminit = dir.path().join("vminit");
+        std::fs::write(&vminit, static_elf()).unwrap();
+        let first = cached_agent_initramfs(&kernel, &vminit).unwrap();
+        let fresh = dir.path().join("fresh.cpio");
+        agent_initramfs(&kernel, &vminit, &[], &fresh).unwrap();
+        assert_eq!(
+            std::fs::read(&first).unwrap(),
+            std::fs::read(&fresh).unwrap()
+        );
+        // Found again, not rewritten: the same inode.
+        let ino = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
+        let again = cached_agent_initramfs(&kernel, &vminit).unwrap();
+        assert_eq!((again.clone(), ino(&again)), (first.clone(), ino(&first)));
+        // A rebuilt vminit (a new file) gets its own, with its content.
+        let mut paths = vec![first];
+        for n in 1..=CACHED_AGENT_INITRAMFS {
+            let mut elf = static_elf();
+            elf.push(u8::try_from(n).unwrap());
+            let tmp = dir.path().join("vminit.new");
+            std::fs::write(&tmp, &elf).unwrap();
+            std::fs::rename(&tmp, &vminit).unwrap();
+            let path = cached_agent_initramfs(&kernel, &vminit).unwrap();
+            assert!(
+                !paths.contains(&path),
+                "a new vminit reused {}",
+                path.display()
+            );
+            let entries = cpio::entries(&std::fs::read(&path).unwrap()).unwrap();
+            let agent = entries.iter().rev().find(|e| e.name == AGENT_PATH).unwrap();
+            assert_eq!(agent.data, elf);
+            paths.push(path);
+            // Distinct modification times order the pruning.
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(!paths[0].exists(), "the oldest beyond the limit is removed");
+        assert!(paths[1..].iter().all(|p| p.exists()));
     }
 
     #[test]
