@@ -533,7 +533,7 @@ fn prune_agent_initramfs(dir: &Path) {
         })
         .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
         .collect();
-    cached.sort_by(|a, b| b.0.cmp(&a.0));
+    cached.sort_by_key(|c| std::cmp::Reverse(c.0));
     for (_, old) in cached.into_iter().skip(CACHED_AGENT_INITRAMFS) {
         if let Err(e) = std::fs::remove_file(&old) {
             tracing::debug!("removing the cached initramfs {}: {e}", old.display());
