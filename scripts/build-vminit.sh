@@ -17,11 +17,7 @@ ensure_rust
 target=x86_64-unknown-linux-gnu
 profile=${FIREBUILD_VMINIT_PROFILE:-release}
 start=$(date +%s)
-# aws-lc seeds its random generator from CPU-jitter entropy by default: timed memory loops that
-# took 0.6-1.2 s of a TCG guest's first TLS handshake (a packet capture showed the ClientHello
-# leaving that long after the TCP connect). The guest kernel's getrandom, ready 0.1 s into the
-# boot, seeds it instead, as BoringSSL and OpenSSL do.
-export AWS_LC_SYS_NO_JITTER_ENTROPY=1
+# aws-lc is built without its CPU-jitter entropy source: .cargo/config.toml says why.
 # --target keeps RUSTFLAGS off build scripts and proc macros (they must stay dynamic).
 RUSTFLAGS="-C target-feature=+crt-static" \
     cargo build --locked --profile "$profile" -p vminit --target "$target" "$@"
