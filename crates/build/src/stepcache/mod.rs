@@ -125,27 +125,38 @@ pub fn missing_stubs(image: &Path) -> std::io::Result<Vec<String>> {
         .collect())
 }
 
-/// Removes the (empty) stub directories `stubs` from the ext4 `image` (`debugfs -w -R "rmdir
-/// /proc"`: only the constant names of [`STUBS`] are accepted).
+/// Removes the (empty) stub directories `stubs` from the ext4 `image`: one `debugfs -w` run
+/// reading `rmdir /proc`... from its standard input (only the constant names of [`STUBS`] are
+/// accepted).
 pub fn remove_stubs(image: &Path, stubs: &[String]) -> std::io::Result<()> {
-    for stub in stubs {
-        if !STUBS.iter().any(|s| stub.strip_prefix('/') == Some(s)) {
-            continue;
-        }
-        let out = std::process::Command::new("debugfs")
-            .arg("-w")
-            .arg("-R")
-            .arg(format!("rmdir {stub}"))
-            .arg(image)
-            .output()?;
-        let err = String::from_utf8_lossy(&out.stderr);
-        if !out.status.success() || err.contains("rmdir:") {
-            return Err(std::io::Error::other(format!(
-                "debugfs rmdir {stub} in {}: {}",
-                image.display(),
-                err.trim()
-            )));
-        }
+    use std::io::Write as _;
+    let script: String = stubs
+        .iter()
+        .filter(|stub| STUBS.iter().any(|s| stub.strip_prefix('/') == Some(s)))
+        .map(|stub| format!("rmdir {stub}\n"))
+        .collect();
+    if script.is_empty() {
+        return Ok(());
+    }
+    let mut child = std::process::Command::new("debugfs")
+        .args(["-w", "-f", "-"])
+        .arg(image)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(script.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() || err.contains("rmdir:") {
+        return Err(std::io::Error::other(format!(
+            "debugfs {} in {}: {}",
+            script.trim().replace('\n', "; "),
+            image.display(),
+            err.trim()
+        )));
     }
     Ok(())
 }

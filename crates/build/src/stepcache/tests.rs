@@ -206,3 +206,37 @@ fn concurrent_publishers_share_one_store() {
     }
     assert!(store.list().unwrap().len() >= 16);
 }
+
+#[test]
+fn stubs_are_found_and_removed_in_one_debugfs_run_and_a_used_one_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    std::fs::create_dir_all(tree.join("sys")).unwrap();
+    std::fs::create_dir_all(tree.join("etc")).unwrap();
+    let img = dir.path().join("root.ext4");
+    let opts = firebuild_rootfs::ext4::Ext4Options {
+        size: Some(16 << 20),
+        label: None,
+    };
+    firebuild_rootfs::ext4::make_ext4(&tree, &img, &Default::default(), &opts).unwrap();
+    assert_eq!(missing_stubs(&img).unwrap(), ["/proc", "/dev"]);
+    // What the guest's PID 1 leaves: the stubs it made, empty.
+    std::fs::create_dir(tree.join("proc")).unwrap();
+    std::fs::create_dir(tree.join("dev")).unwrap();
+    firebuild_rootfs::ext4::make_ext4(&tree, &img, &Default::default(), &opts).unwrap();
+    assert!(missing_stubs(&img).unwrap().is_empty());
+    // A name outside the three is never passed to debugfs.
+    let stubs = ["/proc".to_owned(), "/dev".to_owned(), "/etc".to_owned()];
+    remove_stubs(&img, &stubs).unwrap();
+    assert_eq!(missing_stubs(&img).unwrap(), ["/proc", "/dev"]);
+    // A stub something was written into stays, and says so.
+    std::fs::write(tree.join("dev/kept"), "").unwrap();
+    firebuild_rootfs::ext4::make_ext4(&tree, &img, &Default::default(), &opts).unwrap();
+    let err = remove_stubs(&img, &["/dev".to_owned()])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("rmdir /dev") && err.contains("root.ext4"),
+        "{err}"
+    );
+}
