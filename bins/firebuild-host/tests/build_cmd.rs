@@ -688,10 +688,21 @@ fn numbered(events: &[(String, u64)], name: &str) -> Vec<u64> {
 
 /// The image's tree as debugfs lists it (`ls -p`: inode, mode, owner, group, name, size) for
 /// the directories the test's Dockerfile fills, and its files' bytes.
+/// What the image holds under the test's directories: `ls -p` lines without their inode
+/// numbers (which ext4's directory placement, keyed on each file system's random hash seed,
+/// decides: not part of what a build produces), then the files' content.
 fn tree(image: &Path) -> String {
     let mut out = String::new();
     for dir in ["/", "/bin", "/etc", "/data"] {
-        out.push_str(&debugfs(image, &format!("ls -p {dir}")));
+        // `/inode/mode/uid/gid/name/size/`, sorted (a hashed directory lists in hash order).
+        let listing = debugfs(image, &format!("ls -p {dir}"));
+        let mut entries: Vec<String> = listing
+            .lines()
+            .map(|l| l.split('/').skip(2).collect::<Vec<_>>().join("/"))
+            .filter(|e| !e.is_empty())
+            .collect();
+        entries.sort();
+        out.push_str(&format!("{dir}: {}\n", entries.join(" ")));
     }
     for file in ["/data/a.txt", "/data/copy.txt", "/data/built"] {
         out.push_str(&debugfs(image, &format!("cat {file}")));

@@ -498,6 +498,8 @@ impl Builder {
         let mut opts = PrepareOptions::new(&self.options.pull.cache_dir, scratch_dir);
         opts.pull = self.options.pull.clone();
         opts.ext4.size = Some(self.options.work_size_mib * 1024 * 1024);
+        // Thrown away when the build fails, journalled when it becomes the output.
+        opts.ext4.without_journal = true;
         let prepared = firebuild_rootfs::prepare(&source, image, &opts)
             .await
             .map_err(|e| Error::Base {

@@ -68,7 +68,7 @@ fn create(path: &Path, mib: u64) -> Result<()> {
         tempfile::tempdir().map_err(Error::io("create a temporary directory in", "/tmp"))?;
     let opts = Ext4Options {
         size: Some(mib * 1024 * 1024),
-        label: None,
+        ..Default::default()
     };
     make_ext4(empty.path(), path, &Default::default(), &opts).map_err(Error::image(path))?;
     Ok(())

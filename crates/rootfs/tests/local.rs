@@ -199,7 +199,9 @@ async fn checked_edits_run_on_an_image_mounted_since_its_check() {
     assert!(!plain.status.success(), "resize2fs ran without a check");
 
     let fs = ext4::Checked::new(&img).unwrap();
+    assert!(ext4::Superblock::read(&img).unwrap().has_journal);
     fs.drop_journal().unwrap();
+    assert!(!ext4::Superblock::read(&img).unwrap().has_journal);
     let mut min = fs.shrink().unwrap();
     min = min.min(fs.shrink().unwrap());
     assert_eq!(fs::metadata(&img).unwrap().len(), min);
@@ -218,6 +220,58 @@ async fn checked_edits_run_on_an_image_mounted_since_its_check() {
         debugfs(&img, "cat /srv/data").as_bytes(),
         &[9u8; 2 << 20][..]
     );
+}
+
+/// A work image made without a journal: the superblock the image phase reads says so and gives
+/// the size `dumpe2fs` gives; `drop_journal` has nothing to do, and the output gets one.
+#[tokio::test]
+async fn a_work_image_without_a_journal_is_read_from_its_superblock() {
+    if !tools_ok() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("tree");
+    fs::create_dir_all(tree.join("srv")).unwrap();
+    fs::write(tree.join("srv/data"), vec![7u8; 1 << 20]).unwrap();
+    let mut opts = PrepareOptions::new(work.path().join("cache"), work.path().join("w"));
+    opts.ext4.size = Some(256 << 20);
+    opts.ext4.without_journal = true;
+    let img = work.path().join("img.ext4");
+    prepare(&BaseSource::Dir(tree), &img, &opts).await.unwrap();
+    let sb = ext4::Superblock::read(&img).unwrap();
+    assert!(!sb.has_journal);
+    assert!(!debugfs(&img, "features").contains("has_journal"));
+    assert_eq!((sb.block_size, sb.bytes()), (4096, 256 << 20));
+    let dumpe2fs = std::process::Command::new("dumpe2fs")
+        .arg("-h")
+        .arg(&img)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&dumpe2fs.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>()
+                == ["Block", "count:", &sb.blocks.to_string()]),
+        "{text}"
+    );
+
+    let fs = ext4::Checked::new(&img).unwrap();
+    fs.drop_journal().unwrap();
+    let min = fs.shrink().unwrap();
+    assert_eq!(ext4::Superblock::read(&img).unwrap().bytes(), min);
+    let grown = fs.grow(min + (8 << 20)).unwrap();
+    fs.add_journal(grown).unwrap();
+    fs.verify().unwrap();
+    assert!(ext4::Superblock::read(&img).unwrap().has_journal);
+    assert_eq!(
+        debugfs(&img, "cat /srv/data").as_bytes(),
+        &[7u8; 1 << 20][..]
+    );
+
+    let not_ext4 = work.path().join("zeros");
+    fs::write(&not_ext4, vec![0u8; 4096]).unwrap();
+    let err = ext4::Superblock::read(&not_ext4).unwrap_err().to_string();
+    assert!(err.contains("zeros") && err.contains("superblock"), "{err}");
 }
 
 fn debugfs_w(image: &std::path::Path, request: &str) {

@@ -216,7 +216,7 @@ fn stubs_are_found_and_removed_in_one_debugfs_run_and_a_used_one_is_an_error() {
     let img = dir.path().join("root.ext4");
     let opts = firebuild_rootfs::ext4::Ext4Options {
         size: Some(16 << 20),
-        label: None,
+        ..Default::default()
     };
     firebuild_rootfs::ext4::make_ext4(&tree, &img, &Default::default(), &opts).unwrap();
     assert_eq!(missing_stubs(&img).unwrap(), ["/proc", "/dev"]);
