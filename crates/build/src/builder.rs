@@ -293,8 +293,7 @@ impl Builder {
                 let base = self.stage_start(ctx, stage, stages, &image).await?;
                 // Known with or without the step cache: a disk the host takes at `Success`
                 // still holds them (the guest skipped its shutdown).
-                let stubs = stepcache::missing_stubs(&image)
-                    .map_err(Error::io("read the root directory of", &image))?;
+                let stubs = stepcache::missing_stubs(&image).map_err(Error::image(&image))?;
                 let meta = StageMeta { base, stubs };
                 if let Some(c) = &cache {
                     let what = format!("stage {} start", stage.index);
@@ -317,8 +316,7 @@ impl Builder {
             if taken {
                 // BuildKit's rule, which the guest's shutdown keeps when it runs: an image
                 // that had no `/proc`, `/sys` or `/dev` is left without them.
-                stepcache::remove_stubs(&image, &meta.stubs)
-                    .map_err(Error::io("remove the mount point stubs from", &image))?;
+                stepcache::remove_stubs(&image, &meta.stubs).map_err(Error::image(&image))?;
             }
         }
         if let Some(last) = cache.as_ref().and_then(|c| c.keys.last(stage)) {

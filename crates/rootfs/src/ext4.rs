@@ -295,7 +295,58 @@ fn set_xattrs(image: &Path, side: &SideTable) -> Result<()> {
     let image_abs = std::path::absolute(image).map_err(Error::io("resolve", image))?;
     let tmp = image.with_extension("xattrs");
     fs::create_dir_all(&tmp).map_err(Error::io("create", &tmp))?;
-    let r = write_and_run_debugfs(&tmp, &script, &values, &image_abs);
+    let r = write_and_run_debugfs(&tmp, &script, &values, &image_abs, DebugfsRun::EA_SET);
+    let _ = fs::remove_dir_all(&tmp);
+    r
+}
+
+/// The names in the root directory of the ext4 `image` (`debugfs -R "ls -p /"`), without `.`
+/// and `..`.
+pub fn root_names(image: &Path) -> Result<Vec<String>> {
+    let out = run("debugfs", ["-R", "ls -p /", path_str(image)?.as_str()])?;
+    // `ls -p` lines: `/inode/mode/uid/gid/name/size/`.
+    Ok(out
+        .lines()
+        .filter_map(|l| l.split('/').nth(5))
+        .filter(|n| !n.is_empty() && *n != "." && *n != "..")
+        .map(str::to_owned)
+        .collect())
+}
+
+/// Removes the empty directories `dirs` from the ext4 `image` in one `debugfs -w` run (`rmdir`
+/// each); a missing or non-empty one is an error. Each must be an absolute path of
+/// `[A-Za-z0-9._-]` names, which debugfs reads as one word.
+pub fn remove_empty_dirs(image: &Path, dirs: &[&str]) -> Result<()> {
+    if dirs.is_empty() {
+        return Ok(());
+    }
+    let plain = |d: &str| {
+        d.starts_with('/')
+            && d[1..].split('/').all(|c| {
+                !c.is_empty()
+                    && c != "."
+                    && c != ".."
+                    && c.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            })
+    };
+    if let Some(bad) = dirs.iter().find(|d| !plain(d)) {
+        return Err(Error::Io {
+            op: "remove with debugfs (an absolute path of [A-Za-z0-9._-] names only)",
+            path: PathBuf::from(bad),
+            source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+        });
+    }
+    let script: String = dirs.iter().map(|d| format!("rmdir {d}\n")).collect();
+    let label = format!("({})", script.trim_end().replace('\n', "; "));
+    let image_abs = std::path::absolute(image).map_err(Error::io("resolve", image))?;
+    let tmp = image.with_extension("rmdir");
+    fs::create_dir_all(&tmp).map_err(Error::io("create", &tmp))?;
+    let run = DebugfsRun {
+        label: &label,
+        complaint: "rmdir:",
+    };
+    let r = write_and_run_debugfs(&tmp, &script, &[], &image_abs, run);
     let _ = fs::remove_dir_all(&tmp);
     r
 }
@@ -354,10 +405,32 @@ fn escaped(s: &str) -> String {
     }
 }
 
+/// How a `debugfs -w -f` script's run is named in errors, and how its commands complain.
+#[derive(Clone, Copy)]
+struct DebugfsRun<'a> {
+    /// Shown after `debugfs -w` in an error.
+    label: &'a str,
+    /// What starts a failed command's line on standard error (`ea_set:`).
+    complaint: &'a str,
+}
+
+impl DebugfsRun<'static> {
+    const EA_SET: Self = Self {
+        label: "-f cmds",
+        complaint: "ea_set:",
+    };
+}
+
 /// Writes value `i` to `dir/i` and `script` to `dir/cmds`, then runs `debugfs -w -f cmds` on
-/// `image` from `dir`. debugfs exits 0 when a command fails, so an `ea_set:` complaint on its
-/// standard error is a failure too.
-fn write_and_run_debugfs(dir: &Path, script: &str, values: &[&[u8]], image: &Path) -> Result<()> {
+/// `image` from `dir`. debugfs exits 0 when a command fails, so a complaint (`ea_set:`...) on
+/// its standard error is a failure too.
+fn write_and_run_debugfs(
+    dir: &Path,
+    script: &str,
+    values: &[&[u8]],
+    image: &Path,
+    run: DebugfsRun<'_>,
+) -> Result<()> {
     for (i, v) in values.iter().enumerate() {
         let f = dir.join(i.to_string());
         fs::write(&f, v).map_err(Error::io("write", &f))?;
@@ -365,7 +438,7 @@ fn write_and_run_debugfs(dir: &Path, script: &str, values: &[&[u8]], image: &Pat
     let cmds = dir.join("cmds");
     fs::write(&cmds, script).map_err(Error::io("write", &cmds))?;
     let tool = "debugfs";
-    debug!(tool, image = %image.display(), commands = values.len(), "running");
+    debug!(tool, image = %image.display(), commands = script.lines().count(), "running");
     let out = Command::new(tool)
         .current_dir(dir)
         .arg("-w")
@@ -380,7 +453,7 @@ fn write_and_run_debugfs(dir: &Path, script: &str, values: &[&[u8]], image: &Pat
     let stderr = String::from_utf8_lossy(&out.stderr);
     let failed: Vec<&str> = stderr
         .lines()
-        .filter(|l| l.starts_with("ea_set:"))
+        .filter(|l| l.starts_with(run.complaint))
         .take(8)
         .collect();
     if !out.status.success() || !failed.is_empty() {
@@ -391,7 +464,7 @@ fn write_and_run_debugfs(dir: &Path, script: &str, values: &[&[u8]], image: &Pat
             failed
         };
         return Err(Error::Tool {
-            tool: format!("{tool} -w -f cmds {}", image.display()),
+            tool: format!("{tool} -w {} {}", run.label, image.display()),
             status: out.status.to_string(),
             stderr: shown.join(" | "),
         });

@@ -101,64 +101,25 @@ pub struct StageMeta {
 /// The mount points PID 1 creates when an image lacks them (vminit's `STUBS`).
 const STUBS: [&str; 3] = ["proc", "sys", "dev"];
 
-/// Which of [`STUBS`] the root directory of the ext4 `image` lacks (`debugfs -R "ls -p /"`, a
-/// constant request).
-pub fn missing_stubs(image: &Path) -> std::io::Result<Vec<String>> {
-    let out = std::process::Command::new("debugfs")
-        .args(["-R", "ls -p /"])
-        .arg(image)
-        .output()?;
-    if !out.status.success() {
-        return Err(std::io::Error::other(format!(
-            "debugfs ls -p / {}: {}",
-            image.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    // `ls -p` lines: `/inode/mode/uid/gid/name/size/`.
-    let text = String::from_utf8_lossy(&out.stdout);
-    let names: Vec<&str> = text.lines().filter_map(|l| l.split('/').nth(5)).collect();
+/// Which of [`STUBS`] the root directory of the ext4 `image` lacks.
+pub fn missing_stubs(image: &Path) -> firebuild_rootfs::Result<Vec<String>> {
+    let names = firebuild_rootfs::ext4::root_names(image)?;
     Ok(STUBS
         .iter()
-        .filter(|s| !names.contains(s))
+        .filter(|s| !names.iter().any(|n| n == *s))
         .map(|s| format!("/{s}"))
         .collect())
 }
 
-/// Removes the (empty) stub directories `stubs` from the ext4 `image`: one `debugfs -w` run
-/// reading `rmdir /proc`... from its standard input (only the constant names of [`STUBS`] are
-/// accepted).
-pub fn remove_stubs(image: &Path, stubs: &[String]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let script: String = stubs
+/// Removes the (empty) stub directories `stubs` from the ext4 `image` in one `debugfs` run
+/// (only the constant names of [`STUBS`] are passed on).
+pub fn remove_stubs(image: &Path, stubs: &[String]) -> firebuild_rootfs::Result<()> {
+    let known: Vec<&str> = stubs
         .iter()
+        .map(String::as_str)
         .filter(|stub| STUBS.iter().any(|s| stub.strip_prefix('/') == Some(s)))
-        .map(|stub| format!("rmdir {stub}\n"))
         .collect();
-    if script.is_empty() {
-        return Ok(());
-    }
-    let mut child = std::process::Command::new("debugfs")
-        .args(["-w", "-f", "-"])
-        .arg(image)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(script.as_bytes())?;
-    }
-    let out = child.wait_with_output()?;
-    let err = String::from_utf8_lossy(&out.stderr);
-    if !out.status.success() || err.contains("rmdir:") {
-        return Err(std::io::Error::other(format!(
-            "debugfs {} in {}: {}",
-            script.trim().replace('\n', "; "),
-            image.display(),
-            err.trim()
-        )));
-    }
-    Ok(())
+    firebuild_rootfs::ext4::remove_empty_dirs(image, &known)
 }
 
 /// Restores into `image` the longest stored prefix of `keys` (the start counts), or `None`.
@@ -174,10 +135,7 @@ pub fn restore_longest(store: &Store, keys: &StageKeys, image: &Path) -> Option<
         let meta: StageMeta = serde_json::from_value(entry.extra.clone()).unwrap_or_default();
         let restored = store.restore(&entry, image).and_then(|()| match done {
             0 => Ok(()),
-            _ => remove_stubs(image, &meta.stubs).map_err(crate::error::Error::io(
-                "remove the mount point stubs from",
-                image,
-            )),
+            _ => remove_stubs(image, &meta.stubs).map_err(crate::error::Error::image(image)),
         });
         match restored {
             Ok(()) => return Some(Restored { done, meta }),
